@@ -1,0 +1,280 @@
+//! The control-plane database: the catalog of projects (name → id, lifecycle state) and the
+//! principals, their API keys and role assignments. Project contents never live here.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use holdfast_types::{KeyId, Micros, PrincipalId, ProjectId};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Result, StoreError};
+use crate::project::now_micros;
+use crate::sqlite;
+
+/// Schema version of the control database (`PRAGMA user_version`).
+pub const CONTROL_SCHEMA_VERSION: i64 = 1;
+
+const CONTROL_SCHEMA: &str = "
+CREATE TABLE projects (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    -- 'creating' until the project's database holds its first change; removed at start-up if a
+    -- crash left it so (the create was never acknowledged).
+    state      TEXT NOT NULL CHECK (state IN ('creating', 'active')),
+    created_us INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE principals (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    created_us INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE role_assignments (
+    principal_id TEXT NOT NULL REFERENCES principals (id),
+    role         TEXT NOT NULL,
+    scope        TEXT NOT NULL,
+    PRIMARY KEY (principal_id, role, scope)
+) WITHOUT ROWID;
+CREATE TABLE api_keys (
+    id           TEXT PRIMARY KEY,
+    principal_id TEXT NOT NULL REFERENCES principals (id),
+    -- sha256 of the key, hex. Keys are 256-bit random, so a fast hash is enough.
+    hash         TEXT NOT NULL UNIQUE,
+    prefix       TEXT NOT NULL,
+    -- 'generated' (admin.key), 'env' (HOLDFAST_ADMIN_KEY) or 'api'
+    source       TEXT NOT NULL,
+    created_us   INTEGER NOT NULL,
+    revoked_us   INTEGER
+) WITHOUT ROWID;
+";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub id: ProjectId,
+    pub name: String,
+    pub active: bool,
+    pub created_us: Micros,
+}
+
+/// A live key with the principal it authenticates and that principal's role at `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub key_id: KeyId,
+    pub principal_id: PrincipalId,
+    pub name: String,
+    pub role: String,
+    pub hash: String,
+    pub prefix: String,
+    pub source: String,
+    pub created_us: Micros,
+    pub revoked_us: Option<Micros>,
+}
+
+/// The control database, behind one connection; its writes are rare and small.
+#[derive(Clone)]
+pub struct ControlStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl ControlStore {
+    /// Opens the control database, creating it if absent. Returns the store and whether it was
+    /// created now.
+    pub fn open(path: &Path) -> Result<(Self, bool)> {
+        let conn = sqlite::open(path, true)?;
+        let created = match sqlite::user_version(&conn)? {
+            0 => {
+                conn.execute_batch(CONTROL_SCHEMA)?;
+                conn.pragma_update(None, "user_version", CONTROL_SCHEMA_VERSION)?;
+                true
+            }
+            CONTROL_SCHEMA_VERSION => false,
+            v => {
+                return Err(StoreError::Corrupt(format!(
+                    "control database has schema version {v}; this server reads {CONTROL_SCHEMA_VERSION}"
+                )));
+            }
+        };
+        Ok((Self { conn: Arc::new(Mutex::new(conn)) }, created))
+    }
+
+    /// Runs `f` on the connection, off the async runtime, in a transaction.
+    pub async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().map_err(|_| StoreError::Corrupt("control store lock poisoned".into()))?;
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("control task failed: {e}")))?
+    }
+
+    /// The same as [`call`](Self::call), blocking; for start-up and tools.
+    pub fn call_blocking<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Corrupt("control store lock poisoned".into()))?;
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+// Catalog ---------------------------------------------------------------------------------------
+
+/// Reserves `name` for a project being created. `Ok(false)` if the name is taken.
+pub fn insert_creating(conn: &Connection, id: &ProjectId, name: &str) -> Result<bool> {
+    let n = conn.execute(
+        "INSERT INTO projects (id, name, state, created_us) VALUES (?1, ?2, 'creating', ?3)
+         ON CONFLICT (name) DO NOTHING",
+        params![id.as_str(), name, now_micros()],
+    )?;
+    Ok(n == 1)
+}
+
+pub fn mark_active(conn: &Connection, id: &ProjectId) -> Result<()> {
+    conn.execute("UPDATE projects SET state = 'active' WHERE id = ?1", [id.as_str()])?;
+    Ok(())
+}
+
+pub fn remove_project(conn: &Connection, id: &ProjectId) -> Result<()> {
+    conn.execute("DELETE FROM projects WHERE id = ?1", [id.as_str()])?;
+    Ok(())
+}
+
+/// Looks a project up by name or by id (`proj_…`); names never contain `_`, so the two never
+/// collide.
+pub fn find_project(conn: &Connection, name_or_id: &str) -> Result<Option<CatalogEntry>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, name, state, created_us FROM projects WHERE name = ?1 OR id = ?1",
+        )?
+        .query_row([name_or_id], entry_from_row)
+        .optional()?
+        .transpose()?)
+}
+
+/// Active projects ordered by name, after `after`.
+pub fn list_projects(conn: &Connection, after: Option<&str>, limit: usize) -> Result<Vec<CatalogEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, state, created_us FROM projects
+         WHERE state = 'active' AND name > ?1 ORDER BY name LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after.unwrap_or(""), limit as i64], entry_from_row)?;
+    rows.map(|r| r?).collect()
+}
+
+/// Every catalog entry, whatever its state; for start-up recovery.
+pub fn all_projects(conn: &Connection) -> Result<Vec<CatalogEntry>> {
+    let mut stmt = conn.prepare("SELECT id, name, state, created_us FROM projects ORDER BY name")?;
+    let rows = stmt.query_map([], entry_from_row)?;
+    rows.map(|r| r?).collect()
+}
+
+fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CatalogEntry>> {
+    let id: String = r.get(0)?;
+    let state: String = r.get(2)?;
+    Ok(match ProjectId::parse(&id) {
+        Some(pid) => Ok(CatalogEntry {
+            id: pid,
+            name: r.get(1)?,
+            active: state == "active",
+            created_us: r.get(3)?,
+        }),
+        None => Err(StoreError::Corrupt(format!("bad project id {id:?} in catalog"))),
+    })
+}
+
+// Principals and keys ---------------------------------------------------------------------------
+
+pub struct NewKey<'a> {
+    pub key_id: &'a KeyId,
+    pub principal_id: &'a PrincipalId,
+    pub name: &'a str,
+    pub role: &'a str,
+    pub hash: &'a str,
+    pub prefix: &'a str,
+    pub source: &'a str,
+}
+
+/// Creates the principal if it does not exist, gives it `role` at `/`, and adds the key.
+pub fn insert_key(conn: &Connection, key: &NewKey<'_>) -> Result<()> {
+    let now = now_micros();
+    conn.execute(
+        "INSERT INTO principals (id, name, created_us) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+        params![key.principal_id.as_str(), key.name, now],
+    )?;
+    conn.execute(
+        "INSERT INTO role_assignments (principal_id, role, scope) VALUES (?1, ?2, '/')
+         ON CONFLICT DO NOTHING",
+        params![key.principal_id.as_str(), key.role],
+    )?;
+    conn.execute(
+        "INSERT INTO api_keys (id, principal_id, hash, prefix, source, created_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![key.key_id.as_str(), key.principal_id.as_str(), key.hash, key.prefix, key.source, now],
+    )?;
+    Ok(())
+}
+
+/// Every key, live and revoked, oldest first.
+pub fn list_keys(conn: &Connection) -> Result<Vec<KeyRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT k.id, k.principal_id, p.name,
+                (SELECT role FROM role_assignments r WHERE r.principal_id = k.principal_id AND r.scope = '/'
+                 ORDER BY CASE role WHEN 'admin' THEN 0 WHEN 'contributor' THEN 1 ELSE 2 END LIMIT 1),
+                k.hash, k.prefix, k.source, k.created_us, k.revoked_us
+         FROM api_keys k JOIN principals p ON p.id = k.principal_id
+         ORDER BY k.created_us, k.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let key_id: String = r.get(0)?;
+        let principal_id: String = r.get(1)?;
+        Ok((|| {
+            Ok(KeyRecord {
+                key_id: KeyId::parse(&key_id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("bad key id {key_id:?}")))?,
+                principal_id: PrincipalId::parse(&principal_id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("bad principal id {principal_id:?}")))?,
+                name: r.get(2)?,
+                role: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                hash: r.get(4)?,
+                prefix: r.get(5)?,
+                source: r.get(6)?,
+                created_us: r.get(7)?,
+                revoked_us: r.get(8)?,
+            })
+        })())
+    })?;
+    rows.map(|r| r?).collect()
+}
+
+/// Revokes a key by its id, or every key of a principal by the principal's id. Returns how
+/// many keys were revoked now.
+pub fn revoke_keys(conn: &Connection, key_or_principal: &str) -> Result<usize> {
+    Ok(conn.execute(
+        "UPDATE api_keys SET revoked_us = ?2
+         WHERE (id = ?1 OR principal_id = ?1) AND revoked_us IS NULL",
+        params![key_or_principal, now_micros()],
+    )?)
+}
+
+/// Revokes every live key of `source` whose hash is not `keep`.
+pub fn revoke_source_except(conn: &Connection, source: &str, keep: &str) -> Result<usize> {
+    Ok(conn.execute(
+        "UPDATE api_keys SET revoked_us = ?3 WHERE source = ?1 AND hash <> ?2 AND revoked_us IS NULL",
+        params![source, keep, now_micros()],
+    )?)
+}
+
+pub fn key_exists(conn: &Connection, key_or_principal: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM api_keys WHERE id = ?1 OR principal_id = ?1 LIMIT 1")?
+        .query_row([key_or_principal], |_| Ok(()))
+        .optional()?
+        .is_some())
+}

@@ -1,0 +1,39 @@
+use holdfast_types::{Error, ErrorKind};
+
+/// Detailed storage errors. They become a coarse [`Error`] at the service boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored data that breaks an invariant: a gap in the journal, an unknown format version,
+    /// a patch of a missing resource.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    /// The plan of a write refused it (not found, conflict, invalid input); nothing was written.
+    #[error("{0}")]
+    Rejected(Error),
+    /// The project's writer has stopped (shutdown, or a fatal storage error).
+    #[error("project store is closed")]
+    Closed,
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Rejected(e) => e,
+            StoreError::Closed => Error::new(ErrorKind::Unavailable, "project store is closed; retry"),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::DatabaseBusy) =>
+            {
+                Error::new(ErrorKind::Unavailable, format!("storage unavailable: {f}"))
+            }
+            other => Error::new(ErrorKind::Internal, format!("storage error: {other}")),
+        }
+    }
+}
+
+pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;

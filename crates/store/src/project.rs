@@ -1,0 +1,288 @@
+//! One project's store: a writer thread that owns the only read-write connection and commits
+//! queued writes in groups (one fsync acknowledges many writers), and a pool of read-only
+//! connections for readers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use holdfast_types::{Change, Epoch, Error, Lsn, Micros, Op, ProjectId, CHANGE_FORMAT_VERSION};
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::apply::{apply_change, canonical_dump, check_project_schema, init_project_schema};
+use crate::error::{Result, StoreError};
+use crate::sqlite;
+use crate::view::StateView;
+
+/// Decides, against the current state, which ops a write makes; runs inside the writer's
+/// transaction, so what it reads cannot change before its ops are applied. Returning an error
+/// refuses the write; returning no ops writes nothing.
+pub type Plan = Box<dyn FnOnce(&StateView<'_>) -> Result<Vec<Op>, Error> + Send>;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// Idle read-only connections kept per project.
+const MAX_IDLE_READERS: usize = 8;
+
+/// The outcome of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The LSN of the change, or `None` when the plan made no ops.
+    pub lsn: Option<Lsn>,
+    /// The change's timestamp (or the time the write was looked at, when nothing was written).
+    pub ts: Micros,
+}
+
+struct WriteRequest {
+    actor: String,
+    request_id: String,
+    plan: Plan,
+    reply: oneshot::Sender<Result<Committed>>,
+}
+
+pub struct ProjectStore {
+    id: ProjectId,
+    path: PathBuf,
+    tx: Mutex<Option<mpsc::UnboundedSender<WriteRequest>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    lsn: watch::Receiver<Lsn>,
+}
+
+impl ProjectStore {
+    /// Creates the database of a new, empty project at `path` (which must not exist).
+    pub fn create(path: &Path, id: &ProjectId, label: &str) -> Result<Self> {
+        if path.exists() {
+            return Err(StoreError::Corrupt(format!("{} exists already", path.display())));
+        }
+        let conn = sqlite::open(path, true)?;
+        init_project_schema(&conn, id, Epoch::FIRST)?;
+        Self::start(conn, path, label)
+    }
+
+    /// Opens an existing project database.
+    pub fn open(path: &Path, label: &str) -> Result<Self> {
+        if !path.exists() {
+            return Err(StoreError::Corrupt(format!("{} is missing", path.display())));
+        }
+        Self::start(sqlite::open(path, false)?, path, label)
+    }
+
+    fn start(conn: Connection, path: &Path, label: &str) -> Result<Self> {
+        let id = check_project_schema(&conn)?;
+        let view = StateView::new(&conn);
+        let last = view.last_lsn()?;
+        let epoch = view.epoch()?;
+        let last_ts = view.journal(Lsn(last.0.saturating_sub(1)), 1)?.first().map_or(0, |c| c.ts);
+        let (lsn_tx, lsn_rx) = watch::channel(last);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let label = label.to_owned();
+        metrics::gauge!("holdfast_project_lsn", "project" => label.clone()).set(last.0 as f64);
+        let writer = Writer { conn, last, last_ts, epoch, label, lsn: lsn_tx };
+        let handle = std::thread::Builder::new()
+            .name(format!("writer-{id}"))
+            .spawn(move || writer.run(rx))?;
+        Ok(Self {
+            id,
+            path: path.to_owned(),
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            readers: Mutex::new(Vec::new()),
+            lsn: lsn_rx,
+        })
+    }
+
+    pub fn id(&self) -> &ProjectId {
+        &self.id
+    }
+
+    /// The last committed LSN.
+    pub fn last_lsn(&self) -> Lsn {
+        *self.lsn.borrow()
+    }
+
+    /// Follows the last committed LSN.
+    pub fn subscribe(&self) -> watch::Receiver<Lsn> {
+        self.lsn.clone()
+    }
+
+    /// Queues a write and waits until it is durable (or refused).
+    pub async fn write(&self, actor: &str, request_id: &str, plan: Plan) -> Result<Committed> {
+        let (reply, rx) = oneshot::channel();
+        let request =
+            WriteRequest { actor: actor.to_owned(), request_id: request_id.to_owned(), plan, reply };
+        {
+            let tx = self.tx.lock().map_err(|_| StoreError::Closed)?;
+            tx.as_ref().ok_or(StoreError::Closed)?.send(request).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read-only connection, off the async runtime.
+    pub async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&StateView<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let conn = self.take_reader()?;
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&StateView::new(&conn));
+            (conn, result)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("reader task failed: {e}")))?;
+        if let Ok(mut idle) = self.readers.lock()
+            && idle.len() < MAX_IDLE_READERS
+        {
+            idle.push(conn);
+        }
+        result
+    }
+
+    fn take_reader(&self) -> Result<Connection> {
+        if let Some(conn) = self.readers.lock().map_err(|_| StoreError::Closed)?.pop() {
+            return Ok(conn);
+        }
+        sqlite::open_reader(&self.path)
+    }
+
+    /// The state as canonical bytes (see [`canonical_dump`]).
+    pub async fn dump(&self) -> Result<Vec<u8>> {
+        self.read(|view| view.dump()).await
+    }
+
+    /// Stops taking writes, lets the writer commit what is queued, and waits for it to finish.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!(project = %self.id, "project writer panicked");
+        }
+        if let Ok(mut idle) = self.readers.lock() {
+            idle.clear();
+        }
+    }
+}
+
+impl Drop for ProjectStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl StateView<'_> {
+    pub fn dump(&self) -> Result<Vec<u8>> {
+        canonical_dump(self.conn())
+    }
+}
+
+/// The single writer of one project.
+struct Writer {
+    conn: Connection,
+    last: Lsn,
+    last_ts: Micros,
+    epoch: Epoch,
+    label: String,
+    lsn: watch::Sender<Lsn>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<WriteRequest>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+        // Every sender is gone: the store is closing. Fold the WAL back into the database so a
+        // copy of the file alone is complete.
+        if let Err(e) = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
+            tracing::warn!(project = %self.label, error = %e, "checkpoint on close failed");
+        }
+    }
+
+    /// Plans and applies every request of the batch in one transaction, each in a savepoint of
+    /// its own so a refused request leaves no trace, then commits once and answers everyone.
+    fn commit_batch(&mut self, batch: &mut Vec<WriteRequest>) {
+        let started = Instant::now();
+        let size = batch.len();
+        let (last_before, ts_before) = (self.last, self.last_ts);
+        let mut answers = Vec::with_capacity(size);
+        let outcome = (|| -> Result<()> {
+            let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for request in batch.drain(..) {
+                let WriteRequest { actor, request_id, plan, reply } = request;
+                let ts = now_micros().max(self.last_ts);
+                let sp = tx.savepoint()?;
+                let result = match plan(&StateView::new(&sp)) {
+                    Err(e) => Err(StoreError::Rejected(e)),
+                    Ok(ops) if ops.is_empty() => Ok(Committed { lsn: None, ts }),
+                    Ok(ops) => {
+                        let change = Change {
+                            v: CHANGE_FORMAT_VERSION,
+                            lsn: self.last.next(),
+                            epoch: self.epoch,
+                            ts,
+                            actor,
+                            request_id,
+                            ops,
+                        };
+                        apply_change(&sp, self.last, &change).map(|()| {
+                            self.last = change.lsn;
+                            self.last_ts = ts;
+                            Committed { lsn: Some(change.lsn), ts }
+                        })
+                    }
+                };
+                match &result {
+                    Ok(_) => sp.commit()?,
+                    Err(_) => sp.finish()?, // rolls the savepoint back
+                }
+                answers.push((reply, result));
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => {
+                metrics::histogram!("holdfast_commit_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("holdfast_commit_batch_size").record(size as f64);
+                metrics::gauge!("holdfast_project_lsn", "project" => self.label.clone()).set(self.last.0 as f64);
+                self.lsn.send_replace(self.last);
+                for (reply, result) in answers {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                // The transaction rolled back: nothing of this batch is durable, so nobody may
+                // be told otherwise.
+                tracing::error!(project = %self.label, error = %e, "commit failed; batch rolled back");
+                self.last = last_before;
+                self.last_ts = ts_before;
+                let message = e.to_string();
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {message}"))));
+                }
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(StoreError::Corrupt(format!("commit failed: {message}"))));
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn now_micros() -> Micros {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as Micros)
+}

@@ -1,0 +1,171 @@
+//! Read access to one project's state and journal, on any connection (a reader, or the writer's
+//! open transaction while it plans a change).
+
+use holdfast_types::{Change, Epoch, Kind, Lsn, Micros, Op, CHANGE_FORMAT_VERSION};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+
+use crate::error::{Result, StoreError};
+
+/// A stored resource: its body plus what the store keeps about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub kind: Kind,
+    pub id: String,
+    pub parent: Option<String>,
+    /// Position among its siblings: `created_lsn << 16 | op index`.
+    pub seq: i64,
+    pub created_us: Micros,
+    pub updated_us: Micros,
+    pub body: Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+pub struct StateView<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> StateView<'c> {
+    pub fn new(conn: &'c Connection) -> Self {
+        Self { conn }
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        self.conn
+    }
+
+    pub fn get(&self, kind: Kind, id: &str) -> Result<Option<Resource>> {
+        self.conn
+            .prepare_cached(
+                "SELECT kind, id, parent, seq, created_us, updated_us, body FROM resources
+                 WHERE kind = ?1 AND id = ?2",
+            )?
+            .query_row(params![kind.as_str(), id], resource_from_row)
+            .optional()?
+            .transpose()
+    }
+
+    /// Resources of `kind` under `parent` (or at the top level), in creation order, starting after
+    /// the resource with id `after`.
+    pub fn list(
+        &self,
+        kind: Kind,
+        parent: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Resource>> {
+        let cursor = match after {
+            Some(id) => match self.get(kind, id)? {
+                Some(r) => Some(r.seq),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        let sql = match order {
+            Order::Asc => {
+                "SELECT kind, id, parent, seq, created_us, updated_us, body FROM resources
+                 WHERE kind = ?1 AND parent IS ?2 AND seq > ?3 ORDER BY seq ASC LIMIT ?4"
+            }
+            Order::Desc => {
+                "SELECT kind, id, parent, seq, created_us, updated_us, body FROM resources
+                 WHERE kind = ?1 AND parent IS ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+            }
+        };
+        let bound = cursor.unwrap_or(match order {
+            Order::Asc => i64::MIN,
+            Order::Desc => i64::MAX,
+        });
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(
+            params![kind.as_str(), parent, bound, limit as i64],
+            resource_from_row,
+        )?;
+        rows.map(|r| r?).collect()
+    }
+
+    pub fn count(&self, kind: Kind, parent: Option<&str>) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM resources WHERE kind = ?1 AND parent IS ?2",
+            params![kind.as_str(), parent],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    pub fn last_lsn(&self) -> Result<Lsn> {
+        let lsn: i64 =
+            self.conn.query_row("SELECT COALESCE(MAX(lsn), 0) FROM journal", [], |r| r.get(0))?;
+        Ok(Lsn(lsn as u64))
+    }
+
+    pub fn epoch(&self) -> Result<Epoch> {
+        let epoch: String =
+            self.conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))?;
+        epoch
+            .parse()
+            .map(Epoch)
+            .map_err(|_| StoreError::Corrupt(format!("bad epoch {epoch:?} in meta")))
+    }
+
+    /// Up to `limit` changes with `lsn > after`, in order.
+    pub fn journal(&self, after: Lsn, limit: usize) -> Result<Vec<Change>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT v, lsn, epoch, ts, actor, request_id, ops FROM journal
+             WHERE lsn > ?1 ORDER BY lsn LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after.0 as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (v, lsn, epoch, ts, actor, request_id, ops) = row?;
+            if v != CHANGE_FORMAT_VERSION {
+                return Err(StoreError::Corrupt(format!(
+                    "journal entry {lsn} has format version {v}; this server reads {CHANGE_FORMAT_VERSION}"
+                )));
+            }
+            let ops: Vec<Op> = serde_json::from_str(&ops)?;
+            out.push(Change {
+                v,
+                lsn: Lsn(lsn as u64),
+                epoch: Epoch(epoch as u64),
+                ts,
+                actor,
+                request_id,
+                ops,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn resource_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Resource>> {
+    let kind: String = r.get(0)?;
+    let body: String = r.get(6)?;
+    let resource = (|| {
+        Ok(Resource {
+            kind: Kind::parse(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown resource kind {kind:?}")))?,
+            id: r.get(1)?,
+            parent: r.get(2)?,
+            seq: r.get(3)?,
+            created_us: r.get(4)?,
+            updated_us: r.get(5)?,
+            body: serde_json::from_str(&body)?,
+        })
+    })();
+    Ok(resource)
+}

@@ -1,0 +1,157 @@
+//! Models of Holdfast's own control-plane API (`/v1`). Wire names are snake_case.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{Change, Epoch, KeyId, Lsn, PrincipalId, ProjectId};
+
+/// A project: the unit of isolation, replication, backup and export.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Project {
+    pub id: ProjectId,
+    /// Unique, immutable, URL-safe: lowercase letters, digits and `-`, 3 to 63 characters.
+    pub name: String,
+    pub display_name: String,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub updated_at: String,
+    /// The last LSN of the project's journal.
+    pub lsn: Lsn,
+    pub epoch: Epoch,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectCreate {
+    pub name: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A partial update: absent fields stay as they are. In `tags`, a key mapped to `null` is removed
+/// and every other key is set (JSON merge patch semantics).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectUpdate {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, Option<String>>>,
+}
+
+/// One page of a list. Pass `next_after` back as `after` for the next page; it is null on the
+/// last page.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+    pub next_after: Option<String>,
+}
+
+pub type ProjectPage = Page<Project>;
+pub type KeyPage = Page<KeyInfo>;
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JournalPage {
+    /// Changes in LSN order, all with `lsn > after`.
+    pub changes: Vec<Change>,
+    /// The project's last LSN when the page was read.
+    pub last_lsn: Lsn,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Info {
+    pub name: String,
+    pub version: String,
+    pub region: String,
+    /// The change-record format version this server writes.
+    pub journal_format: u32,
+}
+
+/// The role a key's principal holds at the root scope `/`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, including keys and journals.
+    Admin,
+    /// Read and write projects and their contents; no keys, no raw journal.
+    #[default]
+    Contributor,
+    /// Read only.
+    Reader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Contributor => "contributor",
+            Role::Reader => "reader",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "contributor" => Some(Role::Contributor),
+            "reader" => Some(Role::Reader),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCreate {
+    /// A name for the new principal that owns the key.
+    pub name: String,
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// Returned once, at creation: the secret is not stored and cannot be shown again.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyCreated {
+    pub key: String,
+    pub key_id: KeyId,
+    pub principal_id: PrincipalId,
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyInfo {
+    pub key_id: KeyId,
+    pub principal_id: PrincipalId,
+    pub name: String,
+    pub role: Role,
+    /// The first characters of the key, enough to recognise it.
+    pub prefix: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// Holdfast's error envelope on `/v1`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, such as `not_found` or `conflict`.
+    pub code: String,
+    pub message: String,
+    /// The request id to quote when reporting a problem.
+    pub request_id: String,
+}

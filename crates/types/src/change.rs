@@ -1,0 +1,120 @@
+//! The change record: one logical mutation of a project's state, as it is journaled.
+//! The format is documented in `docs/formats/journal.md`; change it only with a version bump.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Epoch, Lsn, Micros};
+
+/// The version written into every change record (`"v"`). A reader refuses versions it does not
+/// know rather than guess at their meaning.
+pub const CHANGE_FORMAT_VERSION: u32 = 1;
+
+/// Most operations one change may carry; keeps a resource's ordering key (`lsn << 16 | index`)
+/// inside an `i64`.
+pub const MAX_OPS_PER_CHANGE: usize = 1 << 16;
+
+/// One entry of a project's journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Change {
+    /// Record format version, [`CHANGE_FORMAT_VERSION`].
+    pub v: u32,
+    pub lsn: Lsn,
+    pub epoch: Epoch,
+    /// Commit time in microseconds since the Unix epoch; never decreases along a journal.
+    pub ts: Micros,
+    /// The principal that made the change (`prn_…`), or `system`.
+    pub actor: String,
+    /// The request that made the change.
+    pub request_id: String,
+    /// Applied in order, all or nothing.
+    pub ops: Vec<Op>,
+}
+
+/// The type of a stored resource. New kinds are added here, and only here, for the journal,
+/// replay, dumps and (later) export to carry them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The project's own record: name, display name, description, tags.
+    Project,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Project => "project",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "project" => Some(Kind::Project),
+            _ => None,
+        }
+    }
+}
+
+/// A state mutation. Every value `apply` needs is carried here, so applying a change is a pure
+/// function of (state, change).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    /// Creates the resource, or replaces its body (keeping its creation time and position).
+    Put {
+        kind: Kind,
+        id: String,
+        /// The id of the resource this one belongs to; deleting the parent deletes it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<String>,
+        body: Value,
+    },
+    /// Applies an RFC 7396 JSON merge patch to an existing resource's body.
+    Patch { kind: Kind, id: String, patch: Value },
+    /// Deletes the resource and, recursively, every resource whose parent it is.
+    Delete { kind: Kind, id: String },
+}
+
+impl Op {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Op::Put { kind, .. } | Op::Patch { kind, .. } | Op::Delete { kind, .. } => *kind,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Op::Put { id, .. } | Op::Patch { id, .. } | Op::Delete { id, .. } => id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_round_trips_through_json() {
+        let change = Change {
+            v: CHANGE_FORMAT_VERSION,
+            lsn: Lsn(7),
+            epoch: Epoch(1),
+            ts: 1_700_000_000_000_001,
+            actor: "prn_x".into(),
+            request_id: "req_y".into(),
+            ops: vec![
+                Op::Put { kind: Kind::Project, id: "proj_a".into(), parent: None, body: serde_json::json!({"name":"a"}) },
+                Op::Patch { kind: Kind::Project, id: "proj_a".into(), patch: serde_json::json!({"tags":{"x":null}}) },
+                Op::Delete { kind: Kind::Project, id: "proj_a".into() },
+            ],
+        };
+        let text = serde_json::to_string(&change).expect("serialize");
+        assert_eq!(serde_json::from_str::<Change>(&text).expect("parse"), change);
+    }
+
+    #[test]
+    fn unknown_kinds_and_ops_are_refused() {
+        assert!(serde_json::from_str::<Op>(r#"{"type":"put","kind":"galaxy","id":"x","body":{}}"#).is_err());
+        assert!(serde_json::from_str::<Op>(r#"{"type":"explode","kind":"project","id":"x"}"#).is_err());
+    }
+}
