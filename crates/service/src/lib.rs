@@ -1,1 +1,189 @@
+//! The operations users perform on Holdfast, whatever facade they come through: validation,
+//! ids, authentication and authorization, and the plans that turn a request into journaled ops.
+//!
+//! API Boundary: facades call [`Service`]; they never touch the store. Every mutation of a
+//! project ends in [`holdfast_store::ProjectStore::write`], so it is journaled.
 
+mod auth;
+mod projects;
+mod validate;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+pub use auth::{Action, Caller, Principal};
+use holdfast_blob::BlobStore;
+use holdfast_store::ProjectStore;
+use holdfast_store::control::{self, ControlStore};
+use holdfast_types::api::Info;
+use holdfast_types::{Error, ErrorKind, ProjectId, CHANGE_FORMAT_VERSION};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the service needs to start; the binary builds it from flags, environment and file.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub data_dir: PathBuf,
+    pub region: String,
+    /// `HOLDFAST_ADMIN_KEY`: when set, this key is an admin key and no key is generated.
+    pub admin_key: Option<String>,
+}
+
+pub struct Service {
+    region: String,
+    data_dir: PathBuf,
+    control: ControlStore,
+    #[allow(dead_code)] // the agent API stores files here
+    blobs: BlobStore,
+    /// Open project stores, by id. Opened on first use, closed on delete and shutdown.
+    projects: tokio::sync::Mutex<HashMap<ProjectId, Arc<ProjectStore>>>,
+    /// Live keys by hash; reloaded from the control store whenever keys change.
+    keys: RwLock<HashMap<String, Principal>>,
+    /// Held for the life of the service: one server per data directory.
+    _lock: File,
+}
+
+/// What [`Service::open`] hands back besides the service.
+pub struct Opened {
+    pub service: Service,
+    /// The admin key made on first start, to show once (it is also in `<data>/admin.key`).
+    pub generated_admin_key: Option<String>,
+}
+
+impl Service {
+    /// Opens (or initialises) the data directory, recovers from a crash mid-create or
+    /// mid-delete, and loads the keys.
+    pub fn open(config: ServiceConfig) -> Result<Opened> {
+        let data = &config.data_dir;
+        std::fs::create_dir_all(data.join("projects"))
+            .map_err(|e| Error::internal(format!("cannot create data directory {}: {e}", data.display())))?;
+        let lock = lock_data_dir(data)?;
+        let (control, created) = ControlStore::open(&data.join("control.db")).map_err(Error::from)?;
+        let blobs = BlobStore::local(&data.join("blobs"))
+            .map_err(|e| Error::internal(format!("cannot open blob store: {e}")))?;
+        let service = Service {
+            region: config.region.clone(),
+            data_dir: data.clone(),
+            control,
+            blobs,
+            projects: tokio::sync::Mutex::new(HashMap::new()),
+            keys: RwLock::new(HashMap::new()),
+            _lock: lock,
+        };
+        service.recover()?;
+        let generated_admin_key = service.bootstrap_admin(config.admin_key.as_deref(), created)?;
+        service.reload_keys_blocking()?;
+        Ok(Opened { service, generated_admin_key })
+    }
+
+    pub fn info(&self) -> Info {
+        Info {
+            name: "holdfast".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            region: self.region.clone(),
+            journal_format: CHANGE_FORMAT_VERSION,
+        }
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Whether the service can take requests: its control store answers.
+    pub async fn ready(&self) -> Result<()> {
+        self.control.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await.map_err(Error::from)
+    }
+
+    /// Closes every project store, letting each writer commit what it has queued.
+    pub async fn shutdown(&self) {
+        let stores: Vec<_> = self.projects.lock().await.drain().map(|(_, s)| s).collect();
+        let _ = tokio::task::spawn_blocking(move || stores.iter().for_each(|s| s.close())).await;
+    }
+
+    fn project_dir(&self, id: &ProjectId) -> PathBuf {
+        self.data_dir.join("projects").join(id.as_str())
+    }
+
+    fn project_db(&self, id: &ProjectId) -> PathBuf {
+        self.project_dir(id).join("state.db")
+    }
+
+    /// Deleted projects' directories are moved here, not erased, until soft delete with a
+    /// retention period exists.
+    fn trash_dir(&self) -> PathBuf {
+        self.data_dir.join("trash")
+    }
+
+    /// Start-up recovery. A create that crashed before it was acknowledged is rolled back; a
+    /// project directory the catalog does not know (a delete that crashed after the catalog
+    /// forgot the project) is moved to the trash.
+    fn recover(&self) -> Result<()> {
+        let entries = self.control.call_blocking(control::all_projects).map_err(Error::from)?;
+        for entry in entries.iter().filter(|e| !e.active) {
+            tracing::warn!(project = %entry.name, id = %entry.id, "rolling back a create interrupted by a crash");
+            remove_dir_if_exists(&self.project_dir(&entry.id))?;
+            self.control.call_blocking(|c| control::remove_project(c, &entry.id)).map_err(Error::from)?;
+        }
+        let known: Vec<_> = entries.iter().filter(|e| e.active).map(|e| e.id.as_str().to_owned()).collect();
+        let dir = self.data_dir.join("projects");
+        let listing = std::fs::read_dir(&dir)
+            .map_err(|e| Error::internal(format!("cannot list {}: {e}", dir.display())))?;
+        for item in listing.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                tracing::warn!(dir = %name, "moving a project directory the catalog does not know to the trash");
+                self.move_to_trash(&item.path(), &name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn move_to_trash(&self, dir: &Path, name: &str) -> Result<()> {
+        let trash = self.trash_dir();
+        std::fs::create_dir_all(&trash).map_err(|e| Error::internal(format!("cannot create trash: {e}")))?;
+        let target = trash.join(format!("{name}-{}", ulid::Ulid::generate().to_string().to_lowercase()));
+        std::fs::rename(dir, &target)
+            .map_err(|e| Error::internal(format!("cannot move {} to the trash: {e}", dir.display())))
+    }
+}
+
+/// Takes an exclusive lock on `<data>/holdfast.lock` for the life of the process, so a second
+/// server on the same directory is refused instead of corrupting it.
+fn lock_data_dir(data: &Path) -> Result<File> {
+    let path = data.join("holdfast.lock");
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::internal(format!("cannot open {}: {e}", path.display())))?;
+    if file.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let who = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "data directory {} is in use by another holdfast process{who}; stop it or choose another --data",
+                data.display()
+            ),
+        ));
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::internal(format!("cannot remove {}: {e}", dir.display()))),
+    }
+}

@@ -209,3 +209,38 @@ pub fn canonical_dump(conn: &Connection) -> Result<Vec<u8>> {
 pub fn state_hash(conn: &Connection) -> Result<String> {
     Ok(hex::encode(Sha256::digest(canonical_dump(conn)?)))
 }
+
+/// Applies changes, one transaction each, to a project database of its own: how a journal is
+/// replayed into an empty store (restore, verification, the replay property test).
+pub struct Replayer {
+    conn: Connection,
+    last: Lsn,
+}
+
+impl Replayer {
+    /// Creates an empty project database at `path` (which must not exist).
+    pub fn create(path: &std::path::Path, project: &ProjectId) -> Result<Self> {
+        if path.exists() {
+            return Err(StoreError::Corrupt(format!("{} exists already", path.display())));
+        }
+        let conn = crate::sqlite::open(path, true)?;
+        init_project_schema(&conn, project, Epoch::FIRST)?;
+        Ok(Self { conn, last: Lsn::ZERO })
+    }
+
+    pub fn apply(&mut self, change: &Change) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        apply_change(&tx, self.last, change)?;
+        tx.commit()?;
+        self.last = change.lsn;
+        Ok(())
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.last
+    }
+
+    pub fn dump(&self) -> Result<Vec<u8>> {
+        canonical_dump(&self.conn)
+    }
+}
