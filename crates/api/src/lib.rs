@@ -1,1 +1,81 @@
+//! HTTP facades over the service layer.
+//!
+//! Architecture Invariant: `holdfast-api` is the only crate that knows HTTP and JSON wire
+//! shapes. Handlers extract a [`Caller`](holdfast_service::Caller), call the
+//! [`Service`](holdfast_service::Service), and map its coarse errors to statuses in one place
+//! ([`error::status_of`]).
 
+mod control;
+pub mod error;
+mod extract;
+mod middleware;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use holdfast_service::Service;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Limits the HTTP layer enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Holdfast", description = "Self-hosted state for AI projects: control-plane API."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "projects"), (name = "keys"), (name = "operations"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes())
+}
+
+/// The OpenAPI document of every route, built once.
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static API: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    API.get_or_init(|| routes().split_for_parts().1)
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState, limits: HttpLimits) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router
+        .fallback(error::unknown_route)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .with_state(state)
+}

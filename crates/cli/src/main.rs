@@ -1,1 +1,425 @@
-fn main() {}
+//! `holdfast`: the server (`holdfast serve`) and its command-line client.
+
+mod bench;
+mod client;
+mod config;
+mod context;
+mod output;
+mod serve;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use clap::{Args, Parser, Subcommand};
+use holdfast_types::api::{
+    Info, JournalPage, KeyCreate, KeyCreated, KeyPage, Project, ProjectCreate, ProjectPage, ProjectUpdate, Role,
+};
+use serde_json::json;
+
+use crate::client::Client;
+use crate::config::{FileConfig, Overrides, ServeConfig};
+use crate::context::{ContextEntry, ContextFile};
+use crate::output::{Format, print};
+
+/// A failure with the exit code it should end the process with.
+#[derive(Debug)]
+pub struct Exit {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Exit {
+    pub fn new(code: i32, error: anyhow::Error) -> Self {
+        Self { code: u8::try_from(code).unwrap_or(1), error }
+    }
+
+    pub fn error(error: anyhow::Error) -> Self {
+        Self::new(1, error)
+    }
+}
+
+impl From<anyhow::Error> for Exit {
+    fn from(error: anyhow::Error) -> Self {
+        Self::error(error)
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "holdfast", version, about = "Self-hosted state for AI projects that survives region loss, deletion and corruption")]
+struct Cli {
+    /// Server URL; overrides HOLDFAST_ENDPOINT and the context file.
+    #[arg(long, global = true, env = "HOLDFAST_ENDPOINT", value_delimiter = ',')]
+    endpoint: Vec<String>,
+    /// API key; overrides HOLDFAST_KEY and the context file.
+    #[arg(long, global = true, env = "HOLDFAST_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Context from the context file to use instead of the current one.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Output format (default: table on a terminal, json otherwise).
+    #[arg(short = 'o', long = "output", global = true, value_enum)]
+    output: Option<Format>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Create, list, show, update and delete projects.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Manage API keys (admin).
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Read a project's journal (admin).
+    #[command(subcommand)]
+    Journal(JournalCmd),
+    /// Manage client contexts (endpoints and keys) in ~/.config/holdfast/config.toml.
+    #[command(subcommand)]
+    Context(ContextCmd),
+    /// Show the server's version and region.
+    Info,
+    /// Measure performance.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (holdfast.toml).
+    #[arg(long, env = "HOLDFAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./holdfast-data].
+    #[arg(long, env = "HOLDFAST_DATA")]
+    data: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8480].
+    #[arg(long, env = "HOLDFAST_LISTEN")]
+    listen: Option<String>,
+    /// This node's region name [default: local].
+    #[arg(long, env = "HOLDFAST_REGION")]
+    region: Option<String>,
+    /// Largest request body in bytes [default: 1048576].
+    #[arg(long, env = "HOLDFAST_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Log filter, e.g. `info` or `holdfast_store=debug,info` [default: info].
+    #[arg(long, env = "HOLDFAST_LOG")]
+    log: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ProjectCmd {
+    /// Create a project.
+    Create {
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// A tag as KEY=VALUE; repeatable.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// List projects.
+    List {
+        /// Start after this project name.
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size (1-100); without it, every page is fetched.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show one project.
+    Show { name: String },
+    /// Change a project's display name, description or tags.
+    Update {
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Set a tag, KEY=VALUE; repeatable.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+        /// Remove a tag; repeatable.
+        #[arg(long = "remove-tag")]
+        remove_tags: Vec<String>,
+    },
+    /// Delete a project.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create a principal with a new key; the key is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "contributor", value_parser = ["admin", "contributor", "reader"])]
+        role: String,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key (key_…) or every key of a principal (prn_…).
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// Print a project's changes in LSN order.
+    Tail {
+        #[arg(long)]
+        project: String,
+        /// Start after this LSN.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep waiting for new changes.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContextCmd {
+    /// Add (or replace) a context; with several --endpoint, they are tried in order. The key is
+    /// the global --key (or HOLDFAST_KEY).
+    Add {
+        name: String,
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        /// Make it the current context.
+        #[arg(long)]
+        current: bool,
+    },
+    /// Make a context the current one.
+    Use { name: String },
+    /// List contexts.
+    List,
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_tracing(None, false); // `serve` starts logging once its configuration is resolved
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(exit) => {
+            eprintln!("error: {:#}", exit.error);
+            ExitCode::from(exit.code)
+        }
+    }
+}
+
+fn init_tracing(level: Option<&str>, serving: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(if serving { "info" } else { "warn" })),
+    };
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<(), Exit> {
+    let format = Format::resolve(cli.output);
+    match cli.command {
+        Command::Serve(args) => {
+            let file = match &args.config {
+                Some(path) => FileConfig::load(path)?,
+                None => FileConfig::default(),
+            };
+            let config = ServeConfig::resolve(file, Overrides {
+                data: args.data,
+                listen: args.listen,
+                region: args.region,
+                max_body_bytes: args.max_body_bytes,
+                log: args.log,
+            })?;
+            init_tracing(Some(&config.log), true);
+            serve::run(config).await
+        }
+        Command::Context(cmd) => context_cmd(cmd, cli.key, format),
+        Command::Bench(cmd) => bench::run(cmd, format).await,
+        command => {
+            let client = client_for(cli.endpoint, cli.key, cli.context.as_deref())?;
+            client_cmd(&client, command, format).await
+        }
+    }
+}
+
+/// Endpoints and key: flags, else environment (clap reads both), else the context file, else the
+/// local default.
+fn client_for(endpoints: Vec<String>, key: Option<String>, context: Option<&str>) -> Result<Client, Exit> {
+    let file = ContextFile::load()?;
+    let selected = file.selected(context)?;
+    let endpoints = if !endpoints.is_empty() {
+        endpoints
+    } else if let Some(c) = selected {
+        c.endpoints.clone()
+    } else {
+        vec![format!("http://{}", config::DEFAULT_LISTEN)]
+    };
+    let key = key.or_else(|| selected.and_then(|c| c.key.clone()));
+    Client::new(endpoints, key)
+}
+
+async fn client_cmd(client: &Client, command: Command, format: Format) -> Result<(), Exit> {
+    const PROJECT_COLUMNS: &[&str] = &["name", "display_name", "lsn", "created_at", "tags"];
+    match command {
+        Command::Info => print(format, &client.get::<Info>("/v1/info").await?, &[])?,
+        Command::Project(cmd) => match cmd {
+            ProjectCmd::Create { name, display_name, description, tags } => {
+                let req = ProjectCreate { name, display_name, description, tags: tags.into_iter().collect() };
+                print(format, &client.post::<_, Project>("/v1/projects", &req).await?, &[])?;
+            }
+            ProjectCmd::List { after, limit } => {
+                let mut all = Vec::new();
+                let mut after = after;
+                loop {
+                    let mut path = format!("/v1/projects?limit={}", limit.unwrap_or(100));
+                    if let Some(a) = &after {
+                        path.push_str(&format!("&after={a}"));
+                    }
+                    let page: ProjectPage = client.get(&path).await?;
+                    all.extend(page.data);
+                    match page.next_after {
+                        Some(next) if limit.is_none() => after = Some(next),
+                        _ => break,
+                    }
+                }
+                print(format, &all, PROJECT_COLUMNS)?;
+            }
+            ProjectCmd::Show { name } => {
+                print(format, &client.get::<Project>(&format!("/v1/projects/{name}")).await?, &[])?;
+            }
+            ProjectCmd::Update { name, display_name, description, tags, remove_tags } => {
+                let mut changes: BTreeMap<String, Option<String>> = tags.into_iter().map(|(k, v)| (k, Some(v))).collect();
+                changes.extend(remove_tags.into_iter().map(|k| (k, None)));
+                let req = ProjectUpdate { display_name, description, tags: (!changes.is_empty()).then_some(changes) };
+                print(format, &client.patch::<_, Project>(&format!("/v1/projects/{name}"), &req).await?, &[])?;
+            }
+            ProjectCmd::Delete { name } => {
+                client.delete(&format!("/v1/projects/{name}")).await?;
+                if format == Format::Table {
+                    println!("deleted project {name}");
+                } else {
+                    print(format, &json!({ "deleted": name }), &[])?;
+                }
+            }
+        },
+        Command::Key(cmd) => match cmd {
+            KeyCmd::Create { name, role } => {
+                let role = Role::parse(&role).ok_or_else(|| Exit::new(2, anyhow!("unknown role {role:?}")))?;
+                let created: KeyCreated = client.post("/v1/keys", &KeyCreate { name, role }).await?;
+                if format == Format::Table {
+                    println!("key:          {}", created.key);
+                    println!("principal id: {}", created.principal_id);
+                    println!("key id:       {}", created.key_id);
+                    eprintln!("The key is shown once; store it now.");
+                } else {
+                    print(format, &created, &[])?;
+                }
+            }
+            KeyCmd::List => {
+                let page: KeyPage = client.get("/v1/keys").await?;
+                print(format, &page.data, &["key_id", "principal_id", "name", "role", "prefix", "created_at", "revoked_at"])?;
+            }
+            KeyCmd::Revoke { id } => {
+                client.delete(&format!("/v1/keys/{id}")).await?;
+                if format == Format::Table {
+                    println!("revoked {id}");
+                } else {
+                    print(format, &json!({ "revoked": id }), &[])?;
+                }
+            }
+        },
+        Command::Journal(JournalCmd::Tail { project, after, follow }) => {
+            let mut after = after;
+            loop {
+                let wait = if follow { "&wait_ms=25000" } else { "" };
+                let page: JournalPage =
+                    client.get(&format!("/v1/projects/{project}/journal?after={after}&limit=1000{wait}")).await?;
+                for change in &page.changes {
+                    match format {
+                        Format::Table => println!(
+                            "{:>8}  {}  {}  {}  {}",
+                            change.lsn,
+                            holdfast_types::rfc3339(change.ts),
+                            change.actor,
+                            change.request_id,
+                            serde_json::to_string(&change.ops).context("encode ops")?
+                        ),
+                        // One JSON object per line, so a follower can be piped.
+                        _ => println!("{}", serde_json::to_string(change).context("encode change")?),
+                    }
+                    after = change.lsn.0;
+                }
+                if page.changes.is_empty() && !follow {
+                    break;
+                }
+                if page.changes.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Command::Serve(_) | Command::Context(_) | Command::Bench(_) => unreachable!("handled by run"),
+    }
+    Ok(())
+}
+
+fn context_cmd(cmd: ContextCmd, key: Option<String>, format: Format) -> Result<(), Exit> {
+    let mut file = ContextFile::load()?;
+    match cmd {
+        ContextCmd::Add { name, endpoints, current } => {
+            if name.is_empty() {
+                return Err(Exit::new(2, anyhow!("context name is empty")));
+            }
+            file.contexts.insert(name.clone(), ContextEntry { endpoints, key });
+            if current || file.current.is_none() {
+                file.current = Some(name.clone());
+            }
+            file.save()?;
+            eprintln!("saved context {name} in {}", context::path()?.display());
+        }
+        ContextCmd::Use { name } => {
+            if !file.contexts.contains_key(&name) {
+                return Err(Exit::new(3, anyhow!("no context named {name:?}")));
+            }
+            file.current = Some(name);
+            file.save()?;
+        }
+        ContextCmd::List => {
+            let rows: Vec<_> = file
+                .contexts
+                .iter()
+                .map(|(name, c)| {
+                    json!({
+                        "name": name,
+                        "current": file.current.as_deref() == Some(name.as_str()),
+                        "endpoints": c.endpoints.join(","),
+                        "key": c.key.as_ref().map(|k| format!("{}…", k.chars().take(10).collect::<String>())),
+                    })
+                })
+                .collect();
+            print(format, &rows, &["name", "current", "endpoints", "key"])?;
+        }
+    }
+    Ok(())
+}

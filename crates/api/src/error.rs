@@ -1,0 +1,71 @@
+//! Errors on the wire. Holdfast's envelope on `/v1`:
+//! `{"error": {"code": "not_found", "message": "…", "request_id": "req_…"}}`.
+
+use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use holdfast_types::api::{ErrorBody, ErrorDetail};
+use holdfast_types::{Error, ErrorKind};
+
+use crate::middleware::current_request_id;
+
+/// The one place a service error becomes an HTTP status.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal | _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An error leaving a `/v1` handler.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = status_of(self.0.kind);
+        if status.is_server_error() {
+            tracing::error!(error = %self.0.message, code = self.0.kind.code(), "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.0.kind.code().to_owned(),
+                message: self.0.message,
+                request_id: current_request_id(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+pub async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError(Error::not_found(format!("no route for {}", uri.path())))
+}
+
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let mut response = ApiError(Error::invalid(format!("method {method} is not allowed on {}", uri.path()))).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError(Error::internal("internal error; see the server log")).into_response()
+}

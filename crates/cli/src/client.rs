@@ -1,0 +1,94 @@
+//! The HTTP client behind the CLI's client commands.
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::Exit;
+
+pub struct Client {
+    http: reqwest::Client,
+    endpoints: Vec<String>,
+    key: Option<String>,
+}
+
+impl Client {
+    pub fn new(endpoints: Vec<String>, key: Option<String>) -> Result<Self, Exit> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("holdfast-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Exit::error(anyhow!("cannot build HTTP client: {e}")))?;
+        let endpoints = endpoints.into_iter().map(|e| e.trim_end_matches('/').to_owned()).collect();
+        Ok(Self { http, endpoints, key })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Exit> {
+        self.send(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Exit> {
+        self.send(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Exit> {
+        self.send(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), Exit> {
+        self.send::<(), Value>(Method::DELETE, path, None).await.map(|_| ())
+    }
+
+    /// Sends to each endpoint in turn until one answers; only a failure to connect moves on to
+    /// the next, so a request is never sent twice.
+    async fn send<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, Exit> {
+        let mut last_error = None;
+        for endpoint in &self.endpoints {
+            let mut request = self.http.request(method.clone(), format!("{endpoint}{path}"));
+            if let Some(key) = &self.key {
+                request = request.bearer_auth(key);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            match request.send().await {
+                Ok(response) => return decode(response).await,
+                Err(e) if e.is_connect() => last_error = Some(format!("{endpoint}: {e}")),
+                Err(e) => return Err(Exit::error(anyhow!("request to {endpoint} failed: {e}"))),
+            }
+        }
+        Err(Exit::error(anyhow!(
+            "no endpoint answered ({})",
+            last_error.unwrap_or_else(|| "no endpoint configured".into())
+        )))
+    }
+}
+
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, Exit> {
+    let status = response.status();
+    let text = response.text().await.map_err(|e| Exit::error(anyhow!("cannot read response: {e}")))?;
+    if status.is_success() {
+        let text = if text.is_empty() { "null" } else { &text };
+        return serde_json::from_str(text).map_err(|e| Exit::error(anyhow!("unexpected response ({status}): {e}")));
+    }
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or(text);
+    Err(Exit::new(exit_code(status), anyhow!("{message} (HTTP {})", status.as_u16())))
+}
+
+/// The documented exit codes: 3 not found, 4 conflict or locked, 5 unauthorized or forbidden.
+fn exit_code(status: StatusCode) -> i32 {
+    match status.as_u16() {
+        404 => 3,
+        409 | 423 => 4,
+        401 | 403 => 5,
+        _ => 1,
+    }
+}

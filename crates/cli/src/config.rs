@@ -1,0 +1,115 @@
+//! `holdfast serve` configuration: defaults, then `holdfast.toml`, then environment variables,
+//! then flags, each overriding the one before. The file format is documented in README.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+pub const DEFAULT_DATA: &str = "./holdfast-data";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
+pub const DEFAULT_REGION: &str = "local";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// `holdfast.toml`. Every field is optional; unknown fields are an error, so a typo is caught.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub limits: FileLimits,
+    #[serde(default)]
+    pub log: FileLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    /// A tracing filter such as `info` or `holdfast_store=debug,info`.
+    pub level: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+/// The settings `serve` runs with, after layering.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub region: String,
+    pub max_body_bytes: usize,
+    pub log: String,
+}
+
+/// Values from flags or environment (clap reads both; flags win).
+pub struct Overrides {
+    pub data: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub region: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub log: Option<String>,
+}
+
+impl ServeConfig {
+    pub fn resolve(file: FileConfig, over: Overrides) -> Result<Self> {
+        let listen = over.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("invalid listen address {listen:?}: expected IP:PORT such as {DEFAULT_LISTEN}"))?;
+        let region = over.region.or(file.region).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        let region_ok = !region.is_empty()
+            && region.len() <= 63
+            && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        anyhow::ensure!(region_ok, "invalid region {region:?}: use 1 to 63 lowercase letters, digits and '-'");
+        let max_body_bytes = over.max_body_bytes.or(file.limits.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        anyhow::ensure!(max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
+        Ok(Self {
+            data: over.data.or(file.data).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
+            listen,
+            region,
+            max_body_bytes,
+            log: over.log.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none() -> Overrides {
+        Overrides { data: None, listen: None, region: None, max_body_bytes: None, log: None }
+    }
+
+    #[test]
+    fn layers_in_order() {
+        let file: FileConfig = toml::from_str("region = \"west\"\nlisten = \"127.0.0.1:9000\"\n[limits]\nmax_body_bytes = 4096\n")
+            .expect("parse");
+        let c = ServeConfig::resolve(file, Overrides { region: Some("east".into()), ..none() }).expect("resolve");
+        assert_eq!(c.region, "east");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.max_body_bytes, 4096);
+        assert_eq!(c.data, PathBuf::from(DEFAULT_DATA));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(toml::from_str::<FileConfig>("lsten = \"x\"").is_err());
+        assert!(ServeConfig::resolve(FileConfig::default(), Overrides { listen: Some("nope".into()), ..none() }).is_err());
+        assert!(ServeConfig::resolve(FileConfig::default(), Overrides { region: Some("Bad Region".into()), ..none() }).is_err());
+    }
+}

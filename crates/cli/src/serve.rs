@@ -1,0 +1,74 @@
+//! `holdfast serve`: open the data directory, serve HTTP until SIGINT/SIGTERM, then drain.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use holdfast_api::{AppState, HttpLimits};
+use holdfast_service::{Service, ServiceConfig};
+use holdfast_types::ErrorKind;
+
+use crate::Exit;
+use crate::config::ServeConfig;
+
+pub async fn run(config: ServeConfig) -> Result<(), Exit> {
+    let admin_key = std::env::var("HOLDFAST_ADMIN_KEY").ok().filter(|k| !k.is_empty());
+    let service_config = ServiceConfig { data_dir: config.data.clone(), region: config.region.clone(), admin_key };
+    let opened = tokio::task::spawn_blocking(move || Service::open(service_config))
+        .await
+        .map_err(|e| Exit::error(anyhow::anyhow!("start-up task failed: {e}")))?
+        .map_err(|e| {
+            let code = if e.kind == ErrorKind::Conflict { 4 } else { 1 };
+            Exit::new(code, anyhow::anyhow!("cannot open data directory: {e}"))
+        })?;
+    let service = Arc::new(opened.service);
+    if let Some(key) = opened.generated_admin_key {
+        let path = config.data.join("admin.key");
+        println!("Generated the admin key (shown once; also stored in {}, mode 0600):\n  {key}", path.display());
+    }
+    let metrics = match holdfast_api::telemetry::install_recorder() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics disabled");
+            None
+        }
+    };
+    let app = holdfast_api::app(
+        AppState { service: service.clone(), metrics },
+        HttpLimits { max_body_bytes: config.max_body_bytes },
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))
+        .map_err(Exit::error)?;
+    tracing::info!(
+        listen = %config.listen,
+        region = %config.region,
+        data = %config.data.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "holdfast is serving"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")
+        .map_err(Exit::error)?;
+    tracing::info!("draining: committing queued writes and closing stores");
+    service.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
