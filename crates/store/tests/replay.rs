@@ -267,7 +267,8 @@ fn patch_strategy() -> impl Strategy<Value = Value> {
         1 => value_strategy(),
     ];
     let object = member.prop_recursive(3, 24, 4, |inner| {
-        prop::collection::btree_map(key_strategy(), inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect()))
+        prop::collection::btree_map(key_strategy(), inner, 0..4)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
     });
     prop_oneof![
         8 => prop::collection::btree_map(key_strategy(), object, 0..5)
@@ -393,7 +394,11 @@ async fn run_case(pool: Vec<String>, rounds: Vec<Vec<WriteSpec>>) -> Result<(), 
             let plan = plan_for(spec, request_id.clone(), pool.clone(), model.clone());
             let store = store.clone();
             let rid = request_id.clone();
-            tasks.push((request_id, expect, tokio::spawn(async move { store.write(ACTOR, &rid, plan).await })));
+            tasks.push((
+                request_id,
+                expect,
+                tokio::spawn(async move { store.write(ACTOR, &rid, plan).await }),
+            ));
         }
         for (request_id, expect, task) in tasks {
             outcomes.push((request_id, expect, task.await.expect("write task")));
@@ -417,11 +422,15 @@ async fn run_case(pool: Vec<String>, rounds: Vec<Vec<WriteSpec>>) -> Result<(), 
             (Expect::Broken, Err(StoreError::Corrupt(_))) => {}
             (Expect::Empty, Ok(Committed { lsn: None, .. })) => {}
             (Expect::Ops, Ok(Committed { lsn: None, .. })) => {
-                prop_assert!(!model.planned.contains_key(request_id), "{request_id} planned ops but wrote none");
+                prop_assert!(
+                    !model.planned.contains_key(request_id),
+                    "{request_id} planned ops but wrote none"
+                );
             }
             (Expect::Ops, Ok(Committed { lsn: Some(lsn), ts })) => {
                 committed += 1;
-                let change = journaled.ok_or_else(|| TestCaseError::fail(format!("{request_id} is not journaled")))?;
+                let change =
+                    journaled.ok_or_else(|| TestCaseError::fail(format!("{request_id} is not journaled")))?;
                 prop_assert_eq!(change.lsn, *lsn);
                 prop_assert_eq!(change.ts, *ts);
                 prop_assert_eq!(change.actor.as_str(), ACTOR);
@@ -429,7 +438,9 @@ async fn run_case(pool: Vec<String>, rounds: Vec<Vec<WriteSpec>>) -> Result<(), 
                 continue;
             }
             (expect, outcome) => {
-                return Err(TestCaseError::fail(format!("{request_id}: expected {expect:?}, got {outcome:?}")));
+                return Err(TestCaseError::fail(format!(
+                    "{request_id}: expected {expect:?}, got {outcome:?}"
+                )));
             }
         }
         prop_assert!(journaled.is_none(), "{request_id} was not committed but is journaled");
@@ -471,10 +482,17 @@ async fn run_case(pool: Vec<String>, rounds: Vec<Vec<WriteSpec>>) -> Result<(), 
         .write(
             ACTOR,
             "req-after-reopen",
-            Box::new(|_| Ok(vec![Op::Put { kind: Kind::Project, id: "after-reopen".into(), parent: None, body: json!({"n": 1}) }])),
+            Box::new(|_| {
+                Ok(vec![Op::Put {
+                    kind: Kind::Project,
+                    id: "after-reopen".into(),
+                    parent: None,
+                    body: json!({"n": 1}),
+                }])
+            }),
         )
         .await
-        .expect("write after reopen");
+        .map_err(|e| TestCaseError::fail(format!("write after reopen: {e}")))?;
     prop_assert_eq!(next.lsn, Some(Lsn(committed as u64 + 1)));
     if let Some(last) = journal.last() {
         prop_assert!(next.ts >= last.ts, "timestamp went back after reopen");
@@ -497,7 +515,7 @@ proptest! {
     #[test]
     fn replay_equals_state(
         pool in prop::collection::vec(id_strategy(), 3..10),
-        rounds in prop::collection::vec(prop::collection::vec(write_strategy(), 1..8), 1..7),
+        rounds in prop::collection::vec(prop::collection::vec(write_strategy(), 1..10), 1..10),
     ) {
         runtime().block_on(run_case(pool, rounds))?;
     }
@@ -549,14 +567,25 @@ fn replayer_refuses_changes_that_break_the_journal() {
         ("no ops", change(3, 2, Vec::new())),
         (
             "an op that cannot apply (all or nothing)",
-            change(3, 2, vec![put("c", json!({})), Op::Patch { kind: Kind::Project, id: "nope".into(), patch: json!({}) }]),
+            change(
+                3,
+                2,
+                vec![
+                    put("c", json!({})),
+                    Op::Patch { kind: Kind::Project, id: "nope".into(), patch: json!({}) },
+                ],
+            ),
         ),
         (
             "a delete of a missing resource (all or nothing)",
-            change(3, 2, vec![
-                Op::Delete { kind: Kind::Project, id: "a".into() },
-                Op::Delete { kind: Kind::Project, id: "nope".into() },
-            ]),
+            change(
+                3,
+                2,
+                vec![
+                    Op::Delete { kind: Kind::Project, id: "a".into() },
+                    Op::Delete { kind: Kind::Project, id: "nope".into() },
+                ],
+            ),
         ),
     ];
     for (what, bad) in refused {
@@ -587,11 +616,27 @@ fn cascading_delete_is_replayed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let project = ProjectId::generate();
     let mut replayer = Replayer::create(&dir.path().join("r.db"), &project).expect("replayer");
-    let child = |id: &str, parent: &str| Op::Put { kind: Kind::Project, id: id.into(), parent: Some(parent.into()), body: json!({}) };
+    let child = |id: &str, parent: &str| Op::Put {
+        kind: Kind::Project,
+        id: id.into(),
+        parent: Some(parent.into()),
+        body: json!({}),
+    };
     replayer
-        .apply(&change(1, 1, vec![put("root", json!({})), child("kid", "root"), child("grandkid", "kid"), put("other", json!({}))]))
+        .apply(&change(
+            1,
+            1,
+            vec![
+                put("root", json!({})),
+                child("kid", "root"),
+                child("grandkid", "kid"),
+                put("other", json!({})),
+            ],
+        ))
         .expect("change 1");
-    replayer.apply(&change(2, 1, vec![Op::Delete { kind: Kind::Project, id: "root".into() }])).expect("change 2");
+    replayer
+        .apply(&change(2, 1, vec![Op::Delete { kind: Kind::Project, id: "root".into() }]))
+        .expect("change 2");
     let state = dump_state(&replayer.dump().expect("dump")).expect("parse dump");
     assert_eq!(state.keys().map(String::as_str).collect::<Vec<_>>(), ["other"]);
 }
@@ -641,7 +686,8 @@ async fn a_refused_write_does_not_disturb_its_batch() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let project = ProjectId::generate();
-    let store = Arc::new(ProjectStore::create(&dir.path().join("state.db"), &project, "label").expect("store"));
+    let store =
+        Arc::new(ProjectStore::create(&dir.path().join("state.db"), &project, "label").expect("store"));
 
     // The gate: its plan tells us it is running, then holds the writer until released.
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
@@ -720,7 +766,11 @@ async fn a_refused_write_does_not_disturb_its_batch() {
         }
     }
     let ok = N - REFUSED.len() - 2;
-    assert_eq!(lsns, (2..=ok as u64 + 1).map(Lsn).collect::<BTreeSet<_>>(), "LSNs must follow the gate densely");
+    assert_eq!(
+        lsns,
+        (2..=ok as u64 + 1).map(Lsn).collect::<BTreeSet<_>>(),
+        "LSNs must follow the gate densely"
+    );
 
     // Within the batch, each plan saw the LSNs before it, with no holes left by the refused ones.
     let mut in_tx: Vec<u64> = seen.iter().map(|(_, _, l)| l.0).collect();
@@ -741,6 +791,10 @@ async fn a_refused_write_does_not_disturb_its_batch() {
     assert_eq!(state.len(), ok + 1);
 
     let replayer = replay(&dir.path().join("replay.db"), &project, &journal).expect("replay");
-    assert_same_dump(&store.dump().await.expect("dump"), &replayer.dump().expect("dump"), "primary vs replay")
-        .expect("same dump");
+    assert_same_dump(
+        &store.dump().await.expect("dump"),
+        &replayer.dump().expect("dump"),
+        "primary vs replay",
+    )
+    .expect("same dump");
 }
