@@ -47,8 +47,12 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         version = env!("CARGO_PKG_VERSION"),
         "holdfast is serving"
     );
+    let stopping = service.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            stopping.begin_shutdown();
+        })
         .await
         .context("server failed")
         .map_err(Exit::error)?;

@@ -42,6 +42,8 @@ pub struct Service {
     projects: tokio::sync::Mutex<HashMap<ProjectId, Arc<ProjectStore>>>,
     /// Live keys by hash; reloaded from the control store whenever keys change.
     keys: RwLock<HashMap<String, Principal>>,
+    /// Set when the server begins to shut down, so long polls return at once.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Held for the life of the service: one server per data directory.
     _lock: File,
 }
@@ -71,6 +73,7 @@ impl Service {
             blobs,
             projects: tokio::sync::Mutex::new(HashMap::new()),
             keys: RwLock::new(HashMap::new()),
+            stopping: tokio::sync::watch::Sender::new(false),
             _lock: lock,
         };
         service.recover()?;
@@ -97,8 +100,15 @@ impl Service {
         self.control.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await.map_err(Error::from)
     }
 
+    /// Ends waits (journal long polls) so in-flight requests finish promptly; call when the
+    /// server stops accepting requests.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
     /// Closes every project store, letting each writer commit what it has queued.
     pub async fn shutdown(&self) {
+        self.begin_shutdown();
         let stores: Vec<_> = self.projects.lock().await.drain().map(|(_, s)| s).collect();
         let _ = tokio::task::spawn_blocking(move || stores.iter().for_each(|s| s.close())).await;
     }

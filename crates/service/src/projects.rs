@@ -296,7 +296,14 @@ impl Service {
         let store = self.project_store(name).await?;
         if let Some(wait) = wait {
             let mut lsn = store.subscribe();
-            let _ = tokio::time::timeout(wait.min(MAX_JOURNAL_WAIT), lsn.wait_for(|l| *l > after)).await;
+            let mut stopping = self.stopping.subscribe();
+            let _ = tokio::time::timeout(wait.min(MAX_JOURNAL_WAIT), async {
+                tokio::select! {
+                    _ = lsn.wait_for(|l| *l > after) => {}
+                    _ = stopping.wait_for(|s| *s) => {}
+                }
+            })
+            .await;
         }
         store
             .read(move |view| Ok(JournalPage { changes: view.journal(after, limit)?, last_lsn: view.last_lsn()? }))
