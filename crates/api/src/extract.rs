@@ -17,18 +17,7 @@ pub struct ApiJson<T>(pub T);
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        let kind = match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
-            _ => ErrorKind::InvalidInput,
-        };
-        let message = match &rejection {
-            JsonRejection::MissingJsonContentType(_) => {
-                "expected a JSON body with 'Content-Type: application/json'".to_owned()
-            }
-            _ if kind == ErrorKind::PayloadTooLarge => "request body is larger than the server's limit".to_owned(),
-            other => other.body_text(),
-        };
-        ApiError(Error::new(kind, message))
+        ApiError(json_rejection(&rejection))
     }
 }
 
@@ -50,19 +39,39 @@ impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = match parts.headers.get(axum::http::header::AUTHORIZATION) {
-            None => None,
-            Some(value) => {
-                let value = value.to_str().map_err(|_| Error::unauthenticated("malformed Authorization header"))?;
-                let token = value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
-                    .ok_or_else(|| Error::unauthenticated("the Authorization header must be 'Bearer <key>'"))?;
-                Some(token.trim())
-            }
-        };
-        let principal = state.service.authenticate(token)?;
-        let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate);
-        Ok(Authed(Caller { principal, request_id }))
+        Ok(Authed(caller(parts, state)?))
     }
+}
+
+/// Authenticates a request from its `Authorization: Bearer <key>` header. Shared by every
+/// facade's extractor; only the error shape differs between them.
+pub fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
+    let token = match parts.headers.get(axum::http::header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let value = value.to_str().map_err(|_| Error::unauthenticated("malformed Authorization header"))?;
+            let token = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .ok_or_else(|| Error::unauthenticated("the Authorization header must be 'Bearer <key>'"))?;
+            Some(token.trim())
+        }
+    };
+    let principal = state.service.authenticate(token)?;
+    let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate);
+    Ok(Caller { principal, request_id })
+}
+
+/// The kind and message of a JSON body rejection, whatever facade reports it.
+pub fn json_rejection(rejection: &JsonRejection) -> Error {
+    let kind = match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
+        _ => ErrorKind::InvalidInput,
+    };
+    let message = match rejection {
+        JsonRejection::MissingJsonContentType(_) => "expected a JSON body with 'Content-Type: application/json'".to_owned(),
+        _ if kind == ErrorKind::PayloadTooLarge => "request body is larger than the server's limit".to_owned(),
+        other => other.body_text(),
+    };
+    Error::new(kind, message)
 }

@@ -8,6 +8,7 @@
 mod control;
 pub mod error;
 mod extract;
+mod foundry;
 mod middleware;
 pub mod telemetry;
 
@@ -40,7 +41,9 @@ pub struct HttpLimits {
     info(title = "Holdfast", description = "Self-hosted state for AI projects: control-plane API."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "projects"), (name = "keys"), (name = "operations"))
+    tags((name = "projects"), (name = "keys"), (name = "operations"), (name = "connections"),
+        (name = "foundry", description = "Foundry Agent Service wire protocol"),
+        (name = "openai", description = "OpenAI-compatible routes"))
 )]
 struct ApiDoc;
 
@@ -59,7 +62,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes())
 }
 
 /// The OpenAPI document of every route, built once.

@@ -64,6 +64,7 @@ async fn journal(data: &std::path::Path, writers: usize, changes: usize) -> Resu
         data_dir: data.to_owned(),
         region: "bench".into(),
         admin_key: Some(KEY.into()),
+        master_key: None,
     })
     .map_err(|e| anyhow!("cannot open scratch data directory {}: {e}", data.display()))?;
     let service = Arc::new(opened.service);

@@ -73,6 +73,12 @@ enum Command {
     /// Create, list, show, update and delete projects.
     #[command(subcommand)]
     Project(ProjectCmd),
+    /// Manage a project's connections to upstream model servers.
+    #[command(subcommand)]
+    Connection(ConnectionCmd),
+    /// Manage a project's model deployments.
+    #[command(subcommand)]
+    Deployment(DeploymentCmd),
     /// Manage API keys (admin).
     #[command(subcommand)]
     Key(KeyCmd),
@@ -154,6 +160,62 @@ enum ProjectCmd {
 }
 
 #[derive(Subcommand)]
+enum ConnectionCmd {
+    /// Add an OpenAI-compatible upstream; its API key is stored encrypted and never shown again.
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long = "type", default_value = "openai")]
+        kind: String,
+        /// Base URL of the upstream's OpenAI API, e.g. https://api.openai.com/v1.
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        api_key: Option<String>,
+    },
+    /// List connections (without secrets).
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    /// Delete a connection no deployment uses.
+    Delete {
+        #[arg(long)]
+        project: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeploymentCmd {
+    /// Name a model of a connection; agents and responses use the name as `model`.
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        connection: String,
+        /// The model id the upstream knows.
+        #[arg(long)]
+        model: String,
+    },
+    /// List deployments.
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    /// Delete a deployment.
+    Delete {
+        #[arg(long)]
+        project: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCmd {
     /// Create a principal with a new key; the key is printed once.
     Create {
@@ -185,12 +247,11 @@ enum JournalCmd {
 
 #[derive(Subcommand)]
 enum ContextCmd {
-    /// Add (or replace) a context; with several --endpoint, they are tried in order. The key is
-    /// the global --key (or HOLDFAST_KEY).
+    /// Add (or replace) a context; with several --endpoint, they are tried in order. The
+    /// endpoints are the global --endpoint (or HOLDFAST_ENDPOINT) and the key the global --key
+    /// (or HOLDFAST_KEY).
     Add {
         name: String,
-        #[arg(long = "endpoint", required = true)]
-        endpoints: Vec<String>,
         /// Make it the current context.
         #[arg(long)]
         current: bool,
@@ -255,7 +316,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
             init_tracing(Some(&config.log), true);
             serve::run(config).await
         }
-        Command::Context(cmd) => context_cmd(cmd, cli.key, format),
+        Command::Context(cmd) => context_cmd(cmd, cli.endpoint, cli.key, format),
         Command::Bench(cmd) => bench::run(cmd, format).await,
         command => {
             let client = client_for(cli.endpoint, cli.key, cli.context.as_deref())?;
@@ -317,11 +378,37 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             }
             ProjectCmd::Delete { name } => {
                 client.delete(&format!("/v1/projects/{name}")).await?;
-                if format == Format::Table {
-                    println!("deleted project {name}");
-                } else {
-                    print(format, &json!({ "deleted": name }), &[])?;
-                }
+                done(format, "deleted", &name)?;
+            }
+        },
+        Command::Connection(cmd) => match cmd {
+            ConnectionCmd::Create { project, name, kind, target, api_key } => {
+                let body = json!({ "name": name, "type": kind, "target": target, "api_key": api_key });
+                let created: serde_json::Value = client.post(&format!("/v1/projects/{project}/connections"), &body).await?;
+                print(format, &created, &[])?;
+            }
+            ConnectionCmd::List { project } => {
+                let list: serde_json::Value = client.get(&format!("/v1/projects/{project}/connections")).await?;
+                print(format, &list["value"], &["name", "type", "target", "credentials"])?;
+            }
+            ConnectionCmd::Delete { project, name } => {
+                client.delete(&format!("/v1/projects/{project}/connections/{name}")).await?;
+                done(format, "deleted", &name)?;
+            }
+        },
+        Command::Deployment(cmd) => match cmd {
+            DeploymentCmd::Create { project, name, connection, model } => {
+                let body = json!({ "name": name, "connection": connection, "model": model });
+                let created: serde_json::Value = client.post(&format!("/v1/projects/{project}/deployments"), &body).await?;
+                print(format, &created, &[])?;
+            }
+            DeploymentCmd::List { project } => {
+                let list: serde_json::Value = client.get(&format!("/v1/projects/{project}/deployments")).await?;
+                print(format, &list["value"], &["name", "connectionName", "modelName"])?;
+            }
+            DeploymentCmd::Delete { project, name } => {
+                client.delete(&format!("/v1/projects/{project}/deployments/{name}")).await?;
+                done(format, "deleted", &name)?;
             }
         },
         Command::Key(cmd) => match cmd {
@@ -343,11 +430,7 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             }
             KeyCmd::Revoke { id } => {
                 client.delete(&format!("/v1/keys/{id}")).await?;
-                if format == Format::Table {
-                    println!("revoked {id}");
-                } else {
-                    print(format, &json!({ "revoked": id }), &[])?;
-                }
+                done(format, "revoked", &id)?;
             }
         },
         Command::Journal(JournalCmd::Tail { project, after, follow }) => {
@@ -384,12 +467,25 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
     Ok(())
 }
 
-fn context_cmd(cmd: ContextCmd, key: Option<String>, format: Format) -> Result<(), Exit> {
+/// Reports a completed action: a sentence on a terminal, `{"<verb>": "<what>"}` otherwise.
+fn done(format: Format, verb: &str, what: &str) -> anyhow::Result<()> {
+    if format == Format::Table {
+        println!("{verb} {what}");
+        Ok(())
+    } else {
+        print(format, &json!({ verb: what }), &[])
+    }
+}
+
+fn context_cmd(cmd: ContextCmd, endpoints: Vec<String>, key: Option<String>, format: Format) -> Result<(), Exit> {
     let mut file = ContextFile::load()?;
     match cmd {
-        ContextCmd::Add { name, endpoints, current } => {
+        ContextCmd::Add { name, current } => {
             if name.is_empty() {
                 return Err(Exit::new(2, anyhow!("context name is empty")));
+            }
+            if endpoints.is_empty() {
+                return Err(Exit::new(2, anyhow!("a context needs at least one --endpoint")));
             }
             file.contexts.insert(name.clone(), ContextEntry { endpoints, key });
             if current || file.current.is_none() {

@@ -12,7 +12,9 @@ use crate::config::ServeConfig;
 
 pub async fn run(config: ServeConfig) -> Result<(), Exit> {
     let admin_key = std::env::var("HOLDFAST_ADMIN_KEY").ok().filter(|k| !k.is_empty());
-    let service_config = ServiceConfig { data_dir: config.data.clone(), region: config.region.clone(), admin_key };
+    let master_key = std::env::var("HOLDFAST_MASTER_KEY").ok().filter(|k| !k.is_empty());
+    let service_config =
+        ServiceConfig { data_dir: config.data.clone(), region: config.region.clone(), admin_key, master_key };
     let opened = tokio::task::spawn_blocking(move || Service::open(service_config))
         .await
         .map_err(|e| Exit::error(anyhow::anyhow!("start-up task failed: {e}")))?

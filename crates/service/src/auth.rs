@@ -26,6 +26,12 @@ pub enum Action {
     /// Reading a project's raw journal: every change, with actors and request ids.
     JournalRead,
     KeysManage,
+    /// Reading a project's contents (agents, conversations, files…).
+    DataRead,
+    /// Creating, changing and deleting a project's contents.
+    DataWrite,
+    /// Reading a connection's secret (`getConnectionWithCredentials`).
+    SecretsRead,
 }
 
 impl Action {
@@ -35,6 +41,9 @@ impl Action {
             Action::ProjectsWrite => "projects/write",
             Action::JournalRead => "projects/journal/read",
             Action::KeysManage => "keys/manage",
+            Action::DataRead => "projects/data/read",
+            Action::DataWrite => "projects/data/write",
+            Action::SecretsRead => "projects/connections/secrets/read",
         }
     }
 }
@@ -50,8 +59,11 @@ impl Principal {
     fn allows(&self, action: Action) -> bool {
         match self.role {
             Role::Admin => true,
-            Role::Contributor => matches!(action, Action::ProjectsRead | Action::ProjectsWrite),
-            Role::Reader => matches!(action, Action::ProjectsRead),
+            Role::Contributor => matches!(
+                action,
+                Action::ProjectsRead | Action::ProjectsWrite | Action::DataRead | Action::DataWrite | Action::SecretsRead
+            ),
+            Role::Reader => matches!(action, Action::ProjectsRead | Action::DataRead),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! project ends in [`holdfast_store::ProjectStore::write`], so it is journaled.
 
 mod auth;
+pub mod data;
 mod projects;
 mod validate;
 
@@ -30,6 +31,9 @@ pub struct ServiceConfig {
     pub region: String,
     /// `HOLDFAST_ADMIN_KEY`: when set, this key is an admin key and no key is generated.
     pub admin_key: Option<String>,
+    /// `HOLDFAST_MASTER_KEY`: encrypts connection secrets; else `<data>/master.key` is used
+    /// (and created).
+    pub master_key: Option<String>,
 }
 
 pub struct Service {
@@ -42,6 +46,8 @@ pub struct Service {
     projects: tokio::sync::Mutex<HashMap<ProjectId, Arc<ProjectStore>>>,
     /// Live keys by hash; reloaded from the control store whenever keys change.
     keys: RwLock<HashMap<String, Principal>>,
+    /// Seals and opens connection secrets.
+    master: data::MasterKey,
     /// Set when the server begins to shut down, so long polls return at once.
     stopping: tokio::sync::watch::Sender<bool>,
     /// Held for the life of the service: one server per data directory.
@@ -66,7 +72,9 @@ impl Service {
         let (control, created) = ControlStore::open(&data.join("control.db")).map_err(Error::from)?;
         let blobs = BlobStore::local(&data.join("blobs"))
             .map_err(|e| Error::internal(format!("cannot open blob store: {e}")))?;
+        let master = data::MasterKey::load(config.master_key.as_deref(), &data.join("master.key"))?;
         let service = Service {
+            master,
             region: config.region.clone(),
             data_dir: data.clone(),
             control,

@@ -38,20 +38,65 @@ pub struct Change {
 pub enum Kind {
     /// The project's own record: name, display name, description, tags.
     Project,
+    /// An upstream model endpoint (`conn:{name}`); its secret is stored encrypted.
+    Connection,
+    /// A model name agents and responses use, bound to a connection (`dep:{name}`).
+    Deployment,
+    /// A named agent (`agent:{name}`); parent of its versions.
+    Agent,
+    /// An immutable version of an agent (`agent:{name}:{version}`).
+    AgentVersion,
+    /// A conversation (`conv_…`); parent of its items.
+    Conversation,
+    /// A conversation item (`msg_…`, `fc_…`, …); child of its conversation.
+    Item,
+    /// A model response (`resp_…`).
+    Response,
+    /// An uploaded file (`file-…`); its bytes are a blob.
+    File,
+    /// A vector store (`vs_…`); parent of its file links.
+    VectorStore,
+    /// A file attached to a vector store (`vsf:{store}:{file}`); child of the vector store.
+    VectorStoreFile,
+    /// A batch of files attached to a vector store (`vsfb_…`); child of the vector store.
+    FileBatch,
 }
 
 impl Kind {
+    pub const ALL: [Kind; 12] = [
+        Kind::Project,
+        Kind::Connection,
+        Kind::Deployment,
+        Kind::Agent,
+        Kind::AgentVersion,
+        Kind::Conversation,
+        Kind::Item,
+        Kind::Response,
+        Kind::File,
+        Kind::VectorStore,
+        Kind::VectorStoreFile,
+        Kind::FileBatch,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Project => "project",
+            Kind::Connection => "connection",
+            Kind::Deployment => "deployment",
+            Kind::Agent => "agent",
+            Kind::AgentVersion => "agent_version",
+            Kind::Conversation => "conversation",
+            Kind::Item => "item",
+            Kind::Response => "response",
+            Kind::File => "file",
+            Kind::VectorStore => "vector_store",
+            Kind::VectorStoreFile => "vector_store_file",
+            Kind::FileBatch => "file_batch",
         }
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "project" => Some(Kind::Project),
-            _ => None,
-        }
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -125,6 +170,14 @@ mod tests {
             assert_eq!(serde_json::to_string(&change).expect("encode"), line);
         }
         assert_eq!(lsn, 3);
+    }
+
+    #[test]
+    fn kind_names_round_trip_and_match_serde() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+            assert_eq!(serde_json::to_value(kind).expect("encode"), serde_json::json!(kind.as_str()));
+        }
     }
 
     #[test]

@@ -1,0 +1,159 @@
+//! Connections: upstream model endpoints (any OpenAI-compatible server) with their secrets.
+
+use std::collections::BTreeMap;
+
+use holdfast_store::Order;
+use holdfast_types::{Error, Kind, Op};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::secrets::Sealed;
+use super::{Data, must_get, resource_name, store_err};
+use crate::{Action, Caller, Result, Service};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionCreate {
+    pub name: String,
+    /// `openai`: an OpenAI-compatible server (OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp…).
+    #[serde(rename = "type", default = "openai")]
+    pub kind: String,
+    /// Base URL, such as `https://api.openai.com/v1`; `/chat/completions` is appended.
+    pub target: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn openai() -> String {
+    "openai".into()
+}
+
+/// A connection as stored (the secret sealed).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct ConnectionBody {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub target: String,
+    pub secret: Option<Sealed>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What a model call needs from a connection.
+pub(crate) struct Upstream {
+    pub target: String,
+    pub api_key: Option<String>,
+}
+
+pub(crate) fn connection_id(name: &str) -> String {
+    format!("conn:{name}")
+}
+
+fn wire(body: &ConnectionBody, key: Option<&str>) -> Value {
+    let credentials = match (&body.secret, key) {
+        (None, _) => json!({ "type": "None" }),
+        (Some(_), None) => json!({ "type": "ApiKey" }),
+        (Some(_), Some(key)) => json!({ "type": "ApiKey", "key": key }),
+    };
+    json!({
+        "name": body.name,
+        "id": connection_id(&body.name),
+        "type": body.kind,
+        "target": body.target,
+        "isDefault": false,
+        "credentials": credentials,
+        "metadata": body.metadata,
+    })
+}
+
+fn parse(resource: &holdfast_store::Resource) -> Result<ConnectionBody> {
+    serde_json::from_value(resource.body.clone()).map_err(|e| Error::internal(format!("bad connection record: {e}")))
+}
+
+impl Service {
+    pub async fn create_connection(&self, caller: &Caller, project: &str, req: ConnectionCreate) -> Result<Value> {
+        let data = self.data(caller, project, Action::DataWrite).await?;
+        resource_name("connection", &req.name)?;
+        if req.kind != "openai" {
+            return Err(Error::invalid(format!("unsupported connection type {:?}; supported: openai", req.kind)));
+        }
+        let url_ok = (req.target.starts_with("http://") || req.target.starts_with("https://")) && req.target.len() <= 2048;
+        if !url_ok {
+            return Err(Error::invalid(format!("connection target {:?} must be an http(s) URL", req.target)));
+        }
+        let secret = match req.api_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(key) => Some(self.master.seal(key)?),
+            None => None,
+        };
+        let body = ConnectionBody { name: req.name.clone(), kind: req.kind, target: req.target, secret, metadata: req.metadata };
+        let out = wire(&body, None);
+        let id = connection_id(&req.name);
+        let value = serde_json::to_value(&body).map_err(|e| Error::internal(e.to_string()))?;
+        data.commit(Box::new(move |view| {
+            if view.get(Kind::Connection, &id).map_err(store_err)?.is_some() {
+                return Err(Error::conflict(format!("a connection named {:?} exists already", body.name)));
+            }
+            Ok(vec![Op::Put { kind: Kind::Connection, id, parent: None, body: value }])
+        }))
+        .await?;
+        Ok(out)
+    }
+
+    /// Azure-style list: `{"value": [...], "nextLink": null}` (connections are few).
+    pub async fn list_connections(&self, caller: &Caller, project: &str) -> Result<Value> {
+        let data = self.data(caller, project, Action::DataRead).await?;
+        data.read(|view| {
+            let rows = view.list(Kind::Connection, None, None, 10_000, Order::Asc).map_err(store_err)?;
+            let value = rows.iter().map(|r| parse(r).map(|b| wire(&b, None))).collect::<Result<Vec<_>>>()?;
+            Ok(json!({ "value": value, "nextLink": null }))
+        })
+        .await
+    }
+
+    pub async fn get_connection(&self, caller: &Caller, project: &str, name: &str, with_secret: bool) -> Result<Value> {
+        let action = if with_secret { Action::SecretsRead } else { Action::DataRead };
+        let data = self.data(caller, project, action).await?;
+        let (id, shown) = (connection_id(name), name.to_owned());
+        let body = data
+            .read(move |view| parse(&must_get(view, Kind::Connection, &id, "connection", &shown)?))
+            .await?;
+        let key = match (&body.secret, with_secret) {
+            (Some(sealed), true) => Some(self.master.open(sealed)?),
+            _ => None,
+        };
+        Ok(wire(&body, key.as_deref()))
+    }
+
+    pub async fn delete_connection(&self, caller: &Caller, project: &str, name: &str) -> Result<()> {
+        let data = self.data(caller, project, Action::DataWrite).await?;
+        let (id, shown) = (connection_id(name), name.to_owned());
+        data.commit(Box::new(move |view| {
+            must_get(view, Kind::Connection, &id, "connection", &shown)?;
+            let users: Vec<String> = view
+                .list(Kind::Deployment, None, None, 10_000, Order::Asc)
+                .map_err(store_err)?
+                .into_iter()
+                .filter(|d| d.body["connection"] == shown.as_str())
+                .filter_map(|d| d.body["name"].as_str().map(str::to_owned))
+                .collect();
+            if !users.is_empty() {
+                return Err(Error::conflict(format!(
+                    "connection {shown:?} is used by deployments {users:?}; delete them first"
+                )));
+            }
+            Ok(vec![Op::Delete { kind: Kind::Connection, id }])
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// The upstream a deployment calls, with its key decrypted.
+    pub(crate) async fn upstream(&self, data: &Data, connection: &str) -> Result<Upstream> {
+        let (id, shown) = (connection_id(connection), connection.to_owned());
+        let body = data.read(move |view| parse(&must_get(view, Kind::Connection, &id, "connection", &shown)?)).await?;
+        let api_key = body.secret.as_ref().map(|s| self.master.open(s)).transpose()?;
+        Ok(Upstream { target: body.target, api_key })
+    }
+}
