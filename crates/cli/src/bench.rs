@@ -60,12 +60,7 @@ pub async fn run(cmd: BenchCmd, format: Format) -> Result<(), Exit> {
 
 async fn journal(data: &std::path::Path, writers: usize, changes: usize) -> Result<JournalReport, Exit> {
     const KEY: &str = "bench-admin-key-0000000000";
-    let opened = Service::open(ServiceConfig {
-        data_dir: data.to_owned(),
-        region: "bench".into(),
-        admin_key: Some(KEY.into()),
-        master_key: None,
-    })
+    let opened = Service::open(ServiceConfig::new(data.to_owned(), "bench", Some(KEY.into())))
     .map_err(|e| anyhow!("cannot open scratch data directory {}: {e}", data.display()))?;
     let service = Arc::new(opened.service);
     let caller = Caller { principal: service.authenticate(Some(KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };

@@ -11,6 +11,7 @@ pub const DEFAULT_DATA: &str = "./holdfast-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
 pub const DEFAULT_REGION: &str = "local";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_UPSTREAM_TIMEOUT_SECS: u64 = 120;
 
 /// `holdfast.toml`. Every field is optional; unknown fields are an error, so a typo is caught.
 #[derive(Debug, Default, Deserialize)]
@@ -23,12 +24,22 @@ pub struct FileConfig {
     pub limits: FileLimits,
     #[serde(default)]
     pub log: FileLog,
+    #[serde(default)]
+    pub upstream: FileUpstream,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    /// Seconds a call to an upstream model may take, end to end.
+    pub timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLimits {
     pub max_body_bytes: Option<usize>,
+    pub max_file_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +63,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub region: String,
     pub max_body_bytes: usize,
+    pub max_file_bytes: usize,
+    pub upstream_timeout_secs: u64,
     pub log: String,
 }
 
@@ -61,6 +74,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub region: Option<String>,
     pub max_body_bytes: Option<usize>,
+    pub max_file_bytes: Option<usize>,
+    pub upstream_timeout_secs: Option<u64>,
     pub log: Option<String>,
 }
 
@@ -77,11 +92,21 @@ impl ServeConfig {
         anyhow::ensure!(region_ok, "invalid region {region:?}: use 1 to 63 lowercase letters, digits and '-'");
         let max_body_bytes = over.max_body_bytes.or(file.limits.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES);
         anyhow::ensure!(max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
+        let max_file_bytes = over
+            .max_file_bytes
+            .or(file.limits.max_file_bytes)
+            .unwrap_or(holdfast_service::DEFAULT_MAX_FILE_BYTES);
+        anyhow::ensure!(max_file_bytes >= 1, "max_file_bytes must be at least 1");
+        let upstream_timeout_secs =
+            over.upstream_timeout_secs.or(file.upstream.timeout_secs).unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_SECS);
+        anyhow::ensure!(upstream_timeout_secs >= 1, "upstream timeout_secs must be at least 1");
         Ok(Self {
             data: over.data.or(file.data).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
             listen,
             region,
             max_body_bytes,
+            max_file_bytes,
+            upstream_timeout_secs,
             log: over.log.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
         })
     }
@@ -92,7 +117,15 @@ mod tests {
     use super::*;
 
     fn none() -> Overrides {
-        Overrides { data: None, listen: None, region: None, max_body_bytes: None, log: None }
+        Overrides {
+            data: None,
+            listen: None,
+            region: None,
+            max_body_bytes: None,
+            max_file_bytes: None,
+            upstream_timeout_secs: None,
+            log: None,
+        }
     }
 
     #[test]

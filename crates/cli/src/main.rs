@@ -112,6 +112,12 @@ struct ServeArgs {
     /// Largest request body in bytes [default: 1048576].
     #[arg(long, env = "HOLDFAST_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
+    /// Largest uploaded file in bytes [default: 33554432].
+    #[arg(long, env = "HOLDFAST_MAX_FILE_BYTES")]
+    max_file_bytes: Option<usize>,
+    /// Seconds a call to an upstream model may take [default: 120].
+    #[arg(long, env = "HOLDFAST_UPSTREAM_TIMEOUT_SECS")]
+    upstream_timeout_secs: Option<u64>,
     /// Log filter, e.g. `info` or `holdfast_store=debug,info` [default: info].
     #[arg(long, env = "HOLDFAST_LOG")]
     log: Option<String>,
@@ -311,6 +317,8 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 listen: args.listen,
                 region: args.region,
                 max_body_bytes: args.max_body_bytes,
+                max_file_bytes: args.max_file_bytes,
+                upstream_timeout_secs: args.upstream_timeout_secs,
                 log: args.log,
             })?;
             init_tracing(Some(&config.log), true);

@@ -13,8 +13,12 @@ use crate::config::ServeConfig;
 pub async fn run(config: ServeConfig) -> Result<(), Exit> {
     let admin_key = std::env::var("HOLDFAST_ADMIN_KEY").ok().filter(|k| !k.is_empty());
     let master_key = std::env::var("HOLDFAST_MASTER_KEY").ok().filter(|k| !k.is_empty());
-    let service_config =
-        ServiceConfig { data_dir: config.data.clone(), region: config.region.clone(), admin_key, master_key };
+    let service_config = ServiceConfig {
+        master_key,
+        max_file_bytes: config.max_file_bytes,
+        upstream_timeout: std::time::Duration::from_secs(config.upstream_timeout_secs),
+        ..ServiceConfig::new(config.data.clone(), &config.region, admin_key)
+    };
     let opened = tokio::task::spawn_blocking(move || Service::open(service_config))
         .await
         .map_err(|e| Exit::error(anyhow::anyhow!("start-up task failed: {e}")))?

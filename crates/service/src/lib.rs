@@ -34,7 +34,29 @@ pub struct ServiceConfig {
     /// `HOLDFAST_MASTER_KEY`: encrypts connection secrets; else `<data>/master.key` is used
     /// (and created).
     pub master_key: Option<String>,
+    /// Largest uploaded file, in bytes.
+    pub max_file_bytes: usize,
+    /// How long a call to an upstream model may take, end to end.
+    pub upstream_timeout: std::time::Duration,
 }
+
+impl ServiceConfig {
+    /// A configuration with the documented defaults for everything but the essentials; for
+    /// tools and tests.
+    pub fn new(data_dir: PathBuf, region: &str, admin_key: Option<String>) -> Self {
+        Self {
+            data_dir,
+            region: region.to_owned(),
+            admin_key,
+            master_key: None,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+        }
+    }
+}
+
+pub const DEFAULT_MAX_FILE_BYTES: usize = 32 * 1024 * 1024;
+pub const DEFAULT_UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct Service {
     region: String,
@@ -46,6 +68,9 @@ pub struct Service {
     projects: tokio::sync::Mutex<HashMap<ProjectId, Arc<ProjectStore>>>,
     /// Live keys by hash; reloaded from the control store whenever keys change.
     keys: RwLock<HashMap<String, Principal>>,
+    /// Limits from the configuration.
+    pub(crate) max_file_bytes: usize,
+    pub(crate) upstream_timeout: std::time::Duration,
     /// Seals and opens connection secrets.
     master: data::MasterKey,
     /// Set when the server begins to shut down, so long polls return at once.
@@ -74,6 +99,8 @@ impl Service {
             .map_err(|e| Error::internal(format!("cannot open blob store: {e}")))?;
         let master = data::MasterKey::load(config.master_key.as_deref(), &data.join("master.key"))?;
         let service = Service {
+            max_file_bytes: config.max_file_bytes,
+            upstream_timeout: config.upstream_timeout,
             master,
             region: config.region.clone(),
             data_dir: data.clone(),
@@ -97,6 +124,11 @@ impl Service {
             region: self.region.clone(),
             journal_format: CHANGE_FORMAT_VERSION,
         }
+    }
+
+    /// Largest uploaded file, in bytes; the HTTP layer sizes its body limit for uploads by it.
+    pub fn max_file_bytes(&self) -> usize {
+        self.max_file_bytes
     }
 
     pub fn region(&self) -> &str {

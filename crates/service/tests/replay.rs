@@ -33,7 +33,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fn config(dir: &Path) -> ServiceConfig {
-    ServiceConfig { data_dir: dir.to_owned(), region: "test".into(), admin_key: Some(ADMIN_KEY.into()), master_key: None }
+    ServiceConfig::new(dir.to_owned(), "test", Some(ADMIN_KEY.into()))
 }
 
 fn open(dir: &Path) -> Service {
