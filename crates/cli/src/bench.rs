@@ -28,6 +28,22 @@ pub enum BenchCmd {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Conversation items over HTTP against an in-process server on loopback: appends per second
+    /// and latency with one conversation per client, then list latency on a large conversation.
+    Items {
+        /// Concurrent clients, each appending to a conversation of its own.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Items appended in all.
+        #[arg(long, default_value_t = 16_000)]
+        items: usize,
+        /// Items in the conversation whose listing is timed.
+        #[arg(long, default_value_t = 10_000)]
+        list_size: usize,
+        /// Directory to create the scratch data directory in [default: the system temp dir].
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Serialize)]
@@ -55,15 +71,166 @@ pub async fn run(cmd: BenchCmd, format: Format) -> Result<(), Exit> {
             print(format, &report?, &[])?;
             Ok(())
         }
+        BenchCmd::Items { clients, items, list_size, dir } => {
+            if clients == 0 || items < clients || list_size == 0 {
+                return Err(Exit::new(2, anyhow!("need at least one client, one item per client and a list size")));
+            }
+            let base = dir.unwrap_or_else(std::env::temp_dir);
+            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
+            let report = self::items(&data, clients, items, list_size).await;
+            let _ = std::fs::remove_dir_all(&data);
+            print(format, &report?, &[])?;
+            Ok(())
+        }
     }
 }
 
+const BENCH_KEY: &str = "bench-admin-key-0000000000";
+
+/// A real server (the same `app` `serve` runs) on a loopback port, over a scratch directory.
+struct ScratchServer {
+    service: Arc<Service>,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ScratchServer {
+    async fn start(data: &std::path::Path) -> Result<Self, Exit> {
+        let opened = Service::open(ServiceConfig::new(data.to_owned(), "bench", Some(BENCH_KEY.into())))
+            .map_err(|e| anyhow!("cannot open scratch data directory {}: {e}", data.display()))?;
+        let service = Arc::new(opened.service);
+        let app = holdfast_api::app(
+            holdfast_api::AppState { service: service.clone(), metrics: None },
+            holdfast_api::HttpLimits { max_body_bytes: 64 * 1024 * 1024 },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind")?;
+        let addr = listener.local_addr().context("local addr")?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::builder().build().context("http client")?;
+        Ok(Self { service, base: format!("http://{addr}"), http })
+    }
+
+    async fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let response = self.http.post(format!("{}{path}", self.base)).bearer_auth(BENCH_KEY).json(body).send().await?;
+        anyhow::ensure!(response.status().is_success(), "POST {path}: {}", response.status());
+        Ok(response.json().await?)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let response = self.http.get(format!("{}{path}", self.base)).bearer_auth(BENCH_KEY).send().await?;
+        anyhow::ensure!(response.status().is_success(), "GET {path}: {}", response.status());
+        Ok(response.json().await?)
+    }
+}
+
+#[derive(Serialize)]
+struct ItemsReport {
+    clients: usize,
+    items: usize,
+    seconds: f64,
+    items_per_sec: f64,
+    append_p50_ms: f64,
+    append_p99_ms: f64,
+    list_size: usize,
+    list_first_page_p50_ms: f64,
+    list_first_page_p99_ms: f64,
+    list_middle_page_p50_ms: f64,
+    list_middle_page_p99_ms: f64,
+}
+
+async fn items(data: &std::path::Path, clients: usize, items: usize, list_size: usize) -> Result<ItemsReport, Exit> {
+    let server = Arc::new(ScratchServer::start(data).await?);
+    let caller = Caller { principal: server.service.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
+    server
+        .service
+        .create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    const CONV: &str = "/api/projects/bench/openai/v1/conversations";
+
+    let per_client = items / clients;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for c in 0..clients {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let conv = server.post(CONV, &serde_json::json!({})).await?;
+            let id = conv["id"].as_str().context("conversation id")?.to_owned();
+            let mut latencies = Vec::with_capacity(per_client);
+            for n in 0..per_client {
+                let body = serde_json::json!({ "items": [{ "role": "user", "content": format!("client {c} item {n}") }] });
+                let t = Instant::now();
+                server.post(&format!("{CONV}/{id}/items"), &body).await?;
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut appends = Vec::with_capacity(items);
+    for task in tasks {
+        appends.extend(task.await.context("client panicked")??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    // A conversation of `list_size` items, written in batches, then timed listings.
+    let conv = server.post(CONV, &serde_json::json!({})).await?;
+    let id = conv["id"].as_str().context("conversation id")?.to_owned();
+    let mut middle = None;
+    for start in (0..list_size).step_by(1000) {
+        let batch: Vec<_> = (start..(start + 1000).min(list_size))
+            .map(|n| serde_json::json!({ "role": "user", "content": format!("item {n}") }))
+            .collect();
+        let created = server.post(&format!("{CONV}/{id}/items"), &serde_json::json!({ "items": batch })).await?;
+        if middle.is_none() && start + 1000 >= list_size / 2 {
+            let index = list_size / 2 - start;
+            middle = created["data"][index.min(999)]["id"].as_str().map(str::to_owned);
+        }
+    }
+    let middle = middle.context("middle item")?;
+    let mut first_page = Vec::new();
+    let mut middle_page = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let page = server.get(&format!("{CONV}/{id}/items?limit=100")).await?;
+        first_page.push(t.elapsed());
+        if page["data"].as_array().map(Vec::len) != Some(100.min(list_size)) {
+            return Err(Exit::error(anyhow!("short first page")));
+        }
+        let t = Instant::now();
+        server.get(&format!("{CONV}/{id}/items?limit=100&order=asc&after={middle}")).await?;
+        middle_page.push(t.elapsed());
+    }
+    server.service.shutdown().await;
+    Ok(ItemsReport {
+        clients,
+        items: appends.len(),
+        seconds,
+        items_per_sec: appends.len() as f64 / seconds,
+        append_p50_ms: percentile(&mut appends, 0.50),
+        append_p99_ms: percentile(&mut appends, 0.99),
+        list_size,
+        list_first_page_p50_ms: percentile(&mut first_page, 0.50),
+        list_first_page_p99_ms: percentile(&mut first_page, 0.99),
+        list_middle_page_p50_ms: percentile(&mut middle_page, 0.50),
+        list_middle_page_p99_ms: percentile(&mut middle_page, 0.99),
+    })
+}
+
+/// The `p` quantile of `samples` in milliseconds (sorts them).
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1;
+    ms(samples[i])
+}
+
 async fn journal(data: &std::path::Path, writers: usize, changes: usize) -> Result<JournalReport, Exit> {
-    const KEY: &str = "bench-admin-key-0000000000";
-    let opened = Service::open(ServiceConfig::new(data.to_owned(), "bench", Some(KEY.into())))
+    let opened = Service::open(ServiceConfig::new(data.to_owned(), "bench", Some(BENCH_KEY.into())))
     .map_err(|e| anyhow!("cannot open scratch data directory {}: {e}", data.display()))?;
     let service = Arc::new(opened.service);
-    let caller = Caller { principal: service.authenticate(Some(KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
+    let caller = Caller { principal: service.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
     service
         .create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
         .await
@@ -95,19 +262,14 @@ async fn journal(data: &std::path::Path, writers: usize, changes: usize) -> Resu
     let seconds = started.elapsed().as_secs_f64();
     let last_lsn = service.project_store("bench").await.map_err(|e| anyhow!("{e}"))?.last_lsn().0;
     service.shutdown().await;
-    latencies.sort();
-    let pct = |p: f64| -> f64 {
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        ms(latencies[i])
-    };
     let done = latencies.len();
     Ok(JournalReport {
         writers,
         changes: done,
         seconds,
         changes_per_sec: done as f64 / seconds,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        p50_ms: percentile(&mut latencies, 0.50),
+        p99_ms: percentile(&mut latencies, 0.99),
         max_ms: latencies.last().copied().map_or(0.0, ms),
         last_lsn,
     })
