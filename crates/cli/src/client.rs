@@ -69,6 +69,20 @@ impl Client {
     }
 }
 
+/// A user-supplied path segment or query value, percent-encoded, so that a name can never
+/// change which route a request goes to (`a/../../keys/key_…` stays one segment).
+pub fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, Exit> {
     let status = response.status();
     let text = response.text().await.map_err(|e| Exit::error(anyhow!("cannot read response: {e}")))?;

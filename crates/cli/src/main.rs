@@ -19,7 +19,7 @@ use holdfast_types::api::{
 };
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{Client, seg};
 use crate::config::{FileConfig, Overrides, ServeConfig};
 use crate::context::{ContextEntry, ContextFile};
 use crate::output::{Format, print};
@@ -364,7 +364,7 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
                 loop {
                     let mut path = format!("/v1/projects?limit={}", limit.unwrap_or(100));
                     if let Some(a) = &after {
-                        path.push_str(&format!("&after={a}"));
+                        path.push_str(&format!("&after={}", seg(a)));
                     }
                     let page: ProjectPage = client.get(&path).await?;
                     all.extend(page.data);
@@ -376,46 +376,46 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
                 print(format, &all, PROJECT_COLUMNS)?;
             }
             ProjectCmd::Show { name } => {
-                print(format, &client.get::<Project>(&format!("/v1/projects/{name}")).await?, &[])?;
+                print(format, &client.get::<Project>(&format!("/v1/projects/{}", seg(&name))).await?, &[])?;
             }
             ProjectCmd::Update { name, display_name, description, tags, remove_tags } => {
                 let mut changes: BTreeMap<String, Option<String>> = tags.into_iter().map(|(k, v)| (k, Some(v))).collect();
                 changes.extend(remove_tags.into_iter().map(|k| (k, None)));
                 let req = ProjectUpdate { display_name, description, tags: (!changes.is_empty()).then_some(changes) };
-                print(format, &client.patch::<_, Project>(&format!("/v1/projects/{name}"), &req).await?, &[])?;
+                print(format, &client.patch::<_, Project>(&format!("/v1/projects/{}", seg(&name)), &req).await?, &[])?;
             }
             ProjectCmd::Delete { name } => {
-                client.delete(&format!("/v1/projects/{name}")).await?;
+                client.delete(&format!("/v1/projects/{}", seg(&name))).await?;
                 done(format, "deleted", &name)?;
             }
         },
         Command::Connection(cmd) => match cmd {
             ConnectionCmd::Create { project, name, kind, target, api_key } => {
                 let body = json!({ "name": name, "type": kind, "target": target, "api_key": api_key });
-                let created: serde_json::Value = client.post(&format!("/v1/projects/{project}/connections"), &body).await?;
+                let created: serde_json::Value = client.post(&format!("/v1/projects/{}/connections", seg(&project)), &body).await?;
                 print(format, &created, &[])?;
             }
             ConnectionCmd::List { project } => {
-                let list: serde_json::Value = client.get(&format!("/v1/projects/{project}/connections")).await?;
+                let list: serde_json::Value = client.get(&format!("/v1/projects/{}/connections", seg(&project))).await?;
                 print(format, &list["value"], &["name", "type", "target", "credentials"])?;
             }
             ConnectionCmd::Delete { project, name } => {
-                client.delete(&format!("/v1/projects/{project}/connections/{name}")).await?;
+                client.delete(&format!("/v1/projects/{}/connections/{}", seg(&project), seg(&name))).await?;
                 done(format, "deleted", &name)?;
             }
         },
         Command::Deployment(cmd) => match cmd {
             DeploymentCmd::Create { project, name, connection, model } => {
                 let body = json!({ "name": name, "connection": connection, "model": model });
-                let created: serde_json::Value = client.post(&format!("/v1/projects/{project}/deployments"), &body).await?;
+                let created: serde_json::Value = client.post(&format!("/v1/projects/{}/deployments", seg(&project)), &body).await?;
                 print(format, &created, &[])?;
             }
             DeploymentCmd::List { project } => {
-                let list: serde_json::Value = client.get(&format!("/v1/projects/{project}/deployments")).await?;
+                let list: serde_json::Value = client.get(&format!("/v1/projects/{}/deployments", seg(&project))).await?;
                 print(format, &list["value"], &["name", "connectionName", "modelName"])?;
             }
             DeploymentCmd::Delete { project, name } => {
-                client.delete(&format!("/v1/projects/{project}/deployments/{name}")).await?;
+                client.delete(&format!("/v1/projects/{}/deployments/{}", seg(&project), seg(&name))).await?;
                 done(format, "deleted", &name)?;
             }
         },
@@ -437,7 +437,7 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
                 print(format, &page.data, &["key_id", "principal_id", "name", "role", "prefix", "created_at", "revoked_at"])?;
             }
             KeyCmd::Revoke { id } => {
-                client.delete(&format!("/v1/keys/{id}")).await?;
+                client.delete(&format!("/v1/keys/{}", seg(&id))).await?;
                 done(format, "revoked", &id)?;
             }
         },
@@ -446,7 +446,7 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             loop {
                 let wait = if follow { "&wait_ms=25000" } else { "" };
                 let page: JournalPage =
-                    client.get(&format!("/v1/projects/{project}/journal?after={after}&limit=1000{wait}")).await?;
+                    client.get(&format!("/v1/projects/{}/journal?after={after}&limit=1000{wait}", seg(&project))).await?;
                 for change in &page.changes {
                     match format {
                         Format::Table => println!(

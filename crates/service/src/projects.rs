@@ -8,7 +8,7 @@ use std::time::Duration;
 use holdfast_store::control::{self, CatalogEntry};
 use holdfast_store::{ProjectStore, Resource, StateView, StoreError};
 use holdfast_types::api::{JournalPage, Page, Project, ProjectCreate, ProjectPage, ProjectUpdate};
-use holdfast_types::{Error, Kind, Lsn, Op, ProjectId, rfc3339};
+use holdfast_types::{Error, ErrorKind, Kind, Lsn, Op, ProjectId, rfc3339};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -92,6 +92,21 @@ impl Service {
         let store = Arc::new(store);
         open.insert(entry.id.clone(), store.clone());
         Ok(store)
+    }
+
+    /// A request that raced the project's deletion can find its store closed or its files
+    /// moved to the trash; once the catalog no longer lists the project, that is "not found",
+    /// not a server error.
+    pub(crate) async fn unless_deleted<T>(&self, name: &str, result: Result<T>) -> Result<T> {
+        match result {
+            Err(e) if matches!(e.kind, ErrorKind::Internal | ErrorKind::Unavailable) => {
+                match self.entry(name).await {
+                    Err(gone) if gone.kind == ErrorKind::NotFound => Err(gone),
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 
     /// The open store of the project named (or with id) `name`.
@@ -180,9 +195,12 @@ impl Service {
         let has_more = entries.len() > limit;
         let mut data = Vec::with_capacity(limit);
         for entry in entries.into_iter().take(limit) {
-            let store = self.store(&entry).await?;
             let id = entry.id.clone();
-            if let Some(p) = store.read(move |view| read_project(view, &id)).await.map_err(Error::from)? {
+            let read = async { self.store(&entry).await?.read(move |view| read_project(view, &id)).await.map_err(Error::from) };
+            // A project deleted since the catalog was read is left out.
+            if let Some(p) = self.unless_deleted(entry.id.as_str(), read.await).await.or_else(|e| {
+                if e.kind == ErrorKind::NotFound { Ok(None) } else { Err(e) }
+            })? {
                 data.push(p);
             }
         }
@@ -191,6 +209,11 @@ impl Service {
     }
 
     pub async fn get_project(&self, caller: &Caller, name: &str) -> Result<Project> {
+        let result = self.get_project_inner(caller, name).await;
+        self.unless_deleted(name, result).await
+    }
+
+    async fn get_project_inner(&self, caller: &Caller, name: &str) -> Result<Project> {
         caller.require(Action::ProjectsRead, &scope(name))?;
         let entry = self.entry(name).await?;
         let store = self.store(&entry).await?;
@@ -199,6 +222,11 @@ impl Service {
     }
 
     pub async fn update_project(&self, caller: &Caller, name: &str, req: ProjectUpdate) -> Result<Project> {
+        let result = self.update_project_inner(caller, name, req).await;
+        self.unless_deleted(name, result).await
+    }
+
+    async fn update_project_inner(&self, caller: &Caller, name: &str, req: ProjectUpdate) -> Result<Project> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
         if let Some(v) = &req.display_name {
             validate::display_name(v)?;
@@ -257,6 +285,11 @@ impl Service {
     /// Deletes a project: journals the deletion of its record, then removes it from the catalog
     /// and moves its directory to the trash.
     pub async fn delete_project(&self, caller: &Caller, name: &str) -> Result<()> {
+        let result = self.delete_project_inner(caller, name).await;
+        self.unless_deleted(name, result).await
+    }
+
+    async fn delete_project_inner(&self, caller: &Caller, name: &str) -> Result<()> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
         let entry = self.entry(name).await?;
         let store = self.store(&entry).await?;
@@ -272,18 +305,36 @@ impl Service {
             )
             .await
             .map_err(Error::from)?;
-        self.projects.lock().await.remove(&entry.id);
-        let closing = store.clone();
-        let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+        // The catalog forgets the project first, so a request that then finds the store closed
+        // or moved reports "not found" (and start-up recovery trashes the directory if we crash
+        // before moving it). The open-stores lock is held until the directory has moved, so no
+        // request reopens the store in between.
         let cid = entry.id.clone();
         self.control.call(move |c| control::remove_project(c, &cid)).await.map_err(Error::from)?;
+        let mut open = self.projects.lock().await;
+        open.remove(&entry.id);
+        let closing = store.clone();
+        let _ = tokio::task::spawn_blocking(move || closing.close()).await;
         self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())?;
+        drop(open);
         Ok(())
     }
 
     /// Changes with `lsn > after`, in order. With `wait`, blocks up to that long (at most 30 s)
     /// for a change when there is none yet: a long poll for followers.
     pub async fn journal(
+        &self,
+        caller: &Caller,
+        name: &str,
+        after: Lsn,
+        limit: Option<usize>,
+        wait: Option<Duration>,
+    ) -> Result<JournalPage> {
+        let result = self.journal_inner(caller, name, after, limit, wait).await;
+        self.unless_deleted(name, result).await
+    }
+
+    async fn journal_inner(
         &self,
         caller: &Caller,
         name: &str,
