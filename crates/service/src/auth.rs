@@ -120,8 +120,9 @@ fn key_prefix(key: &str) -> String {
 
 impl Service {
     /// Makes sure an admin key exists: the one in `HOLDFAST_ADMIN_KEY` if set, else, on first
-    /// start, a generated one written to `<data>/admin.key` (mode 0600). Returns a generated key.
-    pub(crate) fn bootstrap_admin(&self, env_key: Option<&str>, first_start: bool) -> Result<Option<String>> {
+    /// start, a generated one written to `<data>/admin.key` (mode 0600). Returns a generated key
+    /// (to show once).
+    pub(crate) fn bootstrap_admin(&self, env_key: Option<&str>) -> Result<Option<String>> {
         let admin = PrincipalId::parse(ADMIN_PRINCIPAL).ok_or_else(|| Error::internal("bad admin id"))?;
         if let Some(key) = env_key {
             if key.len() < 16 {
@@ -150,20 +151,34 @@ impl Service {
                 .map_err(Error::from)?;
             return Ok(None);
         }
-        if !first_start {
+        // Bootstrap once: when no admin key was ever made here (a revoked one counts, so an
+        // operator's revocation is never undone by a restart).
+        let bootstrapped = self
+            .control
+            .call_blocking(|c| Ok(control::list_keys(c)?.iter().any(|k| k.source == "generated" || k.source == "env")))
+            .map_err(Error::from)?;
+        if bootstrapped {
             return Ok(None);
         }
-        let key = generate_key()?;
         let path = self.data_dir.join("admin.key");
-        let mut file = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))?;
-        writeln!(file, "{key}")
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))?;
+        let key = match std::fs::read_to_string(&path) {
+            // A first start that crashed after writing the file but before registering the key.
+            Ok(text) if text.trim().starts_with("hf_") => text.trim().to_owned(),
+            _ => {
+                let key = generate_key()?;
+                let mut file = std::fs::File::options()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))?;
+                writeln!(file, "{key}")
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))?;
+                key
+            }
+        };
         self.control
             .call_blocking(|c| {
                 control::insert_key(c, &NewKey {

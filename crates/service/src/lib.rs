@@ -94,7 +94,7 @@ impl Service {
         std::fs::create_dir_all(data.join("projects"))
             .map_err(|e| Error::internal(format!("cannot create data directory {}: {e}", data.display())))?;
         let lock = lock_data_dir(data)?;
-        let (control, created) = ControlStore::open(&data.join("control.db")).map_err(Error::from)?;
+        let control = ControlStore::open(&data.join("control.db")).map_err(Error::from)?;
         let blobs = BlobStore::local(&data.join("blobs"))
             .map_err(|e| Error::internal(format!("cannot open blob store: {e}")))?;
         let master = data::MasterKey::load(config.master_key.as_deref(), &data.join("master.key"))?;
@@ -112,7 +112,7 @@ impl Service {
             _lock: lock,
         };
         service.recover()?;
-        let generated_admin_key = service.bootstrap_admin(config.admin_key.as_deref(), created)?;
+        let generated_admin_key = service.bootstrap_admin(config.admin_key.as_deref())?;
         service.reload_keys_blocking()?;
         Ok(Opened { service, generated_admin_key })
     }

@@ -85,6 +85,11 @@ impl Service {
             return Ok(store.clone());
         }
         let (path, label) = (self.project_db(&entry.id), entry.name.clone());
+        if !path.exists() {
+            // Deleted since the catalog was read: a delete holds this lock until the directory
+            // has moved to the trash.
+            return Err(not_found(&entry.name));
+        }
         let store = tokio::task::spawn_blocking(move || ProjectStore::open(&path, &label))
             .await
             .map_err(|e| Error::internal(format!("open task failed: {e}")))?
@@ -92,21 +97,6 @@ impl Service {
         let store = Arc::new(store);
         open.insert(entry.id.clone(), store.clone());
         Ok(store)
-    }
-
-    /// A request that raced the project's deletion can find its store closed or its files
-    /// moved to the trash; once the catalog no longer lists the project, that is "not found",
-    /// not a server error.
-    pub(crate) async fn unless_deleted<T>(&self, name: &str, result: Result<T>) -> Result<T> {
-        match result {
-            Err(e) if matches!(e.kind, ErrorKind::Internal | ErrorKind::Unavailable) => {
-                match self.entry(name).await {
-                    Err(gone) if gone.kind == ErrorKind::NotFound => Err(gone),
-                    _ => Err(e),
-                }
-            }
-            other => other,
-        }
     }
 
     /// The open store of the project named (or with id) `name`.
@@ -198,10 +188,11 @@ impl Service {
             let id = entry.id.clone();
             let read = async { self.store(&entry).await?.read(move |view| read_project(view, &id)).await.map_err(Error::from) };
             // A project deleted since the catalog was read is left out.
-            if let Some(p) = self.unless_deleted(entry.id.as_str(), read.await).await.or_else(|e| {
-                if e.kind == ErrorKind::NotFound { Ok(None) } else { Err(e) }
-            })? {
-                data.push(p);
+            match read.await {
+                Ok(Some(p)) => data.push(p),
+                Ok(None) => {}
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
         let next_after = if has_more { data.last().map(|p| p.name.clone()) } else { None };
@@ -209,11 +200,6 @@ impl Service {
     }
 
     pub async fn get_project(&self, caller: &Caller, name: &str) -> Result<Project> {
-        let result = self.get_project_inner(caller, name).await;
-        self.unless_deleted(name, result).await
-    }
-
-    async fn get_project_inner(&self, caller: &Caller, name: &str) -> Result<Project> {
         caller.require(Action::ProjectsRead, &scope(name))?;
         let entry = self.entry(name).await?;
         let store = self.store(&entry).await?;
@@ -222,11 +208,6 @@ impl Service {
     }
 
     pub async fn update_project(&self, caller: &Caller, name: &str, req: ProjectUpdate) -> Result<Project> {
-        let result = self.update_project_inner(caller, name, req).await;
-        self.unless_deleted(name, result).await
-    }
-
-    async fn update_project_inner(&self, caller: &Caller, name: &str, req: ProjectUpdate) -> Result<Project> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
         if let Some(v) = &req.display_name {
             validate::display_name(v)?;
@@ -285,11 +266,6 @@ impl Service {
     /// Deletes a project: journals the deletion of its record, then removes it from the catalog
     /// and moves its directory to the trash.
     pub async fn delete_project(&self, caller: &Caller, name: &str) -> Result<()> {
-        let result = self.delete_project_inner(caller, name).await;
-        self.unless_deleted(name, result).await
-    }
-
-    async fn delete_project_inner(&self, caller: &Caller, name: &str) -> Result<()> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
         let entry = self.entry(name).await?;
         let store = self.store(&entry).await?;
@@ -305,16 +281,17 @@ impl Service {
             )
             .await
             .map_err(Error::from)?;
-        // The catalog forgets the project first, so a request that then finds the store closed
-        // or moved reports "not found" (and start-up recovery trashes the directory if we crash
-        // before moving it). The open-stores lock is held until the directory has moved, so no
-        // request reopens the store in between.
+        // The writer now refuses every write (nothing follows a project's deletion in its
+        // journal). The catalog forgets the project, then the store is closed as deleted, so
+        // requests still holding it answer "not found" (and start-up recovery trashes the
+        // directory if we crash before moving it). The open-stores lock is held until the
+        // directory has moved, so no request reopens the store in between.
         let cid = entry.id.clone();
         self.control.call(move |c| control::remove_project(c, &cid)).await.map_err(Error::from)?;
         let mut open = self.projects.lock().await;
         open.remove(&entry.id);
         let closing = store.clone();
-        let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+        let _ = tokio::task::spawn_blocking(move || closing.close_deleted()).await;
         self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())?;
         drop(open);
         Ok(())
@@ -323,18 +300,6 @@ impl Service {
     /// Changes with `lsn > after`, in order. With `wait`, blocks up to that long (at most 30 s)
     /// for a change when there is none yet: a long poll for followers.
     pub async fn journal(
-        &self,
-        caller: &Caller,
-        name: &str,
-        after: Lsn,
-        limit: Option<usize>,
-        wait: Option<Duration>,
-    ) -> Result<JournalPage> {
-        let result = self.journal_inner(caller, name, after, limit, wait).await;
-        self.unless_deleted(name, result).await
-    }
-
-    async fn journal_inner(
         &self,
         caller: &Caller,
         name: &str,

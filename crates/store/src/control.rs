@@ -76,24 +76,22 @@ pub struct ControlStore {
 }
 
 impl ControlStore {
-    /// Opens the control database, creating it if absent. Returns the store and whether it was
-    /// created now.
-    pub fn open(path: &Path) -> Result<(Self, bool)> {
+    /// Opens the control database, creating it if absent.
+    pub fn open(path: &Path) -> Result<Self> {
         let conn = sqlite::open(path, true)?;
-        let created = match sqlite::user_version(&conn)? {
+        match sqlite::user_version(&conn)? {
             0 => {
                 conn.execute_batch(CONTROL_SCHEMA)?;
                 conn.pragma_update(None, "user_version", CONTROL_SCHEMA_VERSION)?;
-                true
             }
-            CONTROL_SCHEMA_VERSION => false,
+            CONTROL_SCHEMA_VERSION => {}
             v => {
                 return Err(StoreError::Corrupt(format!(
                     "control database has schema version {v}; this server reads {CONTROL_SCHEMA_VERSION}"
                 )));
             }
-        };
-        Ok((Self { conn: Arc::new(Mutex::new(conn)) }, created))
+        }
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
     /// Runs `f` on the connection, off the async runtime, in a transaction.

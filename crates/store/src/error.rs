@@ -19,6 +19,9 @@ pub enum StoreError {
     /// The project's writer has stopped (shutdown, or a fatal storage error).
     #[error("project store is closed")]
     Closed,
+    /// The project was deleted: its record's deletion is journaled and nothing more is taken.
+    #[error("project was deleted")]
+    Deleted,
 }
 
 impl From<StoreError> for Error {
@@ -26,6 +29,7 @@ impl From<StoreError> for Error {
         match e {
             StoreError::Rejected(e) => e,
             StoreError::Closed => Error::new(ErrorKind::Unavailable, "project store is closed; retry"),
+            StoreError::Deleted => Error::new(ErrorKind::NotFound, "project was deleted"),
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
                 if matches!(f.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::DatabaseBusy) =>
             {

@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use holdfast_types::{Change, Epoch, Error, Lsn, Micros, Op, ProjectId, CHANGE_FORMAT_VERSION};
+use holdfast_types::{Change, Epoch, Error, Kind, Lsn, Micros, Op, ProjectId, CHANGE_FORMAT_VERSION};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -50,6 +51,9 @@ pub struct ProjectStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     lsn: watch::Receiver<Lsn>,
+    /// Set once the project's deletion is journaled (by the writer) or the store is closed for
+    /// a delete: reads and writes then answer [`StoreError::Deleted`].
+    deleted: std::sync::Arc<AtomicBool>,
 }
 
 impl ProjectStore {
@@ -81,7 +85,11 @@ impl ProjectStore {
         let (tx, rx) = mpsc::unbounded_channel();
         let label = label.to_owned();
         metrics::gauge!("holdfast_project_lsn", "project" => label.clone()).set(last.0 as f64);
-        let writer = Writer { conn, last, last_ts, epoch, label, lsn: lsn_tx };
+        // A project whose record is gone (a delete that crashed before the catalog forgot it)
+        // stays deleted.
+        let gone = last > Lsn::ZERO && view.get(Kind::Project, id.as_str())?.is_none();
+        let deleted = std::sync::Arc::new(AtomicBool::new(gone));
+        let writer = Writer { conn, last, last_ts, epoch, label, lsn: lsn_tx, deleted: deleted.clone() };
         let handle = std::thread::Builder::new()
             .name(format!("writer-{id}"))
             .spawn(move || writer.run(rx))?;
@@ -92,6 +100,7 @@ impl ProjectStore {
             writer: Mutex::new(Some(handle)),
             readers: Mutex::new(Vec::new()),
             lsn: lsn_rx,
+            deleted,
         })
     }
 
@@ -111,6 +120,7 @@ impl ProjectStore {
 
     /// Queues a write and waits until it is durable (or refused).
     pub async fn write(&self, actor: &str, request_id: &str, plan: Plan) -> Result<Committed> {
+        self.check_live()?;
         let (reply, rx) = oneshot::channel();
         let request =
             WriteRequest { actor: actor.to_owned(), request_id: request_id.to_owned(), plan, reply };
@@ -118,7 +128,20 @@ impl ProjectStore {
             let tx = self.tx.lock().map_err(|_| StoreError::Closed)?;
             tx.as_ref().ok_or(StoreError::Closed)?.send(request).map_err(|_| StoreError::Closed)?;
         }
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await.map_err(|_| StoreError::Closed)?.map_err(|e| self.explain(e))
+    }
+
+    fn check_live(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) { Err(StoreError::Deleted) } else { Ok(()) }
+    }
+
+    /// A storage error on a deleted project (its files moved away mid-request) is "deleted".
+    fn explain(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Rejected(_) => e,
+            _ if self.deleted.load(Ordering::Acquire) => StoreError::Deleted,
+            e => e,
+        }
     }
 
     /// Runs `f` on a read-only connection, off the async runtime.
@@ -127,7 +150,8 @@ impl ProjectStore {
         F: FnOnce(&StateView<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let conn = self.take_reader()?;
+        self.check_live()?;
+        let conn = self.take_reader().map_err(|e| self.explain(e))?;
         let (conn, result) = tokio::task::spawn_blocking(move || {
             let result = f(&StateView::new(&conn));
             (conn, result)
@@ -139,7 +163,7 @@ impl ProjectStore {
         {
             idle.push(conn);
         }
-        result
+        result.map_err(|e| self.explain(e))
     }
 
     fn take_reader(&self) -> Result<Connection> {
@@ -152,6 +176,13 @@ impl ProjectStore {
     /// The state as canonical bytes (see [`canonical_dump`]).
     pub async fn dump(&self) -> Result<Vec<u8>> {
         self.read(|view| view.dump()).await
+    }
+
+    /// Closes the store of a project being deleted: from now on reads and writes answer
+    /// [`StoreError::Deleted`], even those already holding this store.
+    pub fn close_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.close();
     }
 
     /// Stops taking writes, lets the writer commit what is queued, and waits for it to finish.
@@ -191,6 +222,8 @@ struct Writer {
     epoch: Epoch,
     label: String,
     lsn: watch::Sender<Lsn>,
+    /// Shared with the store; set when a change deletes the project's own record.
+    deleted: std::sync::Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -220,14 +253,21 @@ impl Writer {
         let size = batch.len();
         let (last_before, ts_before) = (self.last, self.last_ts);
         let mut answers = Vec::with_capacity(size);
+        let mut deleted = self.deleted.load(Ordering::Acquire);
         let outcome = (|| -> Result<()> {
             let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for request in batch.drain(..) {
                 let WriteRequest { actor, request_id, plan, reply } = request;
                 let ts = now_micros().max(self.last_ts);
                 let sp = tx.savepoint()?;
-                let result = match plan(&StateView::new(&sp)) {
-                    Err(e) => Err(StoreError::Rejected(e)),
+                let planned = if deleted {
+                    // Nothing follows the project's deletion in its journal.
+                    Err(StoreError::Deleted)
+                } else {
+                    plan(&StateView::new(&sp)).map_err(StoreError::Rejected)
+                };
+                let result = match planned {
+                    Err(e) => Err(e),
                     Ok(ops) if ops.is_empty() => Ok(Committed { lsn: None, ts }),
                     Ok(ops) => {
                         let change = Change {
@@ -240,6 +280,9 @@ impl Writer {
                             ops,
                         };
                         apply_change(&sp, self.last, &change).map(|()| {
+                            if change.ops.iter().any(|op| matches!(op, Op::Delete { kind: Kind::Project, .. })) {
+                                deleted = true;
+                            }
                             self.last = change.lsn;
                             self.last_ts = ts;
                             Committed { lsn: Some(change.lsn), ts }
@@ -257,6 +300,9 @@ impl Writer {
         })();
         match outcome {
             Ok(()) => {
+                if deleted {
+                    self.deleted.store(true, Ordering::Release);
+                }
                 metrics::histogram!("holdfast_commit_seconds").record(started.elapsed().as_secs_f64());
                 metrics::histogram!("holdfast_commit_batch_size").record(size as f64);
                 metrics::gauge!("holdfast_project_lsn", "project" => self.label.clone()).set(self.last.0 as f64);
