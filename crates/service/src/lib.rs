@@ -62,7 +62,6 @@ pub struct Service {
     region: String,
     data_dir: PathBuf,
     control: ControlStore,
-    #[allow(dead_code)] // the agent API stores files here
     blobs: BlobStore,
     /// Open project stores, by id. Opened on first use, closed on delete and shutdown.
     projects: tokio::sync::Mutex<HashMap<ProjectId, Arc<ProjectStore>>>,

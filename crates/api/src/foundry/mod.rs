@@ -8,6 +8,9 @@
 mod agents;
 mod connections;
 mod conversations;
+mod files;
+mod responses;
+mod vector_stores;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -24,7 +27,7 @@ use crate::error::status_of;
 use crate::extract::{caller, json_rejection};
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().merge(agents::routes()).merge(connections::routes()).merge(conversations::routes())
+    OpenApiRouter::new().merge(agents::routes()).merge(connections::routes()).merge(conversations::routes()).merge(files::routes()).merge(vector_stores::routes()).merge(responses::routes())
 }
 
 /// An error in the OpenAI shape.

@@ -9,8 +9,14 @@ pub mod agents;
 pub mod connections;
 pub mod conversations;
 pub mod deployments;
+pub mod files;
+mod index;
 pub mod items;
+pub mod responses;
+mod translate;
+mod upstream;
 mod secrets;
+pub mod vector_stores;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
