@@ -95,6 +95,11 @@ impl Service {
             .map_err(|e| Error::internal(format!("open task failed: {e}")))?
             .map_err(Error::from)?;
         let store = Arc::new(store);
+        let system = Caller::system();
+        store
+            .write(system.principal.id.as_str(), system.request_id.as_str(), crate::data::responses::fail_interrupted())
+            .await
+            .map_err(Error::from)?;
         open.insert(entry.id.clone(), store.clone());
         Ok(store)
     }

@@ -653,3 +653,22 @@ async fn file_search_runs_inside_the_response() {
     assert_eq!(r["usage"]["total_tokens"], 19);
     env.verify_replay().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_cut_off_by_a_stop_fail_when_the_project_is_next_opened() {
+    let env = Env::new(Duration::from_secs(60)).await;
+    let started = env.respond(json!({"model": "gpt", "input": "hang forever", "background": true})).await;
+    assert_eq!(started["status"], "in_progress");
+    let id = started["id"].as_str().expect("id").to_owned();
+    env.service.shutdown().await;
+    let Env { dir, service, .. } = env;
+    drop(service);
+    let reopened = Service::open(ServiceConfig::new(dir.path().join("data"), "test", Some(KEY.into()))).expect("reopen");
+    let service = Arc::new(reopened.service);
+    let caller = Caller { principal: service.authenticate(Some(KEY)).expect("auth"), request_id: RequestId::generate() };
+    let r = service.get_response(&caller, PROJECT, &id).await.expect("get");
+    assert_eq!(r["status"], "failed", "{r:#}");
+    assert_eq!(r["error"]["code"], "server_error", "{r:#}");
+    let again = Env { dir, service, seen: Seen::default() };
+    again.verify_replay().await;
+}

@@ -116,6 +116,32 @@ struct Running {
     done: watch::Receiver<bool>,
 }
 
+/// Ends the responses a stopped process left running: each one still `in_progress` or `queued`
+/// becomes `failed` with code `server_error`, so no client waits on it forever. Run when a
+/// project's store is opened, before anything of the project can run.
+pub(crate) fn fail_interrupted() -> holdfast_store::Plan {
+    Box::new(|view| {
+        let rows = view
+            .list(Kind::Response, None, None, usize::MAX >> 1, holdfast_store::Order::Asc)
+            .map_err(super::store_err)?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| matches!(r.body["status"].as_str(), Some("in_progress" | "queued")))
+            .map(|r| Op::Patch {
+                kind: Kind::Response,
+                id: r.id,
+                patch: json!({
+                    "status": "failed",
+                    "error": {
+                        "code": "server_error",
+                        "message": "the server stopped while this response was running; submit it again",
+                    },
+                }),
+            })
+            .collect())
+    })
+}
+
 /// Whether a response with this id is executing in this process.
 pub fn is_running(id: &str) -> bool {
     RUNNING.lock().map(|r| r.contains_key(id)).unwrap_or(false)
@@ -492,7 +518,7 @@ impl Service {
         };
         let started = wire.clone();
         let run = Run {
-            service: Arc::clone(self),
+            service: Arc::downgrade(self),
             data,
             upstream,
             upstream_model: deployment.model,
@@ -708,7 +734,9 @@ struct OpenItems {
 }
 
 struct Run {
-    service: Arc<Service>,
+    /// Weak, so a running response never keeps a stopped server (and its data-directory lock)
+    /// alive.
+    service: std::sync::Weak<Service>,
     data: Data,
     upstream: Upstream,
     upstream_model: String,
@@ -1031,13 +1059,17 @@ impl Run {
         self.emit("response.output_item.added", json!({ "output_index": item.index, "item": added }));
         self.emit("response.file_search_call.in_progress", json!({ "item_id": item.id, "output_index": item.index }));
         self.emit("response.file_search_call.searching", json!({ "item_id": item.id, "output_index": item.index }));
-        let service = Arc::clone(&self.service);
-        let found = race(
-            &mut self.cancel,
-            self.deadline,
-            service.file_search(&self.data, &fs.vector_store_ids, &query, fs.max_num_results),
-        )
-        .await;
+        let found = match self.service.upgrade() {
+            Some(service) => {
+                race(
+                    &mut self.cancel,
+                    self.deadline,
+                    service.file_search(&self.data, &fs.vector_store_ids, &query, fs.max_num_results),
+                )
+                .await
+            }
+            None => Ok(Err(Error::unavailable("the server is stopping"))),
+        };
         let (status, results, text) = match found {
             Err(stop) => {
                 let mut failed = added;

@@ -129,9 +129,7 @@ pub(crate) async fn chat_stream(upstream: &Upstream, body: &Value) -> Result<Cha
         request = request.bearer_auth(key);
     }
     let response = request.send().await.map_err(|e| {
-        // The workspace builds reqwest without a TLS backend: name the likely cause.
-        let hint = if url.starts_with("https://") { " (this build calls upstreams over plain http only)" } else { "" };
-        UpstreamError::server(format!("cannot reach the upstream model at {url}: {}{hint}", error_chain(&e)))
+        UpstreamError::server(format!("cannot reach the upstream model at {url}: {}", error_chain(&e)))
     })?;
     let status = response.status();
     if !status.is_success() {
