@@ -28,6 +28,16 @@ pub enum BenchCmd {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Responses over HTTP against an in-process server and an in-process scripted model on
+    /// loopback: Holdfast's own overhead per response (total minus the upstream's time).
+    Responses {
+        /// Responses to create, one after another.
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        /// Directory to create the scratch data directory in [default: the system temp dir].
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Conversation items over HTTP against an in-process server on loopback: appends per second
     /// and latency with one conversation per client, then list latency on a large conversation.
     Items {
@@ -67,6 +77,17 @@ pub async fn run(cmd: BenchCmd, format: Format) -> Result<(), Exit> {
             let base = dir.unwrap_or_else(std::env::temp_dir);
             let data = base.join(format!("holdfast-bench-{}", std::process::id()));
             let report = journal(&data, writers, changes).await;
+            let _ = std::fs::remove_dir_all(&data);
+            print(format, &report?, &[])?;
+            Ok(())
+        }
+        BenchCmd::Responses { count, dir } => {
+            if count == 0 {
+                return Err(Exit::new(2, anyhow!("count must be at least 1")));
+            }
+            let base = dir.unwrap_or_else(std::env::temp_dir);
+            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
+            let report = self::responses(&data, count).await;
             let _ = std::fs::remove_dir_all(&data);
             print(format, &report?, &[])?;
             Ok(())
@@ -277,4 +298,88 @@ async fn journal(data: &std::path::Path, writers: usize, changes: usize) -> Resu
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+
+/// A scripted model: every chat completion streams the same short answer with usage.
+async fn start_scripted_model() -> Result<String, Exit> {
+    async fn chat() -> impl axum::response::IntoResponse {
+        let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+            serde_json::json!({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut body = String::new();
+        for c in [
+            chunk(serde_json::json!({"role": "assistant", "content": ""}), None),
+            chunk(serde_json::json!({"content": "Hello "}), None),
+            chunk(serde_json::json!({"content": "there."}), None),
+            chunk(serde_json::json!({}), Some("stop")),
+            serde_json::json!({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}),
+        ] {
+            body.push_str(&format!("data: {c}\n\n"));
+        }
+        body.push_str("data: [DONE]\n\n");
+        ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], body)
+    }
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind")?;
+    let addr = listener.local_addr().context("local addr")?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}/v1"))
+}
+
+#[derive(Serialize)]
+struct ResponsesReport {
+    count: usize,
+    total_p50_ms: f64,
+    total_p99_ms: f64,
+    upstream_p50_ms: f64,
+    upstream_p99_ms: f64,
+    overhead_p50_ms: f64,
+    overhead_p99_ms: f64,
+}
+
+async fn responses(data: &std::path::Path, count: usize) -> Result<ResponsesReport, Exit> {
+    let model = start_scripted_model().await?;
+    let server = ScratchServer::start(data).await?;
+    let caller = Caller { principal: server.service.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
+    let service = &server.service;
+    service.create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() }).await.map_err(|e| anyhow!("{e}"))?;
+    let connection = serde_json::from_value(serde_json::json!({"name": "up", "target": model})).context("connection")?;
+    service.create_connection(&caller, "bench", connection).await.map_err(|e| anyhow!("{e}"))?;
+    let deployment = serde_json::from_value(serde_json::json!({"name": "gpt", "connection": "up", "model": "m"})).context("deployment")?;
+    service.create_deployment(&caller, "bench", deployment).await.map_err(|e| anyhow!("{e}"))?;
+
+    // The upstream alone, as Holdfast calls it (a streamed chat completion, read to the end).
+    let direct = serde_json::json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let mut upstream = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        let r = server.http.post(format!("{model}/chat/completions")).json(&direct).send().await.context("upstream")?;
+        r.bytes().await.context("upstream body")?;
+        upstream.push(t.elapsed());
+    }
+    let mut total = Vec::with_capacity(count);
+    for n in 0..count {
+        let body = serde_json::json!({"model": "gpt", "input": format!("question {n}")});
+        let t = Instant::now();
+        let r = server.post("/api/projects/bench/openai/v1/responses", &body).await?;
+        total.push(t.elapsed());
+        if r["status"] != "completed" {
+            return Err(Exit::error(anyhow!("response did not complete: {r}")));
+        }
+    }
+    service.shutdown().await;
+    let (t50, t99) = (percentile(&mut total, 0.50), percentile(&mut total, 0.99));
+    let (u50, u99) = (percentile(&mut upstream, 0.50), percentile(&mut upstream, 0.99));
+    Ok(ResponsesReport {
+        count,
+        total_p50_ms: t50,
+        total_p99_ms: t99,
+        upstream_p50_ms: u50,
+        upstream_p99_ms: u99,
+        overhead_p50_ms: t50 - u50,
+        overhead_p99_ms: t99 - u99,
+    })
 }
