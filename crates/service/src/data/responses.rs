@@ -660,17 +660,6 @@ impl Service {
         let has_more = rest.len() > limit;
         Ok(List::new(rest.into_iter().take(limit).collect(), has_more))
     }
-
-    /// Searches vector stores for the model's `file_search` calls.
-    async fn file_search(
-        &self,
-        data: &Data,
-        vector_store_ids: &[String],
-        query: &str,
-        max_results: usize,
-    ) -> Result<Vec<Value>> {
-        self.search_vector_stores(data, vector_store_ids, query, max_results).await
-    }
 }
 
 // Execution ---------------------------------------------------------------------------------------
@@ -1064,7 +1053,7 @@ impl Run {
                 race(
                     &mut self.cancel,
                     self.deadline,
-                    service.file_search(&self.data, &fs.vector_store_ids, &query, fs.max_num_results),
+                    service.search_vector_stores(&self.data, &fs.vector_store_ids, &query, fs.max_num_results),
                 )
                 .await
             }
