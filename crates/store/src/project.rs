@@ -80,16 +80,19 @@ impl ProjectStore {
         let view = StateView::new(&conn);
         let last = view.last_lsn()?;
         let epoch = view.epoch()?;
-        let last_ts = view.journal(Lsn(last.0.saturating_sub(1)), 1)?.first().map_or(0, |c| c.ts);
+        let last_change = view.journal(Lsn(last.0.saturating_sub(1)), 1)?.pop();
+        let last_ts = last_change.as_ref().map_or(0, |c| c.ts);
+        // Nothing follows a project's deletion in its journal, so a project is deleted exactly
+        // when its last change deletes its record (a delete that crashed before the catalog
+        // forgot the project).
+        let gone = last_change.is_some_and(|c| deletes_project(&c, &id));
         let (lsn_tx, lsn_rx) = watch::channel(last);
         let (tx, rx) = mpsc::unbounded_channel();
         let label = label.to_owned();
         metrics::gauge!("holdfast_project_lsn", "project" => label.clone()).set(last.0 as f64);
-        // A project whose record is gone (a delete that crashed before the catalog forgot it)
-        // stays deleted.
-        let gone = last > Lsn::ZERO && view.get(Kind::Project, id.as_str())?.is_none();
         let deleted = std::sync::Arc::new(AtomicBool::new(gone));
-        let writer = Writer { conn, last, last_ts, epoch, label, lsn: lsn_tx, deleted: deleted.clone() };
+        let writer =
+            Writer { conn, project: id.clone(), last, last_ts, epoch, label, lsn: lsn_tx, deleted: deleted.clone() };
         let handle = std::thread::Builder::new()
             .name(format!("writer-{id}"))
             .spawn(move || writer.run(rx))?;
@@ -217,6 +220,7 @@ impl StateView<'_> {
 /// The single writer of one project.
 struct Writer {
     conn: Connection,
+    project: ProjectId,
     last: Lsn,
     last_ts: Micros,
     epoch: Epoch,
@@ -280,7 +284,7 @@ impl Writer {
                             ops,
                         };
                         apply_change(&sp, self.last, &change).map(|()| {
-                            if change.ops.iter().any(|op| matches!(op, Op::Delete { kind: Kind::Project, .. })) {
+                            if deletes_project(&change, &self.project) {
                                 deleted = true;
                             }
                             self.last = change.lsn;
@@ -327,6 +331,11 @@ impl Writer {
             }
         }
     }
+}
+
+/// Whether `change` deletes the project's own record.
+fn deletes_project(change: &Change, project: &ProjectId) -> bool {
+    change.ops.iter().any(|op| matches!(op, Op::Delete { kind: Kind::Project, id } if id == project.as_str()))
 }
 
 pub(crate) fn now_micros() -> Micros {

@@ -4,13 +4,13 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use holdfast_service::data::connections::ConnectionCreate;
-use holdfast_service::data::deployments::DeploymentCreate;
+use holdfast_service::data::connections::{ConnectionCreate, ConnectionFilter};
+use holdfast_service::data::deployments::{DeploymentCreate, DeploymentFilter};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{OaAuthed, OaResult};
+use super::{OaAuthed, OaQuery, OaResult};
 use crate::AppState;
 use crate::error::ApiResult;
 use crate::extract::{ApiJson, Authed};
@@ -32,7 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/v1/projects/{project}/connections", tag = "connections",
     params(("project" = String, Path)), responses((status = 200, body = Object)))]
 async fn v1_list_connections(State(s): State<AppState>, Authed(c): Authed, Path(project): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(s.service.list_connections(&c, &project).await?))
+    Ok(Json(s.service.list_connections(&c, &project, ConnectionFilter::default()).await?))
 }
 
 /// Creates a connection to an OpenAI-compatible upstream; its API key is stored encrypted.
@@ -63,7 +63,7 @@ async fn v1_delete_connection(
 #[utoipa::path(get, path = "/v1/projects/{project}/deployments", tag = "connections",
     params(("project" = String, Path)), responses((status = 200, body = Object)))]
 async fn v1_list_deployments(State(s): State<AppState>, Authed(c): Authed, Path(project): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(s.service.list_deployments(&c, &project).await?))
+    Ok(Json(s.service.list_deployments(&c, &project, DeploymentFilter::default()).await?))
 }
 
 /// Creates a deployment: a model name bound to a connection and the upstream's model id.
@@ -90,11 +90,17 @@ async fn v1_delete_deployment(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Foundry: lists connections, Azure-style (`{"value": [...], "nextLink"}`).
+/// Foundry: lists connections, Azure-style (`{"value": [...], "nextLink"}`); `connectionType`
+/// and `defaultConnection` filter.
 #[utoipa::path(get, path = "/api/projects/{project}/connections", tag = "foundry",
     params(("project" = String, Path)), responses((status = 200, body = Object)))]
-async fn list_connections(State(s): State<AppState>, OaAuthed(c): OaAuthed, Path(project): Path<String>) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.list_connections(&c, &project).await?))
+async fn list_connections(
+    State(s): State<AppState>,
+    OaAuthed(c): OaAuthed,
+    Path(project): Path<String>,
+    OaQuery(filter): OaQuery<ConnectionFilter>,
+) -> OaResult<Json<Value>> {
+    Ok(Json(s.service.list_connections(&c, &project, filter).await?))
 }
 
 /// Foundry: gets a connection without its secret.
@@ -119,11 +125,17 @@ async fn get_connection_with_credentials(
     Ok(Json(s.service.get_connection(&c, &project, &name, true).await?))
 }
 
-/// Foundry: lists deployments, Azure-style.
+/// Foundry: lists deployments, Azure-style; `modelName`, `modelPublisher` and
+/// `deploymentType` filter.
 #[utoipa::path(get, path = "/api/projects/{project}/deployments", tag = "foundry",
     params(("project" = String, Path)), responses((status = 200, body = Object)))]
-async fn list_deployments(State(s): State<AppState>, OaAuthed(c): OaAuthed, Path(project): Path<String>) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.list_deployments(&c, &project).await?))
+async fn list_deployments(
+    State(s): State<AppState>,
+    OaAuthed(c): OaAuthed,
+    Path(project): Path<String>,
+    OaQuery(filter): OaQuery<DeploymentFilter>,
+) -> OaResult<Json<Value>> {
+    Ok(Json(s.service.list_deployments(&c, &project, filter).await?))
 }
 
 /// Foundry: gets a deployment.

@@ -26,6 +26,14 @@ pub struct ConnectionCreate {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Filters of a connection list, as the Azure SDK sends them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionFilter {
+    pub connection_type: Option<String>,
+    pub default_connection: Option<bool>,
+}
+
 fn openai() -> String {
     "openai".into()
 }
@@ -101,12 +109,21 @@ impl Service {
         Ok(out)
     }
 
-    /// Azure-style list: `{"value": [...], "nextLink": null}` (connections are few).
-    pub async fn list_connections(&self, caller: &Caller, project: &str) -> Result<Value> {
+    /// Azure-style list: `{"value": [...], "nextLink": null}` (connections are few), filtered
+    /// by type (`connectionType`) and by whether they are the default (`defaultConnection`;
+    /// Holdfast has no default connection).
+    pub async fn list_connections(&self, caller: &Caller, project: &str, filter: ConnectionFilter) -> Result<Value> {
         let data = self.data(caller, project, Action::DataRead).await?;
-        data.read(|view| {
+        data.read(move |view| {
             let rows = view.list(Kind::Connection, None, None, 10_000, Order::Asc).map_err(store_err)?;
-            let value = rows.iter().map(|r| parse(r).map(|b| wire(&b, None))).collect::<Result<Vec<_>>>()?;
+            let mut value = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let body = parse(row)?;
+                let type_ok = filter.connection_type.as_deref().is_none_or(|t| t.eq_ignore_ascii_case(&body.kind));
+                if type_ok && filter.default_connection != Some(true) {
+                    value.push(wire(&body, None));
+                }
+            }
             Ok(json!({ "value": value, "nextLink": null }))
         })
         .await

@@ -20,6 +20,15 @@ pub struct DeploymentCreate {
     pub model: String,
 }
 
+/// Filters of a deployment list.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentFilter {
+    pub model_name: Option<String>,
+    pub model_publisher: Option<String>,
+    pub deployment_type: Option<String>,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub(crate) struct DeploymentBody {
     pub name: String,
@@ -83,11 +92,23 @@ impl Service {
         Ok(out)
     }
 
-    pub async fn list_deployments(&self, caller: &Caller, project: &str) -> Result<Value> {
+    /// Azure-style list, filtered by `modelName`, `modelPublisher` and `deploymentType` as the
+    /// Azure SDK sends them.
+    pub async fn list_deployments(&self, caller: &Caller, project: &str, filter: DeploymentFilter) -> Result<Value> {
         let data = self.data(caller, project, Action::DataRead).await?;
-        data.read(|view| {
+        data.read(move |view| {
             let rows = view.list(Kind::Deployment, None, None, 10_000, Order::Asc).map_err(store_err)?;
-            let value = rows.iter().map(|r| parse(r).map(|b| wire(&b))).collect::<Result<Vec<_>>>()?;
+            let mut value = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let w = wire(&parse(row)?);
+                let matches = |field: &str, wanted: &Option<String>| wanted.as_deref().is_none_or(|v| w[field] == v);
+                if matches("modelName", &filter.model_name)
+                    && matches("modelPublisher", &filter.model_publisher)
+                    && matches("type", &filter.deployment_type)
+                {
+                    value.push(w);
+                }
+            }
             Ok(json!({ "value": value, "nextLink": null }))
         })
         .await

@@ -329,21 +329,11 @@ impl Service {
     }
 
     /// Searches vector stores of the project `data` is open on, for the `file_search` tool and
-    /// the search endpoint: chunks ranked by BM25, as OpenAI search results
-    /// (`{file_id, filename, score, attributes, content: [{type: "text", text}]}`), best first.
-    /// An unknown vector store id is a not-found error.
-    pub(crate) async fn search_vector_stores(
-        &self,
-        data: &Data,
-        vector_store_ids: &[String],
-        query: &str,
-        max_results: usize,
-    ) -> Result<Vec<Value>> {
-        self.search_filtered(data, vector_store_ids, &[query.to_owned()], max_results, None, None).await
-    }
-
-    /// [`Self::search_vector_stores`] with several query strings, an attribute filter (see
-    /// [`super::vector_stores::check_filter`]) and a minimum score.
+    /// the search endpoint: chunks ranked by BM25 (scores mapped to [0, 1]), as OpenAI search
+    /// results (`{file_id, filename, score, attributes, content: [{type: "text", text}]}`), best
+    /// first, for one or more query strings, an optional attribute filter (see
+    /// [`super::vector_stores::check_filter`]) and an optional minimum score. An unknown vector
+    /// store id is a not-found error.
     pub(crate) async fn search_filtered(
         &self,
         data: &Data,
@@ -388,13 +378,14 @@ impl Service {
                         {
                             continue;
                         }
-                        if score_threshold.is_some_and(|t| f64::from(hit.score) < t) {
+                        let score = unit_score(hit.score);
+                        if score_threshold.is_some_and(|t| score < t) {
                             continue;
                         }
                         out.push(serde_json::json!({
                             "file_id": link.body["file_id"],
                             "filename": link.body["filename"],
-                            "score": f64::from(hit.score),
+                            "score": score,
                             "attributes": attributes,
                             "content": [{ "type": "text", "text": hit.text }],
                         }));
@@ -411,6 +402,14 @@ impl Service {
             want = want.saturating_mul(4);
         }
     }
+}
+
+/// BM25 scores are unbounded; OpenAI's are in [0, 1] (and so is `score_threshold`). `s / (s + 1)`
+/// maps one onto the other keeping the order: not a probability, but thresholds mean the same
+/// thing for every query length.
+fn unit_score(bm25: f32) -> f64 {
+    let s = f64::from(bm25.max(0.0));
+    s / (s + 1.0)
 }
 
 struct Hit {

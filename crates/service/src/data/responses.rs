@@ -428,6 +428,7 @@ impl Service {
                 }
             })
             .await?;
+        translate::check_tool_pairs(&history, &input)?;
 
         let id = new_id("resp_");
         let created_at = now_seconds();
@@ -1053,7 +1054,14 @@ impl Run {
                 race(
                     &mut self.cancel,
                     self.deadline,
-                    service.search_vector_stores(&self.data, &fs.vector_store_ids, &query, fs.max_num_results),
+                    service.search_filtered(
+                        &self.data,
+                        &fs.vector_store_ids,
+                        std::slice::from_ref(&query),
+                        fs.max_num_results,
+                        fs.filters.clone(),
+                        fs.score_threshold,
+                    ),
                 )
                 .await
             }

@@ -195,6 +195,36 @@ pub(crate) fn file_search_result(hit: &Value) -> Value {
     })
 }
 
+/// Refuses a turn that would hand the model an unpaired tool message, as OpenAI does: an output
+/// for a call that was never made, or a call (in the history or the input) whose output is
+/// missing.
+pub(crate) fn check_tool_pairs(history: &[Value], input: &[Value]) -> Result<()> {
+    let mut calls = std::collections::HashSet::new();
+    let mut pending: Vec<&str> = Vec::new();
+    for item in history.iter().chain(input) {
+        let call_id = item["call_id"].as_str().unwrap_or_default();
+        match item["type"].as_str() {
+            Some("function_call") => {
+                calls.insert(call_id);
+                pending.push(call_id);
+            }
+            Some("function_call_output") => {
+                if !calls.contains(call_id) {
+                    return Err(Error::invalid(format!(
+                        "No tool call found for function call output with call_id {call_id}."
+                    )));
+                }
+                pending.retain(|p| *p != call_id);
+            }
+            _ => {}
+        }
+    }
+    match pending.first() {
+        Some(call_id) => Err(Error::invalid(format!("No tool output found for function call {call_id}."))),
+        None => Ok(()),
+    }
+}
+
 // Tools ---------------------------------------------------------------------------------------------
 
 /// The `file_search` tool of a request: which vector stores, how many results.
@@ -202,6 +232,10 @@ pub(crate) fn file_search_result(hit: &Value) -> Value {
 pub(crate) struct FileSearch {
     pub vector_store_ids: Vec<String>,
     pub max_num_results: usize,
+    /// Attribute filter of the tool (see `vector_stores::check_filter`).
+    pub filters: Option<Value>,
+    /// `ranking_options.score_threshold`, from 0 to 1.
+    pub score_threshold: Option<f64>,
 }
 
 /// Responses tools as chat tools.
@@ -259,9 +293,17 @@ pub(crate) fn chat_tools(tools: &[Value]) -> Result<ChatTools> {
                         _ => return Err(Error::invalid("file_search max_num_results must be between 1 and 50")),
                     },
                 };
-                let fs = out
-                    .file_search
-                    .get_or_insert_with(|| FileSearch { vector_store_ids: Vec::new(), max_num_results: max });
+                let (filters, score_threshold) =
+                    super::vector_stores::search_options(tool.get("filters").cloned(), tool.get("ranking_options"))?;
+                if out.file_search.as_ref().is_some_and(|fs| fs.filters != filters || fs.score_threshold != score_threshold) {
+                    return Err(Error::invalid("file_search tools with different filters or ranking options cannot be combined"));
+                }
+                let fs = out.file_search.get_or_insert_with(|| FileSearch {
+                    vector_store_ids: Vec::new(),
+                    max_num_results: max,
+                    filters,
+                    score_threshold,
+                });
                 for id in ids {
                     if !fs.vector_store_ids.contains(&id) {
                         fs.vector_store_ids.push(id);
@@ -572,6 +614,17 @@ mod tests {
     }
 
     #[test]
+    fn tool_messages_must_pair() {
+        let call = json!({"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"});
+        let output = json!({"type": "function_call_output", "call_id": "c1", "output": "x"});
+        let user = json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]});
+        assert!(check_tool_pairs(&[call.clone()], std::slice::from_ref(&output)).is_ok());
+        assert!(check_tool_pairs(&[], std::slice::from_ref(&output)).is_err(), "output without call");
+        assert!(check_tool_pairs(&[call.clone()], std::slice::from_ref(&user)).is_err(), "call left unanswered");
+        assert!(check_tool_pairs(&[call, output], &[user]).is_ok());
+    }
+
+    #[test]
     fn history_becomes_messages_with_instructions_first() {
         let items = vec![
             user("hi"),
@@ -668,7 +721,10 @@ mod tests {
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
         );
         assert_eq!(t.tools[1]["function"]["name"], FILE_SEARCH_FUNCTION);
-        assert_eq!(t.file_search, Some(FileSearch { vector_store_ids: vec!["vs_1".into()], max_num_results: 3 }));
+        assert_eq!(
+            t.file_search,
+            Some(FileSearch { vector_store_ids: vec!["vs_1".into()], max_num_results: 3, filters: None, score_threshold: None })
+        );
         assert!(chat_tools(&[json!({"type": "web_search"})]).is_err());
         assert!(chat_tools(&[json!({"type": "file_search", "vector_store_ids": []})]).is_err());
         let clash = [

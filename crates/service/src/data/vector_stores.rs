@@ -765,15 +765,7 @@ impl Service {
             Some(n) if (1..=MAX_SEARCH_RESULTS).contains(&n) => n,
             Some(n) => return Err(Error::invalid(format!("max_num_results must be 1 to {MAX_SEARCH_RESULTS}, got {n}"))),
         };
-        let filters = req.filters.filter(|f| !f.is_null());
-        if let Some(f) = &filters {
-            check_filter(f)?;
-        }
-        let threshold = match req.ranking_options.as_ref().map(|r| &r["score_threshold"]) {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => n.as_f64(),
-            Some(_) => return Err(Error::invalid("ranking_options.score_threshold must be a number")),
-        };
+        let (filters, threshold) = search_options(req.filters, req.ranking_options.as_ref())?;
         let data_results = self.search_filtered(&data, &[store.to_owned()], &queries, max, filters, threshold).await?;
         Ok(json!({
             "object": "vector_store.search_results.page",
@@ -783,6 +775,23 @@ impl Service {
             "next_page": null,
         }))
     }
+}
+
+/// The attribute filter and minimum score of a search, from the search endpoint or from a
+/// `file_search` tool: `filters` (checked) and `ranking_options.score_threshold` (0 to 1).
+pub(crate) fn search_options(filters: Option<Value>, ranking: Option<&Value>) -> Result<(Option<Value>, Option<f64>)> {
+    let filters = filters.filter(|f| !f.is_null());
+    if let Some(f) = &filters {
+        check_filter(f)?;
+    }
+    let threshold = match ranking.map(|r| &r["score_threshold"]) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64().filter(|t| (0.0..=1.0).contains(t)).map(Some).ok_or_else(|| {
+            Error::invalid("ranking_options.score_threshold must be a number from 0 to 1")
+        })?,
+        Some(_) => return Err(Error::invalid("ranking_options.score_threshold must be a number from 0 to 1")),
+    };
+    Ok((filters, threshold))
 }
 
 async fn read_store(data: &Data, id: &str) -> Result<Value> {
