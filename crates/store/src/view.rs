@@ -90,22 +90,21 @@ impl<'c> StateView<'c> {
     }
 
     pub fn count(&self, kind: Kind, parent: Option<&str>) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM resources WHERE kind = ?1 AND parent IS ?2",
-            params![kind.as_str(), parent],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM resources WHERE kind = ?1 AND parent IS ?2")?
+            .query_row(params![kind.as_str(), parent], |r| r.get::<_, i64>(0))? as u64)
     }
 
     pub fn last_lsn(&self) -> Result<Lsn> {
         let lsn: i64 =
-            self.conn.query_row("SELECT COALESCE(MAX(lsn), 0) FROM journal", [], |r| r.get(0))?;
+            self.conn.prepare_cached("SELECT COALESCE(MAX(lsn), 0) FROM journal")?.query_row([], |r| r.get(0))?;
         Ok(Lsn(lsn as u64))
     }
 
     pub fn epoch(&self) -> Result<Epoch> {
         let epoch: String =
-            self.conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))?;
+            self.conn.prepare_cached("SELECT value FROM meta WHERE key = 'epoch'")?.query_row([], |r| r.get(0))?;
         epoch
             .parse()
             .map(Epoch)
