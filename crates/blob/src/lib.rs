@@ -53,43 +53,56 @@ pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     /// Set for a local filesystem, whose writes are fsynced before `put` returns.
     local: Option<Arc<LocalFileSystem>>,
+    /// The local root directory, where syncing parent directories stops.
+    root: Option<std::path::PathBuf>,
 }
 
 impl BlobStore {
     /// Blobs in a directory of the local filesystem (created if absent).
     pub fn local(root: &std::path::Path) -> Result<Self, BlobError> {
         std::fs::create_dir_all(root)?;
-        let fs = Arc::new(LocalFileSystem::new_with_prefix(root)?);
-        Ok(Self { store: fs.clone(), local: Some(fs) })
+        let root = std::fs::canonicalize(root)?;
+        let fs = Arc::new(LocalFileSystem::new_with_prefix(&root)?);
+        Ok(Self { store: fs.clone(), local: Some(fs), root: Some(root) })
     }
 
     /// Blobs in any object store (S3, Azure, GCS…), whose `put` is durable when it returns.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store, local: None }
+        Self { store, local: None, root: None }
     }
 
     fn location(project: &ProjectId, hash: &BlobHash) -> Path {
         Path::from(format!("{}/sha256/{}/{}", project, &hash.0[..2], hash.0))
     }
 
-    /// Stores `bytes` durably and returns their hash. Storing the same bytes again is a no-op.
+    /// Stores `bytes` durably and returns their hash. Storing the same bytes again writes nothing.
     pub async fn put(&self, project: &ProjectId, bytes: Bytes) -> Result<BlobHash, BlobError> {
         let hash = BlobHash::of(&bytes);
         let location = Self::location(project, &hash);
-        match self.store.head(&location).await {
-            Ok(_) => return Ok(hash),
-            Err(object_store::Error::NotFound { .. }) => {}
+        let exists = match self.store.head(&location).await {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
             Err(e) => return Err(e.into()),
+        };
+        if !exists {
+            self.store.put(&location, PutPayload::from_bytes(bytes)).await?;
         }
-        self.store.put(&location, PutPayload::from_bytes(bytes)).await?;
         if let Some(fs) = &self.local {
             // object_store renames a temporary file into place but does not fsync; blobs must be
-            // durable before a change references them (DESIGN.md invariant 3).
+            // durable before a change references them (DESIGN.md invariant 3). Also when the
+            // blob was there already: an earlier put may have died before its fsync. The
+            // directories up to the root are synced too, since `put` may have created them.
             let file = fs.path_to_filesystem(&location)?;
+            let root = self.root.clone();
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                 std::fs::File::open(&file)?.sync_all()?;
-                if let Some(dir) = file.parent() {
-                    std::fs::File::open(dir)?.sync_all()?;
+                let mut dir = file.parent();
+                while let Some(d) = dir {
+                    std::fs::File::open(d)?.sync_all()?;
+                    if Some(d) == root.as_deref() {
+                        break;
+                    }
+                    dir = d.parent();
                 }
                 Ok(())
             })

@@ -99,7 +99,10 @@ impl ServeConfig {
         anyhow::ensure!(max_file_bytes >= 1, "max_file_bytes must be at least 1");
         let upstream_timeout_secs =
             over.upstream_timeout_secs.or(file.upstream.timeout_secs).unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_SECS);
-        anyhow::ensure!(upstream_timeout_secs >= 1, "upstream timeout_secs must be at least 1");
+        anyhow::ensure!(
+            (1..=86_400).contains(&upstream_timeout_secs),
+            "upstream timeout_secs must be 1 to 86400 (a day)"
+        );
         Ok(Self {
             data: over.data.or(file.data).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
             listen,

@@ -95,6 +95,17 @@ impl Service {
             .map_err(|e| Error::internal(format!("open task failed: {e}")))?
             .map_err(Error::from)?;
         let store = Arc::new(store);
+        if store.is_deleted() {
+            // A delete journaled before a crash (or a failure) kept the catalog from forgetting
+            // the project: finish it now, so the name is free again.
+            tracing::warn!(project = %entry.name, id = %entry.id, "finishing a project delete interrupted by a crash");
+            let closing = store.clone();
+            let _ = tokio::task::spawn_blocking(move || closing.close_deleted()).await;
+            let cid = entry.id.clone();
+            self.control.call(move |c| control::remove_project(c, &cid)).await.map_err(Error::from)?;
+            self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())?;
+            return Err(not_found(&entry.name));
+        }
         let system = Caller::system();
         store
             .write(system.principal.id.as_str(), system.request_id.as_str(), crate::data::responses::fail_interrupted())
@@ -136,9 +147,11 @@ impl Service {
         }
         match self.initialise_project(caller, &id, body).await {
             Ok(store) => {
+                // The store is registered before the project turns active (requests cannot see
+                // a `creating` project), so no request ever opens a second writer on it.
+                self.projects.lock().await.insert(id.clone(), store.clone());
                 let cid = id.clone();
                 self.control.call(move |c| control::mark_active(c, &cid)).await.map_err(Error::from)?;
-                self.projects.lock().await.insert(id.clone(), store.clone());
                 store
                     .read(move |view| read_project(view, &id))
                     .await

@@ -181,6 +181,11 @@ impl ProjectStore {
         self.read(|view| view.dump()).await
     }
 
+    /// Whether the project's deletion is journaled (or the store was closed for a delete).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
     /// Closes the store of a project being deleted: from now on reads and writes answer
     /// [`StoreError::Deleted`], even those already holding this store.
     pub fn close_deleted(&self) {

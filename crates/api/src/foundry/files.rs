@@ -59,6 +59,8 @@ async fn create_file(
     Path(project): Path<String>,
     mut request: Request,
 ) -> OaResult<Json<Value>> {
+    // Authorised (and the project found) before a byte of the upload is read.
+    s.service.data(&c, &project, holdfast_service::Action::DataWrite).await?;
     let limit = s.service.max_file_bytes();
     // The router-wide body limit is sized for JSON; an upload may be as large as a file may be.
     DefaultBodyLimit::max(limit.saturating_add(MULTIPART_OVERHEAD)).apply(&mut request);

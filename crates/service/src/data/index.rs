@@ -393,7 +393,9 @@ impl Service {
                     Ok(out)
                 })
                 .await?;
-            if results.len() >= max_results || exhausted {
+            // Bounded: a filter that matches almost nothing must not pull the whole index into
+            // memory; past the cap, fewer results than asked for are returned.
+            if results.len() >= max_results || exhausted || want >= MAX_FILTERED_CANDIDATES {
                 let mut results = results;
                 results.truncate(max_results);
                 return Ok(results);
@@ -411,6 +413,9 @@ fn unit_score(bm25: f32) -> f64 {
     let s = f64::from(bm25.max(0.0));
     s / (s + 1.0)
 }
+
+/// Most candidates a filtered search ranks before giving up on finding more matches.
+const MAX_FILTERED_CANDIDATES: usize = 2000;
 
 struct Hit {
     link: String,

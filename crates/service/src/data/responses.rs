@@ -774,8 +774,15 @@ impl Run {
         self.wire["status"] = json!(status);
         self.wire["output"] = json!(self.output);
         self.wire["usage"] = self.usage.map_or(Value::Null, Usage::to_wire);
-        if self.store {
-            self.journal_end(matches!(outcome, Outcome::Completed | Outcome::Incomplete(_))).await;
+        let mut event = event;
+        if self.store
+            && let Err(e) = self.journal_end(matches!(outcome, Outcome::Completed | Outcome::Incomplete(_))).await
+        {
+            // Never report an end that is not stored: the client is told the response failed.
+            tracing::error!(response = %self.wire["id"], error = %e, "could not store the end of a response");
+            self.wire["status"] = json!("failed");
+            self.wire["error"] = json!({ "code": "server_error", "message": format!("the response could not be stored: {e}") });
+            event = "response.failed";
         }
         let done = self.wire.clone();
         self.emit(event, json!({ "response": done }));
@@ -784,7 +791,7 @@ impl Run {
 
     /// The second change: the finished response, and its output in its conversation. Skipped
     /// for what was deleted meanwhile.
-    async fn journal_end(&self, append: bool) {
+    async fn journal_end(&self, append: bool) -> Result<()> {
         let id = self.wire["id"].as_str().unwrap_or_default().to_owned();
         let body = stored_body(&self.wire, &self.input_items);
         let (conversation, output) = (self.conversation.clone(), self.output.clone());
@@ -808,9 +815,7 @@ impl Run {
                 Ok(ops)
             }))
             .await;
-        if let Err(e) = result {
-            tracing::error!(response = %self.wire["id"], error = %e, "could not store the end of a response");
-        }
+        result.map(|_| ())
     }
 
     fn emit(&mut self, kind: &str, mut data: Value) {

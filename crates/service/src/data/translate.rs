@@ -549,8 +549,8 @@ pub(crate) fn completion_as_chunk(completion: &Value) -> Value {
     let mut delta = choice.get("message").cloned().unwrap_or_else(|| json!({}));
     if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
         for (i, call) in calls.iter_mut().enumerate() {
-            if call.get("index").is_none() {
-                call["index"] = json!(i);
+            if let Some(call) = call.as_object_mut() {
+                call.entry("index").or_insert(json!(i));
             }
         }
     }
