@@ -7,6 +7,7 @@
 
 mod control;
 pub mod error;
+mod export;
 mod extract;
 mod foundry;
 mod middleware;
@@ -62,7 +63,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes())
 }
 
 /// The OpenAPI document of every route, built once.

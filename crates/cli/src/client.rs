@@ -44,6 +44,37 @@ impl Client {
         self.send::<(), Value>(Method::DELETE, path, None).await.map(|_| ())
     }
 
+    /// Sends a request whose body `body` makes (once per endpoint tried), with no overall
+    /// time limit (exports and imports may be large); an error status is decoded as usual.
+    pub async fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Fn() -> Result<Option<reqwest::Body>, Exit>,
+    ) -> Result<reqwest::Response, Exit> {
+        let mut last_error = None;
+        for endpoint in &self.endpoints {
+            let mut request =
+                self.http.request(method.clone(), format!("{endpoint}{path}")).timeout(Duration::from_secs(7 * 24 * 3600));
+            if let Some(key) = &self.key {
+                request = request.bearer_auth(key);
+            }
+            if let Some(body) = body()? {
+                request = request.header(reqwest::header::CONTENT_TYPE, "application/x-ndjson").body(body);
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) => return Err(decode::<Value>(response).await.err().unwrap_or_else(|| Exit::error(anyhow!("unexpected response")))),
+                Err(e) if e.is_connect() => last_error = Some(format!("{endpoint}: {e}")),
+                Err(e) => return Err(Exit::error(anyhow!("request to {endpoint} failed: {e}"))),
+            }
+        }
+        Err(Exit::error(anyhow!(
+            "no endpoint answered ({})",
+            last_error.unwrap_or_else(|| "no endpoint configured".into())
+        )))
+    }
+
     /// Sends to each endpoint in turn until one answers; only a failure to connect moves on to
     /// the next, so a request is never sent twice.
     async fn send<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, Exit> {

@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod config;
 mod context;
+mod export;
 mod output;
 mod serve;
 
@@ -88,6 +89,10 @@ enum Command {
     /// Manage client contexts (endpoints and keys) in ~/.config/holdfast/config.toml.
     #[command(subcommand)]
     Context(ContextCmd),
+    /// Export a project to one portable file (secrets excluded).
+    Export(export::ExportArgs),
+    /// Import an export file into a project (created when missing).
+    Import(export::ImportArgs),
     /// Show the server's version and region.
     Info,
     /// Measure performance.
@@ -353,6 +358,8 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
     const PROJECT_COLUMNS: &[&str] = &["name", "display_name", "lsn", "created_at", "tags"];
     match command {
         Command::Info => print(format, &client.get::<Info>("/v1/info").await?, &[])?,
+        Command::Export(args) => export::export(client, args, format).await?,
+        Command::Import(args) => export::import(client, args, format).await?,
         Command::Project(cmd) => match cmd {
             ProjectCmd::Create { name, display_name, description, tags } => {
                 let req = ProjectCreate { name, display_name, description, tags: tags.into_iter().collect() };

@@ -32,6 +32,10 @@ pub enum Action {
     DataWrite,
     /// Reading a connection's secret (`getConnectionWithCredentials`).
     SecretsRead,
+    /// Exporting a project's contents to a portable file (never its secrets).
+    Export,
+    /// Importing an export file into a project, keeping its ids and times.
+    Import,
 }
 
 impl Action {
@@ -44,6 +48,8 @@ impl Action {
             Action::DataRead => "projects/data/read",
             Action::DataWrite => "projects/data/write",
             Action::SecretsRead => "projects/connections/secrets/read",
+            Action::Export => "projects/export",
+            Action::Import => "projects/import",
         }
     }
 }
@@ -61,7 +67,12 @@ impl Principal {
             Role::Admin => true,
             Role::Contributor => matches!(
                 action,
-                Action::ProjectsRead | Action::ProjectsWrite | Action::DataRead | Action::DataWrite | Action::SecretsRead
+                Action::ProjectsRead
+                    | Action::ProjectsWrite
+                    | Action::DataRead
+                    | Action::DataWrite
+                    | Action::SecretsRead
+                    | Action::Export
             ),
             Role::Reader => matches!(action, Action::ProjectsRead | Action::DataRead),
         }
@@ -241,6 +252,7 @@ impl Service {
         let principal_id = PrincipalId::generate();
         let (hash, prefix) = (hash_key(&key), key_prefix(&key));
         let (k, p, name, role) = (key_id.clone(), principal_id.clone(), req.name.clone(), req.role);
+        let _serial = self.keys_update.lock().await;
         self.control
             .call(move |c| {
                 control::insert_key(c, &NewKey {
@@ -281,6 +293,7 @@ impl Service {
     pub async fn revoke_key(&self, caller: &Caller, id: &str) -> Result<usize> {
         caller.require(Action::KeysManage, "/")?;
         let target = id.to_owned();
+        let _serial = self.keys_update.lock().await;
         let revoked = self
             .control
             .call(move |c| {

@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod data;
+pub mod export;
 mod projects;
 mod validate;
 
@@ -67,6 +68,9 @@ pub struct Service {
     projects: tokio::sync::Mutex<HashMap<ProjectId, Arc<ProjectStore>>>,
     /// Live keys by hash; reloaded from the control store whenever keys change.
     keys: RwLock<HashMap<String, Principal>>,
+    /// Held from a key change to the install of the reloaded keys, so an older read never
+    /// replaces a newer one (a revoked key must stop working).
+    keys_update: tokio::sync::Mutex<()>,
     /// Limits from the configuration.
     pub(crate) max_file_bytes: usize,
     pub(crate) upstream_timeout: std::time::Duration,
@@ -107,6 +111,7 @@ impl Service {
             blobs,
             projects: tokio::sync::Mutex::new(HashMap::new()),
             keys: RwLock::new(HashMap::new()),
+            keys_update: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::Sender::new(false),
             _lock: lock,
         };

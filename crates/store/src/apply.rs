@@ -154,6 +154,18 @@ fn apply_op(conn: &Connection, change: &Change, index: usize, op: &Op) -> Result
             )?
             .execute(params![kind.as_str(), id, serde_json::to_string(&body)?, change.ts])?;
         }
+        Op::Stamp { kind, id, created_us, updated_us } => {
+            let stamped = conn
+                .prepare_cached("UPDATE resources SET created_us = ?3, updated_us = ?4 WHERE kind = ?1 AND id = ?2")?
+                .execute(params![kind.as_str(), id, created_us, updated_us])?;
+            if stamped == 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "change {} stamps {} {id}, which does not exist",
+                    change.lsn,
+                    kind.as_str()
+                )));
+            }
+        }
         Op::Delete { kind, id } => {
             let deleted = conn
                 .prepare_cached("DELETE FROM resources WHERE kind = ?1 AND id = ?2")?

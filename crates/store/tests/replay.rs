@@ -67,6 +67,7 @@ fn model_apply(state: &mut State, op: &Op) {
             let entry = state.get_mut(id).expect("the model patches only what exists");
             merge(&mut entry.1, patch);
         }
+        Op::Stamp { .. } => {}
         Op::Delete { id, .. } => {
             let mut doomed = BTreeSet::from([id.clone()]);
             loop {

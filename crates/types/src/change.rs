@@ -118,18 +118,22 @@ pub enum Op {
     Patch { kind: Kind, id: String, patch: Value },
     /// Deletes the resource and, recursively, every resource whose parent it is.
     Delete { kind: Kind, id: String },
+    /// Sets an existing resource's creation and update times (microseconds), which otherwise
+    /// are the `ts` of the changes that put and last touched it. Written by import, after the
+    /// `put` of the same resource, so imported resources keep the times they had at the source.
+    Stamp { kind: Kind, id: String, created_us: Micros, updated_us: Micros },
 }
 
 impl Op {
     pub fn kind(&self) -> Kind {
         match self {
-            Op::Put { kind, .. } | Op::Patch { kind, .. } | Op::Delete { kind, .. } => *kind,
+            Op::Put { kind, .. } | Op::Patch { kind, .. } | Op::Delete { kind, .. } | Op::Stamp { kind, .. } => *kind,
         }
     }
 
     pub fn id(&self) -> &str {
         match self {
-            Op::Put { id, .. } | Op::Patch { id, .. } | Op::Delete { id, .. } => id,
+            Op::Put { id, .. } | Op::Patch { id, .. } | Op::Delete { id, .. } | Op::Stamp { id, .. } => id,
         }
     }
 }
@@ -150,6 +154,7 @@ mod tests {
             ops: vec![
                 Op::Put { kind: Kind::Project, id: "proj_a".into(), parent: None, body: serde_json::json!({"name":"a"}) },
                 Op::Patch { kind: Kind::Project, id: "proj_a".into(), patch: serde_json::json!({"tags":{"x":null}}) },
+                Op::Stamp { kind: Kind::Project, id: "proj_a".into(), created_us: 1, updated_us: 2 },
                 Op::Delete { kind: Kind::Project, id: "proj_a".into() },
             ],
         };
