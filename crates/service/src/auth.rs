@@ -5,8 +5,6 @@
 //! finer roles, scopes and locks of the governance work slot in here without touching callers.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 
 use holdfast_store::control::{self, NewKey};
 use holdfast_types::api::{KeyCreate, KeyCreated, KeyInfo, KeyPage, Role};
@@ -177,16 +175,9 @@ impl Service {
             Ok(text) if text.trim().starts_with("hf_") => text.trim().to_owned(),
             _ => {
                 let key = generate_key()?;
-                let mut file = std::fs::File::options()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))?;
-                writeln!(file, "{key}")
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))?;
+                // A leftover that is not a key (a crash while writing) is replaced.
+                let _ = std::fs::remove_file(&path);
+                crate::write_secret_file(&path, &format!("{key}\n"))?;
                 key
             }
         };

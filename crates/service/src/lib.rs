@@ -234,6 +234,26 @@ fn lock_data_dir(data: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// Writes a small secret file (mode 0600) so that it is either wholly there or not at all, and
+/// survives a power loss once this returns: a temporary file, fsync, rename, fsync of the
+/// directory. Refuses to replace an existing file.
+pub(crate) fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| Error::internal(format!("cannot write {}: {e}", path.display()));
+    let tmp = path.with_extension("tmp");
+    let mut file = File::options().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?;
+    file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()).map_err(fail)?;
+    if path.exists() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::internal(format!("{} exists already", path.display())));
+    }
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
+    }
+    Ok(())
+}
+
 fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),

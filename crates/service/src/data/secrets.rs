@@ -3,8 +3,6 @@
 //! The journal and the state hold only ciphertext; the nonce is chosen before the change is
 //! written, so applying the change stays deterministic.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit};
@@ -74,15 +72,7 @@ fn decode_key(text: &str) -> Option<Vec<u8>> {
 fn create_key_file(file: &Path) -> Result<Vec<u8>> {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
-    let mut f = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .map_err(|e| Error::internal(format!("cannot create {}: {e}", file.display())))?;
-    writeln!(f, "{}", hex::encode(key))
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::internal(format!("cannot write {}: {e}", file.display())))?;
+    crate::write_secret_file(file, &format!("{}\n", hex::encode(key)))?;
     Ok(key.to_vec())
 }
 
