@@ -10,6 +10,7 @@ pub mod error;
 mod export;
 mod extract;
 mod foundry;
+mod history;
 mod middleware;
 pub mod telemetry;
 
@@ -63,7 +64,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes())
 }
 
 /// The OpenAPI document of every route, built once.

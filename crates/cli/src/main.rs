@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod context;
 mod export;
+mod history;
 mod output;
 mod serve;
 
@@ -93,6 +94,10 @@ enum Command {
     Export(export::ExportArgs),
     /// Import an export file into a project (created when missing).
     Import(export::ImportArgs),
+    /// List every change to one resource, from the project's journal (admin).
+    History(history::HistoryArgs),
+    /// Bring a deleted resource back, with its children, keeping its ids (admin).
+    Undelete(history::UndeleteArgs),
     /// Show the server's version and region.
     Info,
     /// Measure performance.
@@ -360,6 +365,8 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
         Command::Info => print(format, &client.get::<Info>("/v1/info").await?, &[])?,
         Command::Export(args) => export::export(client, args, format).await?,
         Command::Import(args) => export::import(client, args, format).await?,
+        Command::History(args) => history::history(client, args, format).await?,
+        Command::Undelete(args) => history::undelete(client, args, format).await?,
         Command::Project(cmd) => match cmd {
             ProjectCmd::Create { name, display_name, description, tags } => {
                 let req = ProjectCreate { name, display_name, description, tags: tags.into_iter().collect() };

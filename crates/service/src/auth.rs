@@ -34,6 +34,8 @@ pub enum Action {
     Export,
     /// Importing an export file into a project, keeping its ids and times.
     Import,
+    /// Bringing a deleted resource back from the journal.
+    Undelete,
 }
 
 impl Action {
@@ -48,6 +50,7 @@ impl Action {
             Action::SecretsRead => "projects/connections/secrets/read",
             Action::Export => "projects/export",
             Action::Import => "projects/import",
+            Action::Undelete => "projects/undelete",
         }
     }
 }

@@ -7,6 +7,7 @@
 mod auth;
 pub mod data;
 pub mod export;
+pub mod history;
 mod projects;
 mod validate;
 

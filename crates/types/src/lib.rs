@@ -21,3 +21,8 @@ pub fn rfc3339(us: Micros) -> String {
         .map(|t| format!("{t:.6}"))
         .unwrap_or_else(|_| us.to_string())
 }
+
+/// Parses an RFC 3339 time (any offset) to microseconds since the Unix epoch.
+pub fn parse_rfc3339(s: &str) -> Option<Micros> {
+    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_microsecond())
+}
