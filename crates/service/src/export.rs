@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::DumpRow;
 use crate::data::Data;
 use crate::{Action, Caller, Result, Service};
 
@@ -362,16 +363,6 @@ pub struct ImportSummary {
 /// An export as a byte stream; an error mid-way ends the stream (the file then has no trailer).
 pub type ExportStream = Pin<Box<dyn Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send>>;
 
-#[derive(Deserialize)]
-struct DumpRow {
-    kind: Kind,
-    id: String,
-    parent: Option<String>,
-    seq: i64,
-    created_us: Micros,
-    updated_us: Micros,
-    body: Value,
-}
 
 /// Removes the spooled upload however the import ends.
 struct TempFile(PathBuf);

@@ -25,6 +25,7 @@ use holdfast_types::{Change, Error, Kind, Lsn, Micros, Op, ProjectId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::DumpRow;
 use crate::data::Data;
 use crate::{Action, Caller, Result, Service};
 
@@ -317,17 +318,6 @@ fn pick(scan: Scan) -> (Tracker, Option<Micros>, Option<Micros>, Lsn) {
     (chosen, first_ts, last_ts, last_lsn)
 }
 
-/// A row of a canonical dump.
-#[derive(Deserialize)]
-struct DumpRow {
-    kind: Kind,
-    id: String,
-    parent: Option<String>,
-    seq: i64,
-    created_us: Micros,
-    updated_us: Micros,
-    body: Value,
-}
 
 /// Removes the scratch directory however the undelete ends.
 struct Scratch(PathBuf);

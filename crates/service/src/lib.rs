@@ -235,6 +235,19 @@ fn lock_data_dir(data: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// One line of a project's canonical dump (`holdfast_store::apply::canonical_dump`), read back
+/// by export and undelete.
+#[derive(serde::Deserialize)]
+pub(crate) struct DumpRow {
+    pub kind: holdfast_types::Kind,
+    pub id: String,
+    pub parent: Option<String>,
+    pub seq: i64,
+    pub created_us: holdfast_types::Micros,
+    pub updated_us: holdfast_types::Micros,
+    pub body: serde_json::Value,
+}
+
 /// Writes a small secret file (mode 0600) so that it is either wholly there or not at all, and
 /// survives a power loss once this returns: a temporary file, fsync, rename, fsync of the
 /// directory. Refuses to replace an existing file.
