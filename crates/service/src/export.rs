@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::DumpRow;
+use crate::{DumpRow, blob_ref};
 use crate::data::Data;
 use crate::{Action, Caller, Result, Service};
 
@@ -277,11 +277,6 @@ pub fn verify<R: BufRead>(mut reader: R) -> Result<Verified> {
 pub fn verify_file(path: &Path) -> Result<Verified> {
     let file = std::fs::File::open(path).map_err(|e| Error::invalid(format!("cannot open {}: {e}", path.display())))?;
     verify(std::io::BufReader::with_capacity(1 << 20, file))
-}
-
-/// The blob a resource body references: its top-level `sha256` field (a file's bytes).
-fn blob_ref(body: &Value) -> Option<&str> {
-    body.get("sha256").and_then(Value::as_str).filter(|h| BlobHash::parse(h).is_ok())
 }
 
 /// Parses a comma-separated list of kind names.

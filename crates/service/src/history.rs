@@ -23,7 +23,6 @@ use holdfast_store::StateView;
 use holdfast_types::change::MAX_OPS_PER_CHANGE;
 use holdfast_types::{Change, Error, Kind, Lsn, Micros, Op, ProjectId};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::DumpRow;
 use crate::data::Data;
@@ -462,9 +461,7 @@ impl Service {
         }
         // Blobs are never deleted, but a change may only reference a durable one (invariant 3).
         for r in &subtree {
-            if let Some(hash) = r.body.get("sha256").and_then(Value::as_str)
-                && let Ok(hash) = BlobHash::parse(hash)
-            {
+            if let Some(hash) = crate::blob_ref(&r.body).and_then(|h| BlobHash::parse(h).ok()) {
                 let there = self
                     .blobs
                     .exists(store.id(), &hash)
