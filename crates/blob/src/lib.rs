@@ -3,13 +3,12 @@
 //! copied or purged on their own. Reads verify the hash, so a corrupted blob is reported, never
 //! served.
 
-use std::sync::Arc;
+mod objects;
 
 use bytes::Bytes;
 use holdfast_types::ProjectId;
-use object_store::local::LocalFileSystem;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+pub use object_store::path::Path;
+pub use objects::Objects;
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,12 +21,14 @@ pub enum BlobError {
     BadHash(String),
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    #[error("bad object store URL {0}")]
+    BadUrl(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
 
 /// A sha256 digest in lowercase hex: the name of a blob.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlobHash(String);
 
 impl BlobHash {
@@ -48,91 +49,72 @@ impl BlobHash {
     }
 }
 
-#[derive(Clone)]
+impl std::fmt::Display for BlobHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The blob a resource body references: its top-level `sha256` field (a file's bytes).
+pub fn referenced_by(body: &serde_json::Value) -> Option<BlobHash> {
+    body.get("sha256").and_then(serde_json::Value::as_str).and_then(|h| BlobHash::parse(h).ok())
+}
+
+#[derive(Clone, Debug)]
 pub struct BlobStore {
-    store: Arc<dyn ObjectStore>,
-    /// Set for a local filesystem, whose writes are fsynced before `put` returns.
-    local: Option<Arc<LocalFileSystem>>,
-    /// The local root directory, where syncing parent directories stops.
-    root: Option<std::path::PathBuf>,
+    objects: Objects,
 }
 
 impl BlobStore {
     /// Blobs in a directory of the local filesystem (created if absent).
     pub fn local(root: &std::path::Path) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(root)?;
-        let root = std::fs::canonicalize(root)?;
-        let fs = Arc::new(LocalFileSystem::new_with_prefix(&root)?);
-        Ok(Self { store: fs.clone(), local: Some(fs), root: Some(root) })
+        Ok(Self { objects: Objects::local(root)? })
     }
 
-    /// Blobs in any object store (S3, Azure, GCS…), whose `put` is durable when it returns.
-    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store, local: None, root: None }
+    /// Blobs in any object store.
+    pub fn new(objects: Objects) -> Self {
+        Self { objects }
     }
 
-    fn location(project: &ProjectId, hash: &BlobHash) -> Path {
-        Path::from(format!("{}/sha256/{}/{}", project, &hash.0[..2], hash.0))
+    /// Where a blob lives under `prefix` (a project id, or a project's place in the archive).
+    pub fn location(prefix: &str, hash: &BlobHash) -> Path {
+        Path::from(format!("{prefix}/sha256/{}/{}", &hash.0[..2], hash.0))
     }
 
     /// Stores `bytes` durably and returns their hash. Storing the same bytes again writes nothing.
     pub async fn put(&self, project: &ProjectId, bytes: Bytes) -> Result<BlobHash, BlobError> {
         let hash = BlobHash::of(&bytes);
-        let location = Self::location(project, &hash);
-        let exists = match self.store.head(&location).await {
-            Ok(_) => true,
-            Err(object_store::Error::NotFound { .. }) => false,
-            Err(e) => return Err(e.into()),
-        };
-        if !exists {
-            self.store.put(&location, PutPayload::from_bytes(bytes)).await?;
-        }
-        if let Some(fs) = &self.local {
-            // object_store renames a temporary file into place but does not fsync; blobs must be
-            // durable before a change references them (DESIGN.md invariant 3). Also when the
-            // blob was there already: an earlier put may have died before its fsync. The
-            // directories up to the root are synced too, since `put` may have created them.
-            let file = fs.path_to_filesystem(&location)?;
-            let root = self.root.clone();
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                std::fs::File::open(&file)?.sync_all()?;
-                let mut dir = file.parent();
-                while let Some(d) = dir {
-                    std::fs::File::open(d)?.sync_all()?;
-                    if Some(d) == root.as_deref() {
-                        break;
-                    }
-                    dir = d.parent();
-                }
-                Ok(())
-            })
-            .await
-            .map_err(std::io::Error::other)??;
-        }
+        put_blob(&self.objects, &Self::location(project.as_str(), &hash), bytes).await?;
         Ok(hash)
     }
 
     /// Reads a blob and checks that its bytes still hash to its name.
     pub async fn get(&self, project: &ProjectId, hash: &BlobHash) -> Result<Bytes, BlobError> {
-        let bytes = match self.store.get(&Self::location(project, hash)).await {
-            Ok(result) => result.bytes().await?,
-            Err(object_store::Error::NotFound { .. }) => return Err(BlobError::NotFound(hash.0.clone())),
-            Err(e) => return Err(e.into()),
-        };
-        let actual = BlobHash::of(&bytes);
-        if &actual != hash {
-            return Err(BlobError::Corrupt { hash: hash.0.clone(), actual: actual.0 });
-        }
-        Ok(bytes)
+        get_blob(&self.objects, &Self::location(project.as_str(), hash), hash).await
     }
 
     pub async fn exists(&self, project: &ProjectId, hash: &BlobHash) -> Result<bool, BlobError> {
-        match self.store.head(&Self::location(project, hash)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        self.objects.exists(&Self::location(project.as_str(), hash)).await
     }
+}
+
+/// Stores a blob at `location` unless it is there, and makes it durable either way.
+pub async fn put_blob(objects: &Objects, location: &Path, bytes: Bytes) -> Result<(), BlobError> {
+    if objects.exists(location).await? {
+        objects.sync(location).await
+    } else {
+        objects.put(location, bytes).await
+    }
+}
+
+/// Reads the blob at `location` and checks that its bytes hash to `hash`.
+pub async fn get_blob(objects: &Objects, location: &Path, hash: &BlobHash) -> Result<Bytes, BlobError> {
+    let bytes = objects.get(location).await?.ok_or_else(|| BlobError::NotFound(hash.0.clone()))?;
+    let actual = BlobHash::of(&bytes);
+    if &actual != hash {
+        return Err(BlobError::Corrupt { hash: hash.0.clone(), actual: actual.0 });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

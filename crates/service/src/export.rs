@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::{DumpRow, blob_ref};
+use crate::DumpRow;
+use holdfast_blob::referenced_by;
 use crate::data::Data;
 use crate::{Action, Caller, Result, Service};
 
@@ -264,8 +265,8 @@ pub fn verify<R: BufRead>(mut reader: R) -> Result<Verified> {
         return Err(corrupt("the trailer's counts do not match the file"));
     }
     for r in &resources {
-        if let Some(hash) = blob_ref(&r.body)
-            && !blobs.contains_key(hash)
+        if let Some(hash) = referenced_by(&r.body)
+            && !blobs.contains_key(hash.as_str())
         {
             return Err(corrupt(format!("{} {} references blob {hash}, which the file does not hold", r.kind.as_str(), r.id)));
         }
@@ -433,8 +434,8 @@ impl Service {
                     *secret = Value::Null;
                     secret_removed = true;
                 }
-                if let Some(hash) = blob_ref(&body) {
-                    hashes.insert(hash.to_owned());
+                if let Some(hash) = referenced_by(&body) {
+                    hashes.insert(hash.as_str().to_owned());
                 }
                 ExportedResource {
                     kind: row.kind,

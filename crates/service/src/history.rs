@@ -17,7 +17,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use holdfast_blob::BlobHash;
 use holdfast_store::apply::Replayer;
 use holdfast_store::StateView;
 use holdfast_types::change::MAX_OPS_PER_CHANGE;
@@ -461,7 +460,7 @@ impl Service {
         }
         // Blobs are never deleted, but a change may only reference a durable one (invariant 3).
         for r in &subtree {
-            if let Some(hash) = crate::blob_ref(&r.body).and_then(|h| BlobHash::parse(h).ok()) {
+            if let Some(hash) = holdfast_blob::referenced_by(&r.body) {
                 let there = self
                     .blobs
                     .exists(store.id(), &hash)

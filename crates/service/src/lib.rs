@@ -248,11 +248,6 @@ pub(crate) struct DumpRow {
     pub body: serde_json::Value,
 }
 
-/// The blob a resource body references: its top-level `sha256` field (a file's bytes).
-pub(crate) fn blob_ref(body: &serde_json::Value) -> Option<&str> {
-    body.get("sha256").and_then(serde_json::Value::as_str).filter(|h| holdfast_blob::BlobHash::parse(h).is_ok())
-}
-
 /// Writes a small secret file (mode 0600) so that it is either wholly there or not at all, and
 /// survives a power loss once this returns: a temporary file, fsync, rename, fsync of the
 /// directory. Refuses to replace an existing file.

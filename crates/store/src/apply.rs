@@ -222,11 +222,21 @@ pub fn state_hash(conn: &Connection) -> Result<String> {
     Ok(hex::encode(Sha256::digest(canonical_dump(conn)?)))
 }
 
-/// Applies changes, one transaction each, to a project database of its own: how a journal is
-/// replayed into an empty store (restore, verification, the replay property test).
+/// Changes applied in one transaction by a [`Replayer`].
+const REPLAY_BATCH: u64 = 8192;
+
+/// Applies a journal to a project database of its own: how a journal is replayed into an empty
+/// store (restore, verification, undelete, the replay property test), or onto a snapshot.
+///
+/// Replay is fast because nobody waits on it: changes are applied in large transactions with
+/// `synchronous=OFF`, and [`Replayer::finish`] makes the result durable once, at the end. A
+/// replay that crashes leaves a database that must be thrown away, which is what its callers do
+/// (the target is never visible before `finish`).
 pub struct Replayer {
     conn: Connection,
     last: Lsn,
+    /// Changes applied in the open transaction.
+    pending: u64,
 }
 
 impl Replayer {
@@ -237,14 +247,46 @@ impl Replayer {
         }
         let conn = crate::sqlite::open(path, true)?;
         init_project_schema(&conn, project, Epoch::FIRST)?;
-        Ok(Self { conn, last: Lsn::ZERO })
+        Self::start(conn, Lsn::ZERO)
+    }
+
+    /// Opens a project database restored from a snapshot, to replay what followed it, and makes
+    /// it the database of `project` (a restore always makes a new project).
+    pub fn open(path: &std::path::Path, project: &ProjectId) -> Result<Self> {
+        let conn = crate::sqlite::open(path, false)?;
+        check_project_schema(&conn)?;
+        conn.execute("UPDATE meta SET value = ?1 WHERE key = 'project_id'", [project.as_str()])?;
+        let last = StateView::new(&conn).last_lsn()?;
+        Self::start(conn, last)
+    }
+
+    fn start(conn: Connection, last: Lsn) -> Result<Self> {
+        conn.pragma_update(None, "synchronous", "OFF")?;
+        Ok(Self { conn, last, pending: 0 })
     }
 
     pub fn apply(&mut self, change: &Change) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        apply_change(&tx, self.last, change)?;
-        tx.commit()?;
+        if self.pending == 0 {
+            self.conn.execute_batch("BEGIN")?;
+        }
+        if let Err(e) = apply_change(&self.conn, self.last, change) {
+            self.conn.execute_batch("ROLLBACK")?;
+            self.pending = 0;
+            return Err(e);
+        }
         self.last = change.lsn;
+        self.pending += 1;
+        if self.pending >= REPLAY_BATCH {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.pending > 0 {
+            self.conn.execute_batch("COMMIT")?;
+            self.pending = 0;
+        }
         Ok(())
     }
 
@@ -252,7 +294,36 @@ impl Replayer {
         self.last
     }
 
-    pub fn dump(&self) -> Result<Vec<u8>> {
+    /// The state as canonical bytes, with everything applied so far.
+    pub fn dump(&mut self) -> Result<Vec<u8>> {
+        self.commit()?;
         canonical_dump(&self.conn)
+    }
+
+    /// Changes in the journal so far whose ops' JSON contains `text` (a cheap prefilter: the
+    /// caller looks at the ops).
+    pub fn changes_mentioning(&mut self, text: &str) -> Result<Vec<Change>> {
+        self.commit()?;
+        StateView::new(&self.conn).journal_mentioning(text)
+    }
+
+    /// [`state_hash`] of everything applied so far.
+    pub fn state_hash(&mut self) -> Result<String> {
+        self.commit()?;
+        state_hash(&self.conn)
+    }
+
+    /// Commits, folds the WAL into the database file and fsyncs it: from here on the database
+    /// survives a crash, and the file alone is complete.
+    pub fn finish(mut self) -> Result<()> {
+        self.commit()?;
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
+        let path = self.conn.path().map(std::path::PathBuf::from);
+        drop(self.conn);
+        if let Some(path) = path {
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+        Ok(())
     }
 }

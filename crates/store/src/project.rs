@@ -181,6 +181,18 @@ impl ProjectStore {
         self.read(|view| view.dump()).await
     }
 
+    /// Writes a consistent copy of the database (state and journal) to `target`, which must not
+    /// exist, and describes it. Readers and the writer carry on meanwhile: the copy is one read
+    /// transaction (`VACUUM INTO`).
+    pub async fn snapshot_into(&self, target: &Path) -> Result<SnapshotInfo> {
+        let target = target.to_owned();
+        let utf8 = target.to_str().ok_or_else(|| StoreError::Corrupt("snapshot path is not UTF-8".into()))?.to_owned();
+        self.read(move |view| Ok(view.conn().execute("VACUUM INTO ?1", [&utf8])?)).await?;
+        tokio::task::spawn_blocking(move || describe(&target))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("snapshot task failed: {e}")))?
+    }
+
     /// Whether the project's deletion is journaled (or the store was closed for a delete).
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
@@ -336,6 +348,31 @@ impl Writer {
             }
         }
     }
+}
+
+/// What a project database file holds: its last change and the hash of its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub project: ProjectId,
+    pub lsn: Lsn,
+    /// The timestamp of the last change (0 for an empty journal).
+    pub ts: Micros,
+    pub state_hash: String,
+}
+
+/// Describes the project database at `path` after checking its integrity (`PRAGMA
+/// integrity_check`): a snapshot is trusted only once this has passed.
+pub fn describe(path: &Path) -> Result<SnapshotInfo> {
+    let conn = sqlite::open_reader(path)?;
+    let project = check_project_schema(&conn)?;
+    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if integrity != "ok" {
+        return Err(StoreError::Corrupt(format!("{} fails its integrity check: {integrity}", path.display())));
+    }
+    let view = StateView::new(&conn);
+    let lsn = view.last_lsn()?;
+    let ts = view.journal(Lsn(lsn.0.saturating_sub(1)), 1)?.pop().map_or(0, |c| c.ts);
+    Ok(SnapshotInfo { project, lsn, ts, state_hash: crate::apply::state_hash(&conn)? })
 }
 
 /// Whether `change` deletes the project's own record.

@@ -117,38 +117,52 @@ impl<'c> StateView<'c> {
             "SELECT v, lsn, epoch, ts, actor, request_id, ops FROM journal
              WHERE lsn > ?1 ORDER BY lsn LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after.0 as i64, limit as i64], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (v, lsn, epoch, ts, actor, request_id, ops) = row?;
-            if v != CHANGE_FORMAT_VERSION {
-                return Err(StoreError::Corrupt(format!(
-                    "journal entry {lsn} has format version {v}; this server reads {CHANGE_FORMAT_VERSION}"
-                )));
-            }
-            let ops: Vec<Op> = serde_json::from_str(&ops)?;
-            out.push(Change {
-                v,
-                lsn: Lsn(lsn as u64),
-                epoch: Epoch(epoch as u64),
-                ts,
-                actor,
-                request_id,
-                ops,
-            });
-        }
-        Ok(out)
+        changes(stmt.query(params![after.0 as i64, limit as i64])?)
     }
+
+    /// Every change whose ops' JSON contains `text`, in order.
+    pub fn journal_mentioning(&self, text: &str) -> Result<Vec<Change>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT v, lsn, epoch, ts, actor, request_id, ops FROM journal
+             WHERE instr(ops, ?1) > 0 ORDER BY lsn",
+        )?;
+        changes(stmt.query([text])?)
+    }
+}
+
+/// Reads journal rows (`v, lsn, epoch, ts, actor, request_id, ops`) into changes.
+fn changes(rows: rusqlite::Rows<'_>) -> Result<Vec<Change>> {
+    let rows = rows.mapped(|r| {
+        Ok((
+            r.get::<_, u32>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, String>(6)?,
+        ))
+    });
+    let mut out = Vec::new();
+    for row in rows {
+        let (v, lsn, epoch, ts, actor, request_id, ops) = row?;
+        if v != CHANGE_FORMAT_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "journal entry {lsn} has format version {v}; this server reads {CHANGE_FORMAT_VERSION}"
+            )));
+        }
+        let ops: Vec<Op> = serde_json::from_str(&ops)?;
+        out.push(Change {
+            v,
+            lsn: Lsn(lsn as u64),
+            epoch: Epoch(epoch as u64),
+            ts,
+            actor,
+            request_id,
+            ops,
+        });
+    }
+    Ok(out)
 }
 
 fn resource_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Resource>> {

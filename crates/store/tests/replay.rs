@@ -668,7 +668,7 @@ fn floats_are_stored_and_replayed_exactly() {
         assert_eq!(stored.body, body, "the stored body differs from the one written");
 
         let journal = whole_journal(&store).await;
-        let replayer = replay(&dir.path().join("replay.db"), &project, &journal).expect("replay");
+        let mut replayer = replay(&dir.path().join("replay.db"), &project, &journal).expect("replay");
         let dump = store.dump().await.expect("dump");
         assert_same_dump(&dump, &replayer.dump().expect("dump"), "primary vs replay").expect("same dump");
     });
@@ -791,7 +791,7 @@ async fn a_refused_write_does_not_disturb_its_batch() {
     assert!(!state.contains_key("broken"), "a refused change left state behind");
     assert_eq!(state.len(), ok + 1);
 
-    let replayer = replay(&dir.path().join("replay.db"), &project, &journal).expect("replay");
+    let mut replayer = replay(&dir.path().join("replay.db"), &project, &journal).expect("replay");
     assert_same_dump(
         &store.dump().await.expect("dump"),
         &replayer.dump().expect("dump"),

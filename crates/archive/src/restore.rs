@@ -1,0 +1,152 @@
+//! Restore: a snapshot (or nothing) plus the segments after it, replayed into a new project
+//! database up to a target LSN or time.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use holdfast_blob::{BlobHash, referenced_by};
+use holdfast_store::apply::Replayer;
+use holdfast_types::{Change, Lsn, Micros, Op, ProjectId};
+
+use crate::{Archive, ArchiveError, Manifest, Result, Target};
+
+/// Counters a restore advances, for progress bars and operation status.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Changes applied so far (a snapshot counts as its LSN).
+    pub done: AtomicU64,
+    /// Changes to apply in all (an upper bound when the target is a time).
+    pub total: AtomicU64,
+}
+
+/// What a restore produced; the database is left open in the returned [`Replayer`] so the
+/// caller can append its own change before making it durable.
+pub struct Restored {
+    pub replayer: Replayer,
+    pub lsn: Lsn,
+    pub ts: Micros,
+    /// Blobs the restored project references (in its state or its journal).
+    pub blobs: BTreeSet<BlobHash>,
+    /// Set when the restored state was compared with a hash the archive recorded at that LSN.
+    pub verified_against: Option<String>,
+    /// Set when a corrupt segment ended the restore early (`allow_partial`).
+    pub partial: Option<String>,
+}
+
+/// Restores the archived project of `manifest` to `target` into a new database at `db` for the
+/// project `into`. With `allow_partial`, a corrupt segment ends the restore at the last good
+/// change instead of failing it.
+pub async fn restore(
+    archive: &Archive,
+    manifest: &Manifest,
+    target: Target,
+    db: &Path,
+    into: &ProjectId,
+    allow_partial: bool,
+    progress: &Progress,
+) -> Result<Restored> {
+    let plan = manifest.plan(target)?;
+    let project = &manifest.project;
+    let start = plan.snapshot.as_ref().map_or(Lsn::ZERO, |s| s.lsn);
+    progress.total.store(plan.until_lsn.0, Ordering::Relaxed);
+    let (mut replayer, mut blobs, mut ts) = match &plan.snapshot {
+        Some(snapshot) => {
+            archive.fetch_snapshot(project, snapshot, db).await?;
+            let (db, into) = (db.to_owned(), into.clone());
+            let (replayer, blobs) = blocking(move || {
+                let mut replayer = Replayer::open(&db, &into)?;
+                let mut blobs = BTreeSet::new();
+                for change in replayer.changes_mentioning("sha256")? {
+                    collect_blobs(&change, &mut blobs);
+                }
+                Ok((replayer, blobs))
+            })
+            .await?;
+            (replayer, blobs, snapshot.ts)
+        }
+        None => (Replayer::create(db, into)?, BTreeSet::new(), 0),
+    };
+    progress.done.store(start.0, Ordering::Relaxed);
+    let mut partial = None;
+    'segments: for segment in &plan.segments {
+        let changes = match archive.read_segment(project, segment).await {
+            Ok(changes) => changes,
+            Err(e @ ArchiveError::Corrupt { .. }) if allow_partial => {
+                tracing::warn!(error = %e, "restore stops at the last good change");
+                partial = Some(e.to_string());
+                break 'segments;
+            }
+            Err(e) => return Err(e),
+        };
+        let until = (plan.until_lsn, plan.until_ts);
+        let (back, reached_end, last_ts) = blocking(move || {
+            let mut last_ts = None;
+            for change in &changes {
+                if change.lsn <= replayer.last_lsn() {
+                    continue;
+                }
+                if change.lsn > until.0 || until.1.is_some_and(|t| change.ts > t) {
+                    return Ok(((replayer, blobs), true, last_ts));
+                }
+                replayer.apply(change)?;
+                collect_blobs(change, &mut blobs);
+                last_ts = Some(change.ts);
+            }
+            Ok(((replayer, blobs), false, last_ts))
+        })
+        .await?;
+        replayer = back.0;
+        blobs = back.1;
+        ts = last_ts.unwrap_or(ts);
+        progress.done.store(replayer.last_lsn().0, Ordering::Relaxed);
+        if reached_end {
+            break;
+        }
+    }
+    let lsn = replayer.last_lsn();
+    if lsn == Lsn::ZERO {
+        return Err(ArchiveError::OutsideWindow(format!(
+            "nothing to restore before that point: {}",
+            manifest.describe_window()
+        )));
+    }
+    // Where the archive recorded the state at this LSN, the restore must reproduce it.
+    let mut verified_against = None;
+    if let Some(recorded) = manifest.snapshots.iter().find(|s| s.lsn == lsn) {
+        let (hash, r) = blocking(move || {
+            let hash = replayer.state_hash()?;
+            Ok((hash, replayer))
+        })
+        .await?;
+        replayer = r;
+        if hash != recorded.state_hash {
+            return Err(ArchiveError::Corrupt {
+                object: format!("{project}/{}", recorded.key()),
+                message: format!("restored state at LSN {lsn} hashes to {hash}, the archive recorded {}", recorded.state_hash),
+            });
+        }
+        verified_against = Some(hash);
+    }
+    Ok(Restored { replayer, lsn, ts, blobs, verified_against, partial })
+}
+
+/// Blobs a change's puts reference.
+pub(crate) fn collect_blobs(change: &Change, blobs: &mut BTreeSet<BlobHash>) {
+    for op in &change.ops {
+        if let Op::Put { body, .. } = op
+            && let Some(hash) = referenced_by(body)
+        {
+            blobs.insert(hash);
+        }
+    }
+}
+
+/// Runs store work off the async runtime, handing owned values back.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| ArchiveError::Invalid(format!("restore task failed: {e}")))?
+}
