@@ -5,6 +5,7 @@
 //! [`Service`](holdfast_service::Service), and map its coarse errors to statuses in one place
 //! ([`error::status_of`]).
 
+mod backup;
 mod control;
 pub mod error;
 mod export;
@@ -64,7 +65,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes())
 }
 
 /// The OpenAPI document of every route, built once.

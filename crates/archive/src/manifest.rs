@@ -206,6 +206,24 @@ impl Manifest {
         Ok(RestorePlan { snapshot: snapshot.cloned(), segments, until_lsn, until_ts })
     }
 
+    /// How `backup verify` restores: from the snapshot before the newest one (or from LSN 1) to
+    /// the end of the archive, so the replay crosses the newest snapshot and must reproduce the
+    /// state hash recorded there, and every later segment is read and applied.
+    pub fn plan_verify(&self) -> Result<RestorePlan> {
+        let mut plan = self.plan(Target::Latest)?;
+        let Some(newest) = plan.snapshot.clone() else {
+            return Ok(plan);
+        };
+        let older = self.snapshots.iter().rfind(|s| s.lsn < newest.lsn);
+        let start = older.map_or(Lsn(1), |s| s.lsn.next());
+        let reaches = self.segments.first().is_some_and(|s| s.first_lsn <= start);
+        if reaches {
+            plan.snapshot = older.cloned();
+            plan.segments = self.segments.iter().filter(|s| s.last_lsn >= start).cloned().collect();
+        }
+        Ok(plan)
+    }
+
     /// The next compaction step, if any. Level `k` (1-based) merges, for each closed bucket of
     /// `levels[k-1]` (segments bucketed by their first change's time; a bucket is closed once a
     /// segment of a later bucket exists), the consecutive segments below level `k` into one, of

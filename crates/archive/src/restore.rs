@@ -1,7 +1,7 @@
 //! Restore: a snapshot (or nothing) plus the segments after it, replayed into a new project
 //! database up to a target LSN or time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -9,7 +9,7 @@ use holdfast_blob::{BlobHash, referenced_by};
 use holdfast_store::apply::Replayer;
 use holdfast_types::{Change, Lsn, Micros, Op, ProjectId};
 
-use crate::{Archive, ArchiveError, Manifest, Result, Target};
+use crate::{Archive, ArchiveError, Manifest, RestorePlan, Result};
 
 /// Counters a restore advances, for progress bars and operation status.
 #[derive(Debug, Default)]
@@ -34,20 +34,25 @@ pub struct Restored {
     pub partial: Option<String>,
 }
 
-/// Restores the archived project of `manifest` to `target` into a new database at `db` for the
-/// project `into`. With `allow_partial`, a corrupt segment ends the restore at the last good
-/// change instead of failing it.
+/// Restores the archived project of `manifest` by `plan` (from [`Manifest::plan`] or
+/// [`Manifest::plan_verify`]) into a new database at `db` for the project `into`. At every
+/// snapshot's LSN the replay passes, the state must hash to what the snapshot recorded. With
+/// `allow_partial`, a corrupt segment ends the restore at the last good change instead of
+/// failing it.
 pub async fn restore(
     archive: &Archive,
     manifest: &Manifest,
-    target: Target,
+    plan: RestorePlan,
     db: &Path,
     into: &ProjectId,
     allow_partial: bool,
     progress: &Progress,
 ) -> Result<Restored> {
-    let plan = manifest.plan(target)?;
     let project = &manifest.project;
+    let recorded: HashMap<Lsn, String> =
+        manifest.snapshots.iter().map(|s| (s.lsn, s.state_hash.clone())).collect();
+    let recorded = std::sync::Arc::new(recorded);
+    let mut verified_against = None;
     let start = plan.snapshot.as_ref().map_or(Lsn::ZERO, |s| s.lsn);
     progress.total.store(plan.until_lsn.0, Ordering::Relaxed);
     let (mut replayer, mut blobs, mut ts) = match &plan.snapshot {
@@ -80,24 +85,40 @@ pub async fn restore(
             Err(e) => return Err(e),
         };
         let until = (plan.until_lsn, plan.until_ts);
+        let (recorded, object) = (recorded.clone(), format!("{project}/{}", segment.key()));
         let (back, reached_end, last_ts) = blocking(move || {
             let mut last_ts = None;
+            let mut verified = None;
             for change in &changes {
                 if change.lsn <= replayer.last_lsn() {
                     continue;
                 }
                 if change.lsn > until.0 || until.1.is_some_and(|t| change.ts > t) {
-                    return Ok(((replayer, blobs), true, last_ts));
+                    return Ok(((replayer, blobs, verified), true, last_ts));
                 }
                 replayer.apply(change)?;
                 collect_blobs(change, &mut blobs);
                 last_ts = Some(change.ts);
+                if let Some(expected) = recorded.get(&change.lsn) {
+                    let hash = replayer.state_hash()?;
+                    if &hash != expected {
+                        return Err(ArchiveError::Corrupt {
+                            object,
+                            message: format!(
+                                "replayed state at LSN {} hashes to {hash}; the snapshot there recorded {expected}",
+                                change.lsn
+                            ),
+                        });
+                    }
+                    verified = Some(hash);
+                }
             }
-            Ok(((replayer, blobs), false, last_ts))
+            Ok(((replayer, blobs, verified), false, last_ts))
         })
         .await?;
         replayer = back.0;
         blobs = back.1;
+        verified_against = back.2.or(verified_against);
         ts = last_ts.unwrap_or(ts);
         progress.done.store(replayer.last_lsn().0, Ordering::Relaxed);
         if reached_end {
@@ -111,28 +132,15 @@ pub async fn restore(
             manifest.describe_window()
         )));
     }
-    // Where the archive recorded the state at this LSN, the restore must reproduce it.
-    let mut verified_against = None;
-    if let Some(recorded) = manifest.snapshots.iter().find(|s| s.lsn == lsn) {
-        let (hash, r) = blocking(move || {
-            let hash = replayer.state_hash()?;
-            Ok((hash, replayer))
-        })
-        .await?;
-        replayer = r;
-        if hash != recorded.state_hash {
-            return Err(ArchiveError::Corrupt {
-                object: format!("{project}/{}", recorded.key()),
-                message: format!("restored state at LSN {lsn} hashes to {hash}, the archive recorded {}", recorded.state_hash),
-            });
-        }
-        verified_against = Some(hash);
+    if verified_against.is_none() && plan.snapshot.as_ref().is_some_and(|snap| snap.lsn == lsn) {
+        // Restored from the snapshot alone: `fetch_snapshot` checked its recorded hash.
+        verified_against = plan.snapshot.as_ref().map(|snap| snap.state_hash.clone());
     }
     Ok(Restored { replayer, lsn, ts, blobs, verified_against, partial })
 }
 
 /// Blobs a change's puts reference.
-pub(crate) fn collect_blobs(change: &Change, blobs: &mut BTreeSet<BlobHash>) {
+pub fn collect_blobs(change: &Change, blobs: &mut BTreeSet<BlobHash>) {
     for op in &change.ops {
         if let Op::Put { body, .. } = op
             && let Some(hash) = referenced_by(body)

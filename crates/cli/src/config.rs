@@ -26,6 +26,26 @@ pub struct FileConfig {
     pub log: FileLog,
     #[serde(default)]
     pub upstream: FileUpstream,
+    #[serde(default)]
+    pub archive: FileArchive,
+}
+
+/// `[archive]`: continuous backup to object storage.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileArchive {
+    /// `file:///dir`, `s3://bucket/prefix`, `az://container/prefix`, `gs://bucket/prefix`.
+    pub url: Option<String>,
+    /// How often the journal is shipped, in milliseconds (default 1000).
+    pub interval_ms: Option<u64>,
+    /// Most changes per shipped segment (default 10000).
+    pub segment_changes: Option<usize>,
+    /// How long any point stays restorable, in hours (default 168, a week).
+    pub retention_hours: Option<f64>,
+    /// Compaction levels: bucket widths in seconds (default [30, 300, 3600]).
+    pub levels_secs: Option<Vec<u64>>,
+    /// How often a snapshot is taken, in seconds (default 3600).
+    pub snapshot_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +86,7 @@ pub struct ServeConfig {
     pub max_file_bytes: usize,
     pub upstream_timeout_secs: u64,
     pub log: String,
+    pub archive: Option<holdfast_service::backup::ArchiveConfig>,
 }
 
 /// Values from flags or environment (clap reads both; flags win).
@@ -77,6 +98,7 @@ pub struct Overrides {
     pub max_file_bytes: Option<usize>,
     pub upstream_timeout_secs: Option<u64>,
     pub log: Option<String>,
+    pub archive: Option<String>,
 }
 
 impl ServeConfig {
@@ -103,7 +125,12 @@ impl ServeConfig {
             (1..=86_400).contains(&upstream_timeout_secs),
             "upstream timeout_secs must be 1 to 86400 (a day)"
         );
+        let archive = match over.archive.or(file.archive.url.clone()) {
+            None => None,
+            Some(url) => Some(archive_config(url, &file.archive)?),
+        };
         Ok(Self {
+            archive,
             data: over.data.or(file.data).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
             listen,
             region,
@@ -113,6 +140,35 @@ impl ServeConfig {
             log: over.log.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
         })
     }
+}
+
+fn archive_config(url: String, file: &FileArchive) -> Result<holdfast_service::backup::ArchiveConfig> {
+    use std::time::Duration;
+    let mut c = holdfast_service::backup::ArchiveConfig::new(&url);
+    if let Some(ms) = file.interval_ms {
+        anyhow::ensure!((10..=3_600_000).contains(&ms), "archive interval_ms must be 10 to 3600000");
+        c.interval = Duration::from_millis(ms);
+    }
+    if let Some(n) = file.segment_changes {
+        anyhow::ensure!((1..=1_000_000).contains(&n), "archive segment_changes must be 1 to 1000000");
+        c.segment_changes = n;
+    }
+    if let Some(h) = file.retention_hours {
+        anyhow::ensure!(h > 0.0 && h <= 24.0 * 3650.0, "archive retention_hours must be above 0 and at most ten years");
+        c.retention = Duration::from_secs_f64(h * 3600.0);
+    }
+    if let Some(levels) = &file.levels_secs {
+        anyhow::ensure!(
+            levels.len() <= 8 && levels.iter().all(|l| *l >= 1) && levels.windows(2).all(|w| w[0] < w[1]),
+            "archive levels_secs must be at most 8 increasing widths of at least 1 second"
+        );
+        c.levels = levels.iter().map(|s| Duration::from_secs(*s)).collect();
+    }
+    if let Some(secs) = file.snapshot_secs {
+        anyhow::ensure!(secs >= 1, "archive snapshot_secs must be at least 1");
+        c.snapshot_interval = Duration::from_secs(secs);
+    }
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -128,6 +184,7 @@ mod tests {
             max_file_bytes: None,
             upstream_timeout_secs: None,
             log: None,
+            archive: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! `holdfast`: the server (`holdfast serve`) and its command-line client.
 
+mod backup;
 mod bench;
 mod client;
 mod config;
@@ -98,6 +99,12 @@ enum Command {
     History(history::HistoryArgs),
     /// Bring a deleted resource back, with its children, keeping its ids (admin).
     Undelete(history::UndeleteArgs),
+    /// Continuous backup: status, snapshot now, verify by a trial restore.
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
+    /// Restore a project to a point in time into a new project (online), or from an archive
+    /// into a data directory (offline, with --archive and --data).
+    Restore(backup::RestoreArgs),
     /// Show the server's version and region.
     Info,
     /// Measure performance.
@@ -128,6 +135,9 @@ struct ServeArgs {
     /// Seconds a call to an upstream model may take [default: 120].
     #[arg(long, env = "HOLDFAST_UPSTREAM_TIMEOUT_SECS")]
     upstream_timeout_secs: Option<u64>,
+    /// Continuous backup to this object store URL (file:///dir, s3://bucket/prefix, az://…, gs://…).
+    #[arg(long, env = "HOLDFAST_ARCHIVE")]
+    archive: Option<String>,
     /// Log filter, e.g. `info` or `holdfast_store=debug,info` [default: info].
     #[arg(long, env = "HOLDFAST_LOG")]
     log: Option<String>,
@@ -330,11 +340,13 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 max_file_bytes: args.max_file_bytes,
                 upstream_timeout_secs: args.upstream_timeout_secs,
                 log: args.log,
+                archive: args.archive,
             })?;
             init_tracing(Some(&config.log), true);
             serve::run(config).await
         }
         Command::Context(cmd) => context_cmd(cmd, cli.endpoint, cli.key, format),
+        Command::Restore(args) if args.archive.is_some() => backup::restore_offline(args, format).await,
         Command::Bench(cmd) => bench::run(cmd, format).await,
         command => {
             let client = client_for(cli.endpoint, cli.key, cli.context.as_deref())?;
@@ -367,6 +379,8 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
         Command::Import(args) => export::import(client, args, format).await?,
         Command::History(args) => history::history(client, args, format).await?,
         Command::Undelete(args) => history::undelete(client, args, format).await?,
+        Command::Backup(cmd) => backup::backup(client, cmd, format).await?,
+        Command::Restore(args) => backup::restore(client, args, format).await?,
         Command::Project(cmd) => match cmd {
             ProjectCmd::Create { name, display_name, description, tags } => {
                 let req = ProjectCreate { name, display_name, description, tags: tags.into_iter().collect() };

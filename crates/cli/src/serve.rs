@@ -17,6 +17,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         master_key,
         max_file_bytes: config.max_file_bytes,
         upstream_timeout: std::time::Duration::from_secs(config.upstream_timeout_secs),
+        archive: config.archive.clone(),
         ..ServiceConfig::new(config.data.clone(), &config.region, admin_key)
     };
     let opened = tokio::task::spawn_blocking(move || Service::open(service_config))
@@ -53,6 +54,10 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         version = env!("CARGO_PKG_VERSION"),
         "holdfast is serving"
     );
+    let archiver = service.spawn_archiver();
+    if let Some(archive) = &config.archive {
+        tracing::info!(url = %archive.url, "continuous backup is on");
+    }
     let stopping = service.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -63,6 +68,10 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         .context("server failed")
         .map_err(Exit::error)?;
     tracing::info!("draining: committing queued writes and closing stores");
+    if let Some(archiver) = archiver {
+        // Its last pass ships what the final requests wrote (a down archive cannot hold us).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), archiver).await;
+    }
     service.shutdown().await;
     tracing::info!("stopped");
     Ok(())

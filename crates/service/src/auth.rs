@@ -36,6 +36,12 @@ pub enum Action {
     Import,
     /// Bringing a deleted resource back from the journal.
     Undelete,
+    /// Reading a project's backup status.
+    BackupRead,
+    /// Forcing a snapshot, verifying the archive.
+    BackupWrite,
+    /// Restoring a project (to a point in time) into a new project.
+    Restore,
 }
 
 impl Action {
@@ -51,6 +57,9 @@ impl Action {
             Action::Export => "projects/export",
             Action::Import => "projects/import",
             Action::Undelete => "projects/undelete",
+            Action::BackupRead => "projects/backup/read",
+            Action::BackupWrite => "projects/backup/write",
+            Action::Restore => "projects/restore",
         }
     }
 }
@@ -74,6 +83,7 @@ impl Principal {
                     | Action::DataWrite
                     | Action::SecretsRead
                     | Action::Export
+                    | Action::BackupRead
             ),
             Role::Reader => matches!(action, Action::ProjectsRead | Action::DataRead),
         }

@@ -369,10 +369,6 @@ impl Drop for TempFile {
     }
 }
 
-fn now_us() -> Micros {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as Micros)
-}
-
 impl Service {
     /// Largest import file accepted, in bytes: 1024 times the largest uploaded file.
     pub fn max_import_bytes(&self) -> u64 {
@@ -415,7 +411,7 @@ impl Service {
                 description: text("description"),
                 tags: serde_json::from_value(record.body.get("tags").cloned().unwrap_or_default()).unwrap_or_default(),
             },
-            exported_at: now_us(),
+            exported_at: holdfast_types::now_micros(),
             source_lsn: lsn.0,
             kinds: kinds.clone(),
         };

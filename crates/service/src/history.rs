@@ -373,7 +373,7 @@ impl Service {
             return Err(Error::invalid(format!("LSN {n} is outside the journal: {}", window())));
         }
         if let Some(a) = at {
-            let now = now_us();
+            let now = holdfast_types::now_micros();
             if first_ts.is_none_or(|f| a < f) || a > now {
                 return Err(Error::invalid(format!(
                     "time {} is outside the journal: {}",
@@ -555,10 +555,6 @@ impl Service {
             resources,
         })
     }
-}
-
-fn now_us() -> Micros {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as Micros)
 }
 
 #[cfg(test)]

@@ -5,10 +5,12 @@
 //! project ends in [`holdfast_store::ProjectStore::write`], so it is journaled.
 
 mod auth;
+pub mod backup;
 pub mod data;
 pub mod export;
 pub mod history;
 mod projects;
+pub mod restore;
 mod validate;
 
 use std::collections::HashMap;
@@ -40,6 +42,8 @@ pub struct ServiceConfig {
     pub max_file_bytes: usize,
     /// How long a call to an upstream model may take, end to end.
     pub upstream_timeout: std::time::Duration,
+    /// Continuous backup, when configured.
+    pub archive: Option<backup::ArchiveConfig>,
 }
 
 impl ServiceConfig {
@@ -53,6 +57,7 @@ impl ServiceConfig {
             master_key: None,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            archive: None,
         }
     }
 }
@@ -77,6 +82,10 @@ pub struct Service {
     pub(crate) upstream_timeout: std::time::Duration,
     /// Seals and opens connection secrets.
     master: data::MasterKey,
+    /// Ships journals to the archive, when one is configured.
+    archiver: Option<Arc<backup::Archiver>>,
+    /// Long-running operations (restores), by id.
+    operations: std::sync::Mutex<HashMap<String, Arc<restore::OperationState>>>,
     /// Set when the server begins to shut down, so long polls return at once.
     stopping: tokio::sync::watch::Sender<bool>,
     /// Held for the life of the service: one server per data directory.
@@ -102,7 +111,13 @@ impl Service {
         let blobs = BlobStore::local(&data.join("blobs"))
             .map_err(|e| Error::internal(format!("cannot open blob store: {e}")))?;
         let master = data::MasterKey::load(config.master_key.as_deref(), &data.join("master.key"))?;
+        let archiver = match config.archive.clone() {
+            Some(archive) => Some(Arc::new(backup::Archiver::open(archive, data.join("tmp"))?)),
+            None => None,
+        };
         let service = Service {
+            archiver,
+            operations: std::sync::Mutex::new(HashMap::new()),
             max_file_bytes: config.max_file_bytes,
             upstream_timeout: config.upstream_timeout,
             master,

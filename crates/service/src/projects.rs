@@ -68,7 +68,7 @@ fn not_found(name: &str) -> Error {
 
 impl Service {
     /// The catalog entry of an active project, by name or id.
-    async fn entry(&self, name: &str) -> Result<CatalogEntry> {
+    pub(crate) async fn entry(&self, name: &str) -> Result<CatalogEntry> {
         let key = name.to_owned();
         self.control
             .call(move |c| control::find_project(c, &key))
@@ -79,7 +79,7 @@ impl Service {
     }
 
     /// The open store of a project, opening it on first use.
-    async fn store(&self, entry: &CatalogEntry) -> Result<Arc<ProjectStore>> {
+    pub(crate) async fn store(&self, entry: &CatalogEntry) -> Result<Arc<ProjectStore>> {
         let mut open = self.projects.lock().await;
         if let Some(store) = open.get(&entry.id) {
             return Ok(store.clone());
@@ -287,6 +287,9 @@ impl Service {
         caller.require(Action::ProjectsWrite, &scope(name))?;
         let entry = self.entry(name).await?;
         let store = self.store(&entry).await?;
+        // The archive gets every change up to the deletion, so the project can be restored from
+        // it after its directory is gone.
+        self.archive_final(&entry, &store).await;
         let (id, missing) = (entry.id.as_str().to_owned(), not_found(name));
         store
             .write(

@@ -307,6 +307,12 @@ impl Replayer {
         StateView::new(&self.conn).journal_mentioning(text)
     }
 
+    /// Reads the state with everything applied so far.
+    pub fn view(&mut self) -> Result<StateView<'_>> {
+        self.commit()?;
+        Ok(StateView::new(&self.conn))
+    }
+
     /// [`state_hash`] of everything applied so far.
     pub fn state_hash(&mut self) -> Result<String> {
         self.commit()?;

@@ -8,7 +8,7 @@ use holdfast_types::{KeyId, Micros, PrincipalId, ProjectId};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Result, StoreError};
-use crate::project::now_micros;
+use holdfast_types::now_micros;
 use crate::sqlite;
 
 /// Schema version of the control database (`PRAGMA user_version`).

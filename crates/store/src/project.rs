@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use holdfast_types::{Change, Epoch, Error, Kind, Lsn, Micros, Op, ProjectId, CHANGE_FORMAT_VERSION};
+use holdfast_types::{Change, Epoch, Error, Kind, Lsn, Micros, Op, ProjectId, CHANGE_FORMAT_VERSION, now_micros};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -54,6 +54,9 @@ pub struct ProjectStore {
     /// Set once the project's deletion is journaled (by the writer) or the store is closed for
     /// a delete: reads and writes then answer [`StoreError::Deleted`].
     deleted: std::sync::Arc<AtomicBool>,
+    /// The lowest timestamp the writer may still give an uncommitted change (`i64::MAX` while
+    /// it is idle); see [`ProjectStore::settled`].
+    planning: std::sync::Arc<AtomicI64>,
 }
 
 impl ProjectStore {
@@ -91,8 +94,18 @@ impl ProjectStore {
         let label = label.to_owned();
         metrics::gauge!("holdfast_project_lsn", "project" => label.clone()).set(last.0 as f64);
         let deleted = std::sync::Arc::new(AtomicBool::new(gone));
-        let writer =
-            Writer { conn, project: id.clone(), last, last_ts, epoch, label, lsn: lsn_tx, deleted: deleted.clone() };
+        let planning = std::sync::Arc::new(AtomicI64::new(i64::MAX));
+        let writer = Writer {
+            conn,
+            project: id.clone(),
+            last,
+            last_ts,
+            epoch,
+            label,
+            lsn: lsn_tx,
+            deleted: deleted.clone(),
+            planning: planning.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name(format!("writer-{id}"))
             .spawn(move || writer.run(rx))?;
@@ -104,6 +117,7 @@ impl ProjectStore {
             readers: Mutex::new(Vec::new()),
             lsn: lsn_rx,
             deleted,
+            planning,
         })
     }
 
@@ -114,6 +128,16 @@ impl ProjectStore {
     /// The last committed LSN.
     pub fn last_lsn(&self) -> Lsn {
         *self.lsn.borrow()
+    }
+
+    /// The last committed LSN and a time `t` such that every change with a timestamp up to `t`
+    /// is at or before that LSN: the state "as of `t`" is known. A follower (the archive) uses
+    /// it to say how recent a point it can restore, even while the project is idle.
+    pub fn settled(&self) -> (Lsn, Micros) {
+        let now = now_micros();
+        let planning = self.planning.load(Ordering::SeqCst);
+        let lsn = *self.lsn.borrow();
+        (lsn, now.min(planning) - 1)
     }
 
     /// Follows the last committed LSN.
@@ -245,6 +269,8 @@ struct Writer {
     lsn: watch::Sender<Lsn>,
     /// Shared with the store; set when a change deletes the project's own record.
     deleted: std::sync::Arc<AtomicBool>,
+    /// Shared with the store: no change of the batch being planned gets an earlier timestamp.
+    planning: std::sync::Arc<AtomicI64>,
 }
 
 impl Writer {
@@ -275,11 +301,13 @@ impl Writer {
         let (last_before, ts_before) = (self.last, self.last_ts);
         let mut answers = Vec::with_capacity(size);
         let mut deleted = self.deleted.load(Ordering::Acquire);
+        let floor = now_micros().max(self.last_ts);
+        self.planning.store(floor, Ordering::SeqCst);
         let outcome = (|| -> Result<()> {
             let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for request in batch.drain(..) {
                 let WriteRequest { actor, request_id, plan, reply } = request;
-                let ts = now_micros().max(self.last_ts);
+                let ts = now_micros().max(self.last_ts).max(floor);
                 let sp = tx.savepoint()?;
                 let planned = if deleted {
                     // Nothing follows the project's deletion in its journal.
@@ -328,6 +356,7 @@ impl Writer {
                 metrics::histogram!("holdfast_commit_batch_size").record(size as f64);
                 metrics::gauge!("holdfast_project_lsn", "project" => self.label.clone()).set(self.last.0 as f64);
                 self.lsn.send_replace(self.last);
+                self.planning.store(i64::MAX, Ordering::SeqCst);
                 for (reply, result) in answers {
                     let _ = reply.send(result);
                 }
@@ -338,6 +367,7 @@ impl Writer {
                 tracing::error!(project = %self.label, error = %e, "commit failed; batch rolled back");
                 self.last = last_before;
                 self.last_ts = ts_before;
+                self.planning.store(i64::MAX, Ordering::SeqCst);
                 let message = e.to_string();
                 for (reply, _) in answers {
                     let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {message}"))));
@@ -380,6 +410,4 @@ fn deletes_project(change: &Change, project: &ProjectId) -> bool {
     change.ops.iter().any(|op| matches!(op, Op::Delete { kind: Kind::Project, id } if id == project.as_str()))
 }
 
-pub(crate) fn now_micros() -> Micros {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as Micros)
-}
+

@@ -147,11 +147,107 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, such as `not_found` or `conflict`.
     pub code: String,
     pub message: String,
     /// The request id to quote when reporting a problem.
     pub request_id: String,
+}
+
+/// One end of a project's restorable window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RestorePoint {
+    pub lsn: Lsn,
+    /// RFC 3339, UTC.
+    pub time: String,
+}
+
+/// How far a project's continuous backup reaches (`holdfast backup status`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackupStatus {
+    pub project: String,
+    pub project_id: ProjectId,
+    /// The archive URL.
+    pub archive: String,
+    /// Every change up to this LSN is in the archive.
+    pub archived_lsn: Lsn,
+    /// The project's last committed LSN.
+    pub journal_lsn: Lsn,
+    /// Changes committed but not yet archived.
+    pub lag_changes: u64,
+    /// Age of the oldest change not yet archived (0 when caught up).
+    pub lag_seconds: f64,
+    /// Restorable window; absent while nothing is archived.
+    pub earliest: Option<RestorePoint>,
+    pub latest: Option<RestorePoint>,
+    pub segments: usize,
+    pub snapshots: usize,
+    /// RFC 3339 time of the newest snapshot.
+    pub last_snapshot_at: Option<String>,
+    /// The last archiving failure, cleared by the next success.
+    pub last_error: Option<String>,
+    pub last_verify: Option<VerifyReport>,
+}
+
+/// The outcome of `holdfast backup verify`: a trial restore of the archive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VerifyReport {
+    pub project: String,
+    pub ok: bool,
+    /// The last LSN the trial restore reached.
+    pub lsn: Lsn,
+    /// RFC 3339 time of the verification.
+    pub verified_at: String,
+    pub message: String,
+}
+
+/// `POST /v1/projects/{project}/restore`: restore into a new project. Give `lsn` or `at`
+/// (or neither, for the latest restorable point).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Name of the new project; must not exist.
+    pub into: String,
+    pub lsn: Option<Lsn>,
+    /// RFC 3339: the state as of this time (every change up to it).
+    pub at: Option<String>,
+    /// Read the archive even when the project's own journal could serve the restore.
+    #[serde(default)]
+    pub from_archive: bool,
+    /// Stop at the last good change when a segment is corrupt, instead of failing.
+    #[serde(default)]
+    pub allow_partial: bool,
+}
+
+/// What a restore made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RestoreSummary {
+    pub project: Project,
+    pub source_project_id: ProjectId,
+    /// `journal` (the live project's own journal) or `archive`.
+    pub source: String,
+    /// The source's last change included.
+    pub restored_lsn: Lsn,
+    pub restored_time: String,
+    pub blobs: u64,
+    /// The state hash the restore was checked against, where the archive recorded one.
+    pub verified_state_hash: Option<String>,
+    /// Why the restore stopped early (`allow_partial`).
+    pub partial: Option<String>,
+}
+
+/// A long-running operation (a restore); poll `GET /v1/operations/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Operation {
+    pub id: String,
+    pub kind: String,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    pub done: u64,
+    pub total: u64,
+    pub started_at: String,
+    pub result: Option<RestoreSummary>,
+    pub error: Option<ErrorDetail>,
 }

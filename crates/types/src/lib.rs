@@ -22,6 +22,11 @@ pub fn rfc3339(us: Micros) -> String {
         .unwrap_or_else(|_| us.to_string())
 }
 
+/// The current time in microseconds since the Unix epoch.
+pub fn now_micros() -> Micros {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as Micros)
+}
+
 /// Parses an RFC 3339 time (any offset) to microseconds since the Unix epoch.
 pub fn parse_rfc3339(s: &str) -> Option<Micros> {
     s.parse::<jiff::Timestamp>().ok().map(|t| t.as_microsecond())

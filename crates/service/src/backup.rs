@@ -1,0 +1,531 @@
+//! Continuous backup: the archiver follows every project's journal and ships it to the archive
+//! (`holdfast-archive`): blobs first, then segments, then the manifest; snapshots on a schedule
+//! or on demand; compaction and retention. It runs beside the writers and only reads, so an
+//! archive that is slow or down delays the backup (the lag grows, in status and metrics) but
+//! never a client's write.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use holdfast_archive::{Archive, Manifest, Progress, SegmentWriter, Verification};
+use holdfast_blob::{BlobHash, referenced_by};
+use holdfast_store::ProjectStore;
+use holdfast_store::control::{self, CatalogEntry};
+use holdfast_types::api::{BackupStatus, RestorePoint, VerifyReport};
+use holdfast_types::{Error, Kind, Lsn, Micros, Op, ProjectId, now_micros, rfc3339};
+
+use crate::auth::{Action, Caller};
+use crate::{Result, Service};
+
+/// `[archive]` in holdfast.toml.
+#[derive(Clone, Debug)]
+pub struct ArchiveConfig {
+    pub url: String,
+    /// How often the journal is shipped.
+    pub interval: Duration,
+    /// Most changes in one shipped segment.
+    pub segment_changes: usize,
+    /// How long the archive keeps what it needs to restore any point.
+    pub retention: Duration,
+    /// Compaction levels: segments are merged per bucket of each width.
+    pub levels: Vec<Duration>,
+    /// How often a snapshot is taken (when the project changed since the last one).
+    pub snapshot_interval: Duration,
+}
+
+impl ArchiveConfig {
+    /// The documented defaults for everything but the URL.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            interval: Duration::from_secs(1),
+            segment_changes: 10_000,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            levels: vec![Duration::from_secs(30), Duration::from_secs(300), Duration::from_secs(3600)],
+            snapshot_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Most changes a compaction merges into one segment.
+const MAX_MERGED_CHANGES: u64 = 1_000_000;
+/// Longest wait between retries of a failing project.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often an idle project's manifest is rewritten to advance its restorable time.
+const IDLE_MANIFEST_EVERY: Duration = Duration::from_secs(10);
+
+pub(crate) struct Archiver {
+    pub(crate) archive: Archive,
+    config: ArchiveConfig,
+    /// Snapshot copies and verification restores are made here.
+    scratch: PathBuf,
+    projects: std::sync::Mutex<HashMap<ProjectId, Arc<tokio::sync::Mutex<Tracked>>>>,
+}
+
+/// What the archiver remembers of one project between passes.
+#[derive(Default)]
+struct Tracked {
+    manifest: Option<Manifest>,
+    /// Blobs known to be in the archive.
+    blobs: HashSet<BlobHash>,
+    swept: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+    manifest_saved: Option<Instant>,
+}
+
+impl Archiver {
+    pub(crate) fn open(config: ArchiveConfig, scratch: PathBuf) -> Result<Self> {
+        let archive = Archive::open(&config.url).map_err(Error::from)?;
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", scratch.display())))?;
+        Ok(Self { archive, config, scratch, projects: std::sync::Mutex::new(HashMap::new()) })
+    }
+
+    fn tracked(&self, id: &ProjectId) -> Arc<tokio::sync::Mutex<Tracked>> {
+        let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
+        projects.entry(id.clone()).or_default().clone()
+    }
+
+    fn scratch_file(&self, what: &str) -> PathBuf {
+        self.scratch.join(format!("{what}-{}.db", ulid::Ulid::generate().to_string().to_lowercase()))
+    }
+}
+
+impl Tracked {
+    /// The cached manifest, loaded (or started) on first use.
+    async fn manifest(&mut self, archive: &Archive, entry: &CatalogEntry) -> Result<&mut Manifest> {
+        if self.manifest.is_none() {
+            let loaded = archive.manifest(&entry.id).await.map_err(Error::from)?;
+            self.manifest = Some(loaded.unwrap_or_else(|| Manifest::new(&entry.id, &entry.name)));
+        }
+        let manifest = self.manifest.as_mut().ok_or_else(|| Error::internal("manifest vanished"))?;
+        manifest.name.clone_from(&entry.name);
+        Ok(manifest)
+    }
+}
+
+fn archive_error(e: holdfast_archive::ArchiveError) -> Error {
+    Error::from(e)
+}
+
+impl Service {
+    /// Runs the archiver until shutdown: one pass over every project per interval.
+    pub fn spawn_archiver(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let interval = self.archiver.as_ref()?.config.interval;
+        let service = self.clone();
+        Some(tokio::spawn(async move {
+            let mut stopping = service.stopping.subscribe();
+            loop {
+                service.archive_pass().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
+            }
+            // A last pass ships what the final requests wrote.
+            service.archive_pass().await;
+        }))
+    }
+
+    /// Ships every project's new changes (and snapshots, compaction, retention when due).
+    pub async fn archive_pass(&self) {
+        let Some(archiver) = &self.archiver else { return };
+        let entries = match self.control.call(control::all_projects).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %e, "archiver cannot read the catalog");
+                return;
+            }
+        };
+        for entry in entries.into_iter().filter(|e| e.active) {
+            let tracked = archiver.tracked(&entry.id);
+            let mut tracked = tracked.lock().await;
+            if tracked.retry_at.is_some_and(|at| Instant::now() < at) {
+                continue;
+            }
+            let Ok(store) = self.store(&entry).await else { continue };
+            let outcome = self.archive_project(archiver, &mut tracked, &entry, &store, false).await;
+            record_outcome(&mut tracked, &entry, outcome);
+            publish_metrics(&tracked, &entry, &store);
+        }
+    }
+
+    /// One project's archiving step: ship, compact, expire, snapshot.
+    async fn archive_project(
+        &self,
+        archiver: &Archiver,
+        tracked: &mut Tracked,
+        entry: &CatalogEntry,
+        store: &ProjectStore,
+        force_snapshot: bool,
+    ) -> Result<()> {
+        let archive = &archiver.archive;
+        let (journal_lsn, settled) = store.settled();
+        let manifest = tracked.manifest(archive, entry).await?.clone();
+        if !tracked.swept {
+            let removed = archive.sweep(&manifest).await.map_err(archive_error)?;
+            if removed > 0 {
+                tracing::info!(project = %entry.name, removed, "swept archive objects no manifest names");
+            }
+            tracked.swept = true;
+        }
+        if manifest.deleted {
+            return Ok(());
+        }
+        if manifest.archived_lsn > journal_lsn {
+            return Err(Error::internal(format!(
+                "the archive holds LSN {} but the journal ends at {journal_lsn}: it belongs to another lineage of {}",
+                manifest.archived_lsn, entry.id
+            )));
+        }
+        let shipped = self.ship(archiver, tracked, entry, store, journal_lsn).await?;
+        let idle_due = tracked.manifest_saved.is_none_or(|t| t.elapsed() >= IDLE_MANIFEST_EVERY);
+        let manifest = tracked.manifest(archive, entry).await?;
+        if manifest.archived_lsn == journal_lsn && settled > manifest.complete_through {
+            if shipped || idle_due {
+                manifest.complete_through = settled;
+                archive.save_manifest(manifest).await.map_err(archive_error)?;
+                tracked.manifest_saved = Some(Instant::now());
+            }
+        }
+        self.compact(archiver, tracked, entry).await?;
+        self.expire(archiver, tracked, entry).await?;
+        let manifest = tracked.manifest(archive, entry).await?;
+        let newest = manifest.snapshots.last();
+        let due = newest.is_none_or(|s| {
+            now_micros() - s.taken_at >= archiver.config.snapshot_interval.as_micros() as i64
+        });
+        let changed = newest.is_none_or(|s| s.lsn < journal_lsn);
+        if changed && (due || force_snapshot) && !manifest.deleted {
+            self.snapshot(archiver, tracked, entry, store).await?;
+        }
+        Ok(())
+    }
+
+    /// Ships the changes after the archived LSN up to `until`, one segment per
+    /// `segment_changes`; blobs first, then the segment, then the manifest. Returns whether it
+    /// shipped anything.
+    async fn ship(
+        &self,
+        archiver: &Archiver,
+        tracked: &mut Tracked,
+        entry: &CatalogEntry,
+        store: &ProjectStore,
+        until: Lsn,
+    ) -> Result<bool> {
+        let archive = &archiver.archive;
+        let mut shipped = false;
+        loop {
+            let after = tracked.manifest(archive, entry).await?.archived_lsn;
+            if after >= until {
+                return Ok(shipped);
+            }
+            let limit = (until.0 - after.0).min(archiver.config.segment_changes as u64) as usize;
+            let changes = store.read(move |view| view.journal(after, limit)).await.map_err(Error::from)?;
+            if changes.is_empty() {
+                return Ok(shipped);
+            }
+            for change in &changes {
+                for op in &change.ops {
+                    let Op::Put { body, .. } = op else { continue };
+                    let Some(hash) = referenced_by(body) else { continue };
+                    if tracked.blobs.contains(&hash) {
+                        continue;
+                    }
+                    if !archive.has_blob(&entry.id, &hash).await.map_err(archive_error)? {
+                        let bytes = self
+                            .blobs
+                            .get(&entry.id, &hash)
+                            .await
+                            .map_err(|e| Error::internal(format!("blob {hash} of {}: {e}", entry.name)))?;
+                        archive.put_blob(&entry.id, &hash, bytes).await.map_err(archive_error)?;
+                    }
+                    tracked.blobs.insert(hash);
+                }
+            }
+            let project = entry.id.clone();
+            let deletes_project = changes.iter().any(|c| {
+                c.ops.iter().any(|op| matches!(op, Op::Delete { kind: Kind::Project, id } if *id == project.as_str()))
+            });
+            let (meta, bytes) = tokio::task::spawn_blocking(move || {
+                let mut writer = SegmentWriter::new(&project, changes[0].lsn)?;
+                for change in &changes {
+                    writer.push(change)?;
+                }
+                writer.finish()
+            })
+            .await
+            .map_err(|e| Error::internal(format!("segment task failed: {e}")))?
+            .map_err(archive_error)?;
+            archive.put_segment(&entry.id, &meta, bytes).await.map_err(archive_error)?;
+            let manifest = tracked.manifest(archive, entry).await?;
+            manifest.archived_lsn = meta.last_lsn;
+            manifest.archived_ts = meta.last_ts;
+            manifest.deleted |= deletes_project;
+            manifest.segments.push(meta);
+            archive.save_manifest(manifest).await.map_err(archive_error)?;
+            tracked.manifest_saved = Some(Instant::now());
+            metrics::counter!("holdfast_archive_segments_total").increment(1);
+            shipped = true;
+        }
+    }
+
+    /// Merges segments level by level until the manifest needs no more compaction.
+    async fn compact(&self, archiver: &Archiver, tracked: &mut Tracked, entry: &CatalogEntry) -> Result<()> {
+        let archive = &archiver.archive;
+        loop {
+            let manifest = tracked.manifest(archive, entry).await?;
+            let Some(step) = manifest.next_compaction(&archiver.config.levels, MAX_MERGED_CHANGES) else {
+                return Ok(());
+            };
+            let run: Vec<_> = manifest.segments[step.start..step.end].to_vec();
+            if run.len() == 1 {
+                manifest.segments[step.start].level = step.level;
+                continue;
+            }
+            let mut writer = SegmentWriter::new(&entry.id, run[0].first_lsn).map_err(archive_error)?;
+            for segment in &run {
+                for change in archive.read_segment(&entry.id, segment).await.map_err(archive_error)? {
+                    writer.push(&change).map_err(archive_error)?;
+                }
+            }
+            let (mut merged, bytes) = writer.finish().map_err(archive_error)?;
+            merged.level = step.level;
+            archive.put_segment(&entry.id, &merged, bytes).await.map_err(archive_error)?;
+            let manifest = tracked.manifest(archive, entry).await?;
+            manifest.segments.splice(step.start..step.end, [merged]);
+            archive.save_manifest(manifest).await.map_err(archive_error)?;
+            for old in &run {
+                archive.delete(&entry.id, &old.key()).await.map_err(archive_error)?;
+            }
+        }
+    }
+
+    /// Drops what retention no longer needs (after storing a manifest that no longer names it).
+    async fn expire(&self, archiver: &Archiver, tracked: &mut Tracked, entry: &CatalogEntry) -> Result<()> {
+        let archive = &archiver.archive;
+        let manifest = tracked.manifest(archive, entry).await?;
+        let (segments, snapshots) = manifest.expired(now_micros(), archiver.config.retention);
+        if segments.is_empty() && snapshots.is_empty() {
+            return Ok(());
+        }
+        manifest.segments.retain(|s| !segments.contains(s));
+        manifest.snapshots.retain(|s| !snapshots.contains(s));
+        archive.save_manifest(manifest).await.map_err(archive_error)?;
+        for key in segments.iter().map(|s| s.key()).chain(snapshots.iter().map(|s| s.key())) {
+            archive.delete(&entry.id, &key).await.map_err(archive_error)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot: a consistent copy of the database, shipped after every change it
+    /// holds (so the blobs it references are archived first).
+    async fn snapshot(&self, archiver: &Archiver, tracked: &mut Tracked, entry: &CatalogEntry, store: &ProjectStore) -> Result<()> {
+        let path = archiver.scratch_file(entry.id.as_str());
+        let result = async {
+            let info = store.snapshot_into(&path).await.map_err(Error::from)?;
+            self.ship(archiver, tracked, entry, store, info.lsn).await?;
+            let meta = archiver.archive.put_snapshot(&info, &path, now_micros()).await.map_err(archive_error)?;
+            let manifest = tracked.manifest(&archiver.archive, entry).await?;
+            manifest.snapshots.push(meta);
+            manifest.snapshots.sort_by_key(|s| s.lsn);
+            manifest.snapshots.dedup_by_key(|s| s.lsn);
+            archiver.archive.save_manifest(manifest).await.map_err(archive_error)?;
+            metrics::counter!("holdfast_archive_snapshots_total").increment(1);
+            Ok(())
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    pub(crate) fn archiver(&self) -> Result<&Archiver> {
+        self.archiver.as_deref().ok_or_else(|| {
+            Error::invalid("continuous backup is off on this server: start it with --archive URL (or [archive] url)")
+        })
+    }
+
+    /// `holdfast backup status`: for one project, or every project.
+    pub async fn backup_status(&self, caller: &Caller, project: Option<&str>) -> Result<Vec<BackupStatus>> {
+        let scope = project.map_or_else(|| "/".to_owned(), |p| format!("/projects/{p}"));
+        caller.require(Action::BackupRead, &scope)?;
+        let archiver = self.archiver()?;
+        let entries = match project {
+            Some(name) => vec![self.entry(name).await?],
+            None => self.control.call(control::all_projects).await.map_err(Error::from)?.into_iter().filter(|e| e.active).collect(),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let store = self.store(&entry).await?;
+            let tracked = archiver.tracked(&entry.id);
+            let mut tracked = tracked.lock().await;
+            let manifest = tracked.manifest(&archiver.archive, &entry).await?.clone();
+            out.push(status_of(archiver, &tracked, &manifest, &entry, &store).await?);
+        }
+        Ok(out)
+    }
+
+    /// `holdfast backup now`: ships everything and takes a snapshot at once.
+    pub async fn backup_now(&self, caller: &Caller, project: &str) -> Result<BackupStatus> {
+        caller.require(Action::BackupWrite, &format!("/projects/{project}"))?;
+        let archiver = self.archiver()?;
+        let entry = self.entry(project).await?;
+        let store = self.store(&entry).await?;
+        let tracked = archiver.tracked(&entry.id);
+        let mut tracked = tracked.lock().await;
+        let outcome = self.archive_project(archiver, &mut tracked, &entry, &store, true).await;
+        record_outcome(&mut tracked, &entry, outcome.clone());
+        outcome?;
+        let manifest = tracked.manifest(&archiver.archive, &entry).await?.clone();
+        status_of(archiver, &tracked, &manifest, &entry, &store).await
+    }
+
+    /// `holdfast backup verify`: a trial restore of the archive into a scratch database, from
+    /// the snapshot before the newest one through every segment; the state must hash to what
+    /// the newest snapshot recorded, and every referenced blob must be in the archive. The
+    /// outcome is recorded in the manifest.
+    pub async fn backup_verify(&self, caller: &Caller, project: &str) -> Result<VerifyReport> {
+        caller.require(Action::BackupWrite, &format!("/projects/{project}"))?;
+        let archiver = self.archiver()?;
+        let entry = self.entry(project).await?;
+        let tracked = archiver.tracked(&entry.id);
+        let manifest = tracked.lock().await.manifest(&archiver.archive, &entry).await?.clone();
+        let path = archiver.scratch_file("verify");
+        let outcome = async {
+            let plan = manifest.plan_verify().map_err(archive_error)?;
+            let restored = holdfast_archive::restore(
+                &archiver.archive,
+                &manifest,
+                plan,
+                &path,
+                &ProjectId::generate(),
+                false,
+                &Progress::default(),
+            )
+            .await
+            .map_err(archive_error)?;
+            let mut missing = Vec::new();
+            for hash in &restored.blobs {
+                if !archiver.archive.has_blob(&manifest.project, hash).await.map_err(archive_error)? {
+                    missing.push(hash.to_string());
+                }
+            }
+            drop(restored.replayer);
+            if !missing.is_empty() {
+                return Err(Error::internal(format!("the archive lacks blobs {}", missing.join(", "))));
+            }
+            let checked = match &restored.verified_against {
+                Some(hash) => format!("the state matched the recorded hash {hash}"),
+                None => "no snapshot hash lay on the path to compare with".into(),
+            };
+            Ok((restored.lsn, format!("restored to LSN {}; {checked}; {} blobs present", restored.lsn, restored.blobs.len())))
+        }
+        .await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let at = now_micros();
+        let (lsn, ok, message) = match outcome {
+            Ok((lsn, message)) => (lsn, true, message),
+            Err(e) => (manifest.archived_lsn, false, e.message),
+        };
+        let verification = Verification { at, lsn, ok, message: message.clone() };
+        let mut tracked = tracked.lock().await;
+        let manifest = tracked.manifest(&archiver.archive, &entry).await?;
+        manifest.last_verify = Some(verification);
+        archiver.archive.save_manifest(manifest).await.map_err(archive_error)?;
+        Ok(VerifyReport { project: entry.name.clone(), ok, lsn, verified_at: rfc3339(at), message })
+    }
+
+    /// Ships a project's changes before it is deleted and its directory moves away (bounded: a
+    /// slow archive never holds a delete for long; what it misses stays in the trash).
+    pub(crate) async fn archive_final(&self, entry: &CatalogEntry, store: &ProjectStore) {
+        let Some(archiver) = &self.archiver else { return };
+        let tracked = archiver.tracked(&entry.id);
+        let work = async {
+            let mut tracked = tracked.lock().await;
+            let (lsn, _) = store.settled();
+            self.ship(archiver, &mut tracked, entry, store, lsn).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), work).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(project = %entry.name, error = %e, "could not archive a deleted project's last changes"),
+            Err(_) => tracing::warn!(project = %entry.name, "archiving a deleted project's last changes timed out"),
+        }
+    }
+}
+
+fn record_outcome(tracked: &mut Tracked, entry: &CatalogEntry, outcome: Result<()>) {
+    match outcome {
+        Ok(()) => {
+            tracked.failures = 0;
+            tracked.retry_at = None;
+            tracked.last_error = None;
+        }
+        Err(e) => {
+            tracked.failures += 1;
+            let backoff = Duration::from_secs(1 << tracked.failures.min(5)).min(MAX_BACKOFF);
+            tracked.retry_at = Some(Instant::now() + backoff);
+            tracing::warn!(project = %entry.name, error = %e, retry_in = ?backoff, "archiving failed");
+            metrics::counter!("holdfast_archive_failures_total", "project" => entry.name.clone()).increment(1);
+            tracked.last_error = Some(e.message);
+            // The cached manifest may be ahead of what was stored: reload it next time.
+            tracked.manifest = None;
+        }
+    }
+}
+
+fn publish_metrics(tracked: &Tracked, entry: &CatalogEntry, store: &ProjectStore) {
+    let Some(manifest) = &tracked.manifest else { return };
+    let lag = store.last_lsn().0.saturating_sub(manifest.archived_lsn.0);
+    let label = entry.name.clone();
+    metrics::gauge!("holdfast_archive_lsn", "project" => label.clone()).set(manifest.archived_lsn.0 as f64);
+    metrics::gauge!("holdfast_archive_lag_changes", "project" => label).set(lag as f64);
+}
+
+async fn status_of(
+    archiver: &Archiver,
+    tracked: &Tracked,
+    manifest: &Manifest,
+    entry: &CatalogEntry,
+    store: &ProjectStore,
+) -> Result<BackupStatus> {
+    let journal_lsn = store.last_lsn();
+    let archived = manifest.archived_lsn;
+    let lag_changes = journal_lsn.0.saturating_sub(archived.0);
+    let oldest_unarchived: Option<Micros> = if lag_changes == 0 {
+        None
+    } else {
+        store.read(move |view| Ok(view.journal(archived, 1)?.pop().map(|c| c.ts))).await.map_err(Error::from)?
+    };
+    let lag_seconds = oldest_unarchived.map_or(0.0, |ts| (now_micros() - ts).max(0) as f64 / 1e6);
+    metrics::gauge!("holdfast_archive_lag_seconds", "project" => entry.name.clone()).set(lag_seconds);
+    let window = manifest.window();
+    let point = |p: holdfast_archive::Point| RestorePoint { lsn: p.lsn, time: rfc3339(p.ts) };
+    Ok(BackupStatus {
+        project: entry.name.clone(),
+        project_id: entry.id.clone(),
+        archive: archiver.archive.url().to_owned(),
+        archived_lsn: archived,
+        journal_lsn,
+        lag_changes,
+        lag_seconds,
+        earliest: window.map(|(a, _)| point(a)),
+        latest: window.map(|(_, b)| point(b)),
+        segments: manifest.segments.len(),
+        snapshots: manifest.snapshots.len(),
+        last_snapshot_at: manifest.snapshots.last().map(|s| rfc3339(s.taken_at)),
+        last_error: tracked.last_error.clone(),
+        last_verify: manifest.last_verify.as_ref().map(|v| VerifyReport {
+            project: entry.name.clone(),
+            ok: v.ok,
+            lsn: v.lsn,
+            verified_at: rfc3339(v.at),
+            message: v.message.clone(),
+        }),
+    })
+}
