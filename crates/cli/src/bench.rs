@@ -54,6 +54,19 @@ pub enum BenchCmd {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Point-in-time restore from a file:// archive: a journal of conversation items shipped as
+    /// segments, restored into a new database; against reading the same segment bytes from disk.
+    Restore {
+        /// Changes in the archived journal.
+        #[arg(long, default_value_t = 1_000_000)]
+        changes: u64,
+        /// Changes per segment.
+        #[arg(long, default_value_t = 100_000)]
+        segment: u64,
+        /// Directory to create the scratch archive and database in [default: the system temp dir].
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Serialize)]
@@ -88,6 +101,17 @@ pub async fn run(cmd: BenchCmd, format: Format) -> Result<(), Exit> {
             let base = dir.unwrap_or_else(std::env::temp_dir);
             let data = base.join(format!("holdfast-bench-{}", std::process::id()));
             let report = self::responses(&data, count).await;
+            let _ = std::fs::remove_dir_all(&data);
+            print(format, &report?, &[])?;
+            Ok(())
+        }
+        BenchCmd::Restore { changes, segment, dir } => {
+            if changes == 0 || segment == 0 {
+                return Err(Exit::new(2, anyhow!("changes and segment must be at least 1")));
+            }
+            let base = dir.unwrap_or_else(std::env::temp_dir);
+            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
+            let report = self::restore(&data, changes, segment).await;
             let _ = std::fs::remove_dir_all(&data);
             print(format, &report?, &[])?;
             Ok(())
@@ -381,5 +405,103 @@ async fn responses(data: &std::path::Path, count: usize) -> Result<ResponsesRepo
         upstream_p99_ms: u99,
         overhead_p50_ms: t50 - u50,
         overhead_p99_ms: t99 - u99,
+    })
+}
+
+#[derive(Serialize)]
+struct RestoreReport {
+    changes: u64,
+    segments: usize,
+    archive_bytes: u64,
+    journal_bytes: u64,
+    restore_seconds: f64,
+    changes_per_sec: f64,
+    archive_mb_per_sec: f64,
+    journal_mb_per_sec: f64,
+    read_seconds: f64,
+    read_mb_per_sec: f64,
+    /// restore time / time to read the same archive bytes from disk.
+    restore_to_read_ratio: f64,
+}
+
+/// Archives a synthetic journal (a conversation and its items, ~300-byte changes), then times a
+/// restore of all of it and a plain read of the same objects.
+async fn restore(data: &std::path::Path, changes: u64, per_segment: u64) -> Result<RestoreReport, Exit> {
+    use holdfast_archive::{Archive, Manifest, Progress, SegmentWriter, Target};
+    use holdfast_types::{CHANGE_FORMAT_VERSION, Change, Epoch, Kind, Lsn, Op, ProjectId};
+    std::fs::create_dir_all(data).context("scratch dir")?;
+    let archive_dir = data.join("archive");
+    let archive = Archive::open(&format!("file://{}", archive_dir.display())).map_err(|e| anyhow!("{e}"))?;
+    let project = ProjectId::generate();
+    let mut manifest = Manifest::new(&project, "bench");
+    let change = |lsn: u64| {
+        let op = if lsn == 1 {
+            Op::Put { kind: Kind::Project, id: project.as_str().into(), parent: None, body: serde_json::json!({"name": "bench"}) }
+        } else if lsn == 2 {
+            Op::Put { kind: Kind::Conversation, id: "conv_bench".into(), parent: None, body: serde_json::json!({"metadata": {}}) }
+        } else {
+            Op::Put {
+                kind: Kind::Item,
+                id: format!("msg_{lsn:012}"),
+                parent: Some("conv_bench".into()),
+                body: serde_json::json!({"type": "message", "role": "user", "status": "completed",
+                    "content": [{"type": "input_text", "text": format!("message number {lsn}: the quick brown fox jumps over the lazy dog")}]}),
+            }
+        };
+        Change { v: CHANGE_FORMAT_VERSION, lsn: Lsn(lsn), epoch: Epoch::FIRST, ts: 1_700_000_000_000_000 + lsn as i64, actor: "prn_bench".into(), request_id: format!("req_{lsn}"), ops: vec![op] }
+    };
+    let mut journal_bytes = 0u64;
+    let mut first = 1;
+    while first <= changes {
+        let last = (first + per_segment - 1).min(changes);
+        let mut writer = SegmentWriter::new(&project, Lsn(first)).map_err(|e| anyhow!("{e}"))?;
+        for lsn in first..=last {
+            let c = change(lsn);
+            journal_bytes += serde_json::to_vec(&c).map(|v| v.len() as u64).unwrap_or(0);
+            writer.push(&c).map_err(|e| anyhow!("{e}"))?;
+        }
+        let (meta, bytes) = writer.finish().map_err(|e| anyhow!("{e}"))?;
+        archive.put_segment(&project, &meta, bytes).await.map_err(|e| anyhow!("{e}"))?;
+        manifest.archived_lsn = meta.last_lsn;
+        manifest.archived_ts = meta.last_ts;
+        manifest.segments.push(meta);
+        first = last + 1;
+    }
+    let archive_bytes: u64 = manifest.segments.iter().map(|s| s.bytes).sum();
+    // The physical limit: read every segment object from disk.
+    let started = Instant::now();
+    let mut read = 0u64;
+    for segment in &manifest.segments {
+        let path = archive_dir.join(project.as_str()).join(segment.key());
+        read += std::fs::read(&path).context("read segment")?.len() as u64;
+    }
+    let read_seconds = started.elapsed().as_secs_f64();
+    if read != archive_bytes {
+        return Err(Exit::error(anyhow!("read {read} bytes of {archive_bytes}")));
+    }
+    let plan = manifest.plan(Target::Latest).map_err(|e| anyhow!("{e}"))?;
+    let db = data.join("restored.db");
+    let started = Instant::now();
+    let restored = holdfast_archive::restore(&archive, &manifest, plan, &db, &ProjectId::generate(), false, &Progress::default())
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    if restored.lsn != Lsn(changes) {
+        return Err(Exit::error(anyhow!("restored to {} of {changes}", restored.lsn)));
+    }
+    tokio::task::spawn_blocking(move || restored.replayer.finish()).await.context("finish")?.map_err(|e| anyhow!("{e}"))?;
+    let restore_seconds = started.elapsed().as_secs_f64();
+    let mb = |bytes: u64, secs: f64| bytes as f64 / 1e6 / secs;
+    Ok(RestoreReport {
+        changes,
+        segments: manifest.segments.len(),
+        archive_bytes,
+        journal_bytes,
+        restore_seconds,
+        changes_per_sec: changes as f64 / restore_seconds,
+        archive_mb_per_sec: mb(archive_bytes, restore_seconds),
+        journal_mb_per_sec: mb(journal_bytes, restore_seconds),
+        read_seconds,
+        read_mb_per_sec: mb(archive_bytes, read_seconds),
+        restore_to_read_ratio: restore_seconds / read_seconds,
     })
 }
