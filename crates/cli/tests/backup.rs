@@ -290,6 +290,10 @@ fn deleted_project_restores_from_the_archive_offline() {
     assert_eq!(report["lsn"], last, "{report}");
     hf.run(&["project", "delete", "gone"]).success();
     assert_eq!(hf.run(&["project", "show", "gone"]).code, 3);
+    // Online, a deleted project's name finds it in the archive.
+    let summary = hf.restore("gone", "gone-online", &[]).json();
+    assert_eq!((summary["source"].as_str(), num(&summary["restored_lsn"])), (Some("archive"), last), "{summary}");
+    assert_eq!(download(&server, "gone-online", &file_id), content);
     assert_eq!(server.stop().code(), Some(0));
 
     // No server: the archive alone rebuilds the project, under its own name, in a new directory.
@@ -350,26 +354,24 @@ fn kill_9_while_archiving_loses_nothing_acknowledged() {
             Ok(acked)
         })
     };
-    // Kill only once the archive is being written, so the archiver is busy when the kill lands.
-    let manifest = archive.project_dir(&id).join("manifest.json");
+    // Kill only once the archiver has shipped, compacted and taken a second snapshot, so every
+    // kind of archive write is under way when the kill lands.
     let deadline = Instant::now() + SETTLE;
-    while acked_count.load(Ordering::Relaxed) < KILL_AFTER || !manifest.exists() {
+    while acked_count.load(Ordering::Relaxed) < KILL_AFTER || !archiving_everything(&archive, &id) {
         assert!(!writer.is_finished(), "the writer stopped before the kill: {:?}", writer.join());
-        assert!(Instant::now() < deadline, "no {KILL_AFTER} writes and shipment within {SETTLE:?}");
+        assert!(Instant::now() < deadline, "no compaction and second snapshot within {SETTLE:?}");
         sleep(Duration::from_millis(5));
     }
     assert_eq!(server.kill9().code(), None, "killed by a signal");
     let acked = writer.join().expect("writer thread").expect("every write before the kill succeeded");
     assert!(acked.len() >= KILL_AFTER && acked.len() < MAX_WRITES, "{} writes acknowledged", acked.len());
     let &(last_lsn, ref last_description) = acked.last().expect("acknowledged writes");
-    eprintln!("DEBUG acked {} last {last_lsn}", acked.len());
 
     let server = serve(data.path(), &archive, settings);
     let hf = Hf::new(&server);
     let journal_lsn = num(&hf.show("crashy")["lsn"]);
     assert!(journal_lsn >= last_lsn, "the journal ends at {journal_lsn}, before the acknowledged {last_lsn}");
     let status = hf.wait_caught_up("crashy");
-    eprintln!("DEBUG status {status:#} manifest {:#}", archive.manifest(&id));
     assert_eq!(num(&status["archived_lsn"]), journal_lsn, "{status}");
     assert_eq!(status["earliest"]["lsn"], 1, "{status}");
     hf.verify_ok("crashy");
@@ -384,6 +386,16 @@ fn kill_9_while_archiving_loses_nothing_acknowledged() {
     let manifest = archive.manifest(&id);
     assert_eq!(num(&manifest["archived_lsn"]), journal_lsn, "{manifest:#}");
     assert_contiguous(&archive, &id, &manifest);
+}
+
+/// Whether the stored manifest shows a compacted segment and at least two snapshots.
+fn archiving_everything(archive: &Archive, id: &str) -> bool {
+    let path = archive.project_dir(id).join("manifest.json");
+    let Some(manifest) = std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) else {
+        return false; // not shipped yet
+    };
+    let compacted = manifest["segments"].as_array().is_some_and(|s| s.iter().any(|s| num(&s["level"]) > 0));
+    compacted && manifest["snapshots"].as_array().is_some_and(|s| s.len() >= 2)
 }
 
 #[test]
@@ -409,7 +421,6 @@ fn a_failing_archive_delays_backup_but_never_writes() {
     }
     assert!(started.elapsed() < Duration::from_secs(10), "writes waited on the archive: {:?}", started.elapsed());
     let failing = hf.wait_status("flaky", "archive failure", |s| num(&s["lag_changes"]) > 0 && !s["last_error"].is_null());
-    eprintln!("DEBUG failing {failing:#}");
     assert_eq!(failing["archived_lsn"], first["archived_lsn"], "{failing}");
     assert!(failing["lag_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{failing}");
 
@@ -474,7 +485,6 @@ fn a_corrupt_segment_is_named_and_refused() {
     let partial = summary["partial"].as_str().unwrap_or_else(|| panic!("not marked partial: {summary}"));
     assert!(partial.contains(&key), "{partial}");
     let restored = num(&summary["restored_lsn"]);
-    eprintln!("DEBUG partial {summary:#} {manifest:#} {refused:?}");
     assert_eq!(restored, bad_first - 1, "stops at the last change before the corrupt segment: {summary}");
     let expected = lsn_of.iter().rfind(|(lsn, _)| *lsn <= restored).map(|(_, d)| d.as_str());
     assert_eq!(hf.show("rotten-part")["description"].as_str(), expected);
