@@ -44,7 +44,7 @@ pub enum ArchiveError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("object store: {0}")]
+    #[error("{0}")]
     Objects(#[from] BlobError),
     #[error("store: {0}")]
     Store(#[from] holdfast_store::StoreError),

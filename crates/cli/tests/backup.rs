@@ -43,9 +43,10 @@ impl Archive {
 
     /// A holdfast.toml template (see `Opts::config`) with `[archive]` pointing here.
     fn config(&self, settings: &str) -> String {
+        let url = self.url();
         format!(
-            "listen = \"127.0.0.1:{{port}}\"\n\n[archive]\nurl = \"{}\"\nsegment_changes = 10000\nretention_hours = 168\n{settings}",
-            self.url()
+            "listen = \"127.0.0.1:{{port}}\"\n\n[archive]\nurl = \"{url}\"\n\
+             segment_changes = 10000\nretention_hours = 168\n{settings}"
         )
     }
 
@@ -185,7 +186,8 @@ fn upload(server: &Server, project: &str, name: &str, bytes: &[u8]) -> Value {
 
 /// A file's content, byte for byte.
 fn download(server: &Server, project: &str, file: &str) -> Vec<u8> {
-    let r = http().get(files_url(server, project, &format!("/{file}/content"))).bearer_auth(ADMIN_KEY).send().expect("GET");
+    let url = files_url(server, project, &format!("/{file}/content"));
+    let r = http().get(url).bearer_auth(ADMIN_KEY).send().expect("GET");
     assert_eq!(r.status().as_u16(), 200, "file content of {file} in {project}");
     r.bytes().expect("content").to_vec()
 }
@@ -270,7 +272,8 @@ fn archive_and_restore_to_a_time_between_two_writes() {
 
 #[test]
 fn deleted_project_restores_from_the_archive_offline() {
-    let (data, archive, work) = (tempfile::tempdir().expect("data"), Archive::new(), tempfile::tempdir().expect("work"));
+    let (data, archive) = (tempfile::tempdir().expect("data"), Archive::new());
+    let work = tempfile::tempdir().expect("work");
     let server = serve(data.path(), &archive, BUSY);
     let hf = Hf::new(&server);
     let id = hf.create("gone");
@@ -298,10 +301,9 @@ fn deleted_project_restores_from_the_archive_offline() {
 
     // No server: the archive alone rebuilds the project, under its own name, in a new directory.
     let restored_dir = work.path().join("restored");
-    let out = Cli::new().run_env(
-        &["-o", "json", "restore", "--archive", &archive.url(), "--project", "gone", "--data", restored_dir.to_str().expect("path")],
-        &[("HOLDFAST_ADMIN_KEY", ADMIN_KEY)],
-    );
+    let (url, restored_path) = (archive.url(), restored_dir.to_str().expect("path"));
+    let offline = ["-o", "json", "restore", "--archive", &url, "--project", "gone", "--data", restored_path];
+    let out = Cli::new().run_env(&offline, &[("HOLDFAST_ADMIN_KEY", ADMIN_KEY)]);
     let summary = out.json();
     assert_eq!(summary["source"], "archive", "{summary}");
     assert_eq!(summary["source_project_id"], id.as_str());
@@ -420,7 +422,8 @@ fn a_failing_archive_delays_backup_but_never_writes() {
         assert_eq!(num(&p["lsn"]), num(&first["journal_lsn"]) + n + 1);
     }
     assert!(started.elapsed() < Duration::from_secs(10), "writes waited on the archive: {:?}", started.elapsed());
-    let failing = hf.wait_status("flaky", "archive failure", |s| num(&s["lag_changes"]) > 0 && !s["last_error"].is_null());
+    let failing =
+        hf.wait_status("flaky", "archive failure", |s| num(&s["lag_changes"]) > 0 && !s["last_error"].is_null());
     assert_eq!(failing["archived_lsn"], first["archived_lsn"], "{failing}");
     assert!(failing["lag_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{failing}");
 
@@ -457,7 +460,8 @@ fn a_corrupt_segment_is_named_and_refused() {
     assert_eq!(server.stop().code(), Some(0));
 
     let manifest = archive.manifest(&id);
-    let (segments, snapshots) = (manifest["segments"].as_array().expect("segments"), manifest["snapshots"].as_array().expect("snapshots"));
+    let segments = manifest["segments"].as_array().expect("segments");
+    let snapshots = manifest["snapshots"].as_array().expect("snapshots");
     assert!(segments.len() >= 2, "{manifest:#}");
     assert_eq!(snapshots.len(), 1, "{manifest:#}");
     let last = segments.last().expect("a last segment");
@@ -472,16 +476,17 @@ fn a_corrupt_segment_is_named_and_refused() {
     let server = serve(data.path(), &archive, settings);
     let hf = Hf::new(&server);
     let key = segment_key(last);
-    let refused = hf.restore("rotten", "rotten-full", &["--from-archive", "--lsn", &archived.to_string()]);
+    let to = archived.to_string();
+    let refused = hf.restore("rotten", "rotten-full", &["--from-archive", "--lsn", &to]);
     assert_ne!(refused.code, 0, "a restore through a corrupt segment succeeded: {}", refused.stdout);
-    assert!(refused.stderr.contains(&key) && refused.stderr.contains("corrupt"), "names the object: {}", refused.stderr);
+    let names_it = refused.stderr.contains(&key) && refused.stderr.contains("corrupt");
+    assert!(names_it, "names the object: {}", refused.stderr);
     assert_eq!(hf.run(&["project", "show", "rotten-full"]).code, 3, "a failed restore leaves no project");
     let verify = hf.run(&["backup", "verify", "--project", "rotten"]);
     assert_ne!(verify.code, 0, "verify passed a corrupt archive: {}", verify.stdout);
     assert!(verify.stderr.contains(".seg.zst"), "{}", verify.stderr);
 
-    let summary =
-        hf.restore("rotten", "rotten-part", &["--from-archive", "--lsn", &archived.to_string(), "--allow-partial"]).json();
+    let summary = hf.restore("rotten", "rotten-part", &["--from-archive", "--lsn", &to, "--allow-partial"]).json();
     let partial = summary["partial"].as_str().unwrap_or_else(|| panic!("not marked partial: {summary}"));
     assert!(partial.contains(&key), "{partial}");
     let restored = num(&summary["restored_lsn"]);

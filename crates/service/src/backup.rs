@@ -185,12 +185,10 @@ impl Service {
         let shipped = self.ship(archiver, tracked, entry, store, journal_lsn).await?;
         let idle_due = tracked.manifest_saved.is_none_or(|t| t.elapsed() >= IDLE_MANIFEST_EVERY);
         let manifest = tracked.manifest(archive, entry).await?;
-        if manifest.archived_lsn == journal_lsn && settled > manifest.complete_through {
-            if shipped || idle_due {
-                manifest.complete_through = settled;
-                archive.save_manifest(manifest).await.map_err(archive_error)?;
-                tracked.manifest_saved = Some(Instant::now());
-            }
+        if manifest.archived_lsn == journal_lsn && settled > manifest.complete_through && (shipped || idle_due) {
+            manifest.complete_through = settled;
+            archive.save_manifest(manifest).await.map_err(archive_error)?;
+            tracked.manifest_saved = Some(Instant::now());
         }
         self.compact(archiver, tracked, entry).await?;
         self.expire(archiver, tracked, entry).await?;
