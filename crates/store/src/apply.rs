@@ -235,6 +235,9 @@ const REPLAY_BATCH: u64 = 8192;
 pub struct Replayer {
     conn: Connection,
     last: Lsn,
+    /// The last LSN committed: where `last` returns to when a refused change rolls the open
+    /// transaction back.
+    committed: Lsn,
     /// Changes applied in the open transaction.
     pending: u64,
 }
@@ -262,16 +265,20 @@ impl Replayer {
 
     fn start(conn: Connection, last: Lsn) -> Result<Self> {
         conn.pragma_update(None, "synchronous", "OFF")?;
-        Ok(Self { conn, last, pending: 0 })
+        Ok(Self { conn, last, committed: last, pending: 0 })
     }
 
+    /// Applies one change. A refused change rolls back every change applied since the last
+    /// commit (up to a batch), so callers treat an error as the end of the replay.
     pub fn apply(&mut self, change: &Change) -> Result<()> {
         if self.pending == 0 {
             self.conn.execute_batch("BEGIN")?;
         }
         if let Err(e) = apply_change(&self.conn, self.last, change) {
+            // The whole open batch goes: the replayer is back at its last commit.
             self.conn.execute_batch("ROLLBACK")?;
             self.pending = 0;
+            self.last = self.committed;
             return Err(e);
         }
         self.last = change.lsn;
@@ -286,6 +293,7 @@ impl Replayer {
         if self.pending > 0 {
             self.conn.execute_batch("COMMIT")?;
             self.pending = 0;
+            self.committed = self.last;
         }
         Ok(())
     }
