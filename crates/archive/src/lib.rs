@@ -30,7 +30,7 @@ use holdfast_types::{Change, Error, ErrorKind, ProjectId};
 use sha2::{Digest, Sha256};
 
 pub use manifest::{Manifest, Point, RestorePlan, SnapshotMeta, Target, Verification};
-pub use restore::{Progress, Restored, collect_blobs, restore};
+pub use restore::{Progress, Restored, apply_until, restore};
 pub use segment::{SegmentMeta, SegmentWriter};
 
 #[derive(Debug, thiserror::Error)]

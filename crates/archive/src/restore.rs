@@ -87,33 +87,23 @@ pub async fn restore(
         let until = (plan.until_lsn, plan.until_ts);
         let (recorded, object) = (recorded.clone(), format!("{project}/{}", segment.key()));
         let (back, reached_end, last_ts) = blocking(move || {
-            let mut last_ts = None;
             let mut verified = None;
-            for change in &changes {
-                if change.lsn <= replayer.last_lsn() {
-                    continue;
+            let (passed, last_ts) = apply_until(&mut replayer, &changes, until, &mut blobs, |replayer, change| {
+                let Some(expected) = recorded.get(&change.lsn) else { return Ok(()) };
+                let hash = replayer.state_hash()?;
+                if &hash != expected {
+                    return Err(ArchiveError::Corrupt {
+                        object: object.clone(),
+                        message: format!(
+                            "replayed state at LSN {} hashes to {hash}; the snapshot there recorded {expected}",
+                            change.lsn
+                        ),
+                    });
                 }
-                if change.lsn > until.0 || until.1.is_some_and(|t| change.ts > t) {
-                    return Ok(((replayer, blobs, verified), true, last_ts));
-                }
-                replayer.apply(change)?;
-                collect_blobs(change, &mut blobs);
-                last_ts = Some(change.ts);
-                if let Some(expected) = recorded.get(&change.lsn) {
-                    let hash = replayer.state_hash()?;
-                    if &hash != expected {
-                        return Err(ArchiveError::Corrupt {
-                            object,
-                            message: format!(
-                                "replayed state at LSN {} hashes to {hash}; the snapshot there recorded {expected}",
-                                change.lsn
-                            ),
-                        });
-                    }
-                    verified = Some(hash);
-                }
-            }
-            Ok(((replayer, blobs, verified), false, last_ts))
+                verified = Some(hash);
+                Ok(())
+            })?;
+            Ok(((replayer, blobs, verified), passed, last_ts))
         })
         .await?;
         replayer = back.0;
@@ -139,8 +129,35 @@ pub async fn restore(
     Ok(Restored { replayer, lsn, ts, blobs, verified_against, partial })
 }
 
+/// Applies `changes` (in LSN order) that the replayer does not have yet, until one lies past
+/// `until` (an LSN and, optionally, a time), collecting the blobs they reference and calling
+/// `applied` after each. Returns whether the target was passed and the time of the last change
+/// applied. Restores from the archive and from a live journal both replay through here.
+pub fn apply_until(
+    replayer: &mut Replayer,
+    changes: &[Change],
+    until: (Lsn, Option<Micros>),
+    blobs: &mut BTreeSet<BlobHash>,
+    mut applied: impl FnMut(&mut Replayer, &Change) -> Result<()>,
+) -> Result<(bool, Option<Micros>)> {
+    let mut last_ts = None;
+    for change in changes {
+        if change.lsn <= replayer.last_lsn() {
+            continue;
+        }
+        if change.lsn > until.0 || until.1.is_some_and(|t| change.ts > t) {
+            return Ok((true, last_ts));
+        }
+        replayer.apply(change)?;
+        collect_blobs(change, blobs);
+        last_ts = Some(change.ts);
+        applied(replayer, change)?;
+    }
+    Ok((false, last_ts))
+}
+
 /// Blobs a change's puts reference.
-pub fn collect_blobs(change: &Change, blobs: &mut BTreeSet<BlobHash>) {
+fn collect_blobs(change: &Change, blobs: &mut BTreeSet<BlobHash>) {
     for op in &change.ops {
         if let Op::Put { body, .. } = op
             && let Some(hash) = referenced_by(body)

@@ -14,7 +14,7 @@ use holdfast_blob::{BlobHash, referenced_by};
 use holdfast_store::ProjectStore;
 use holdfast_store::control::{self, CatalogEntry};
 use holdfast_types::api::{BackupStatus, RestorePoint, VerifyReport};
-use holdfast_types::{Error, Kind, Lsn, Micros, Op, ProjectId, now_micros, rfc3339};
+use holdfast_types::{Error, Lsn, Op, ProjectId, now_micros, rfc3339};
 
 use crate::auth::{Action, Caller};
 use crate::{Result, Service};
@@ -108,10 +108,6 @@ impl Tracked {
     }
 }
 
-fn archive_error(e: holdfast_archive::ArchiveError) -> Error {
-    Error::from(e)
-}
-
 impl Service {
     /// Runs the archiver until shutdown: one pass over every project per interval.
     pub fn spawn_archiver(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
@@ -150,7 +146,10 @@ impl Service {
             let Ok(store) = self.store(&entry).await else { continue };
             let outcome = self.archive_project(archiver, &mut tracked, &entry, &store, false).await;
             record_outcome(&mut tracked, &entry, outcome);
-            publish_metrics(&tracked, &entry, &store);
+            if let Some(manifest) = &tracked.manifest {
+                // Metrics only; a failed read shows in the next pass.
+                let _ = lag(&entry, &store, manifest.archived_lsn).await;
+            }
         }
     }
 
@@ -167,7 +166,7 @@ impl Service {
         let (journal_lsn, settled) = store.settled();
         let manifest = tracked.manifest(archive, entry).await?.clone();
         if !tracked.swept {
-            let removed = archive.sweep(&manifest).await.map_err(archive_error)?;
+            let removed = archive.sweep(&manifest).await.map_err(Error::from)?;
             if removed > 0 {
                 tracing::info!(project = %entry.name, removed, "swept archive objects no manifest names");
             }
@@ -187,7 +186,7 @@ impl Service {
         let manifest = tracked.manifest(archive, entry).await?;
         if manifest.archived_lsn == journal_lsn && settled > manifest.complete_through && (shipped || idle_due) {
             manifest.complete_through = settled;
-            archive.save_manifest(manifest).await.map_err(archive_error)?;
+            archive.save_manifest(manifest).await.map_err(Error::from)?;
             tracked.manifest_saved = Some(Instant::now());
         }
         self.compact(archiver, tracked, entry).await?;
@@ -234,21 +233,19 @@ impl Service {
                     if tracked.blobs.contains(&hash) {
                         continue;
                     }
-                    if !archive.has_blob(&entry.id, &hash).await.map_err(archive_error)? {
+                    if !archive.has_blob(&entry.id, &hash).await.map_err(Error::from)? {
                         let bytes = self
                             .blobs
                             .get(&entry.id, &hash)
                             .await
                             .map_err(|e| Error::internal(format!("blob {hash} of {}: {e}", entry.name)))?;
-                        archive.put_blob(&entry.id, &hash, bytes).await.map_err(archive_error)?;
+                        archive.put_blob(&entry.id, &hash, bytes).await.map_err(Error::from)?;
                     }
                     tracked.blobs.insert(hash);
                 }
             }
             let project = entry.id.clone();
-            let deletes_project = changes.iter().any(|c| {
-                c.ops.iter().any(|op| matches!(op, Op::Delete { kind: Kind::Project, id } if *id == project.as_str()))
-            });
+            let deletes_project = changes.iter().any(|c| holdfast_store::deletes_project(c, &project));
             let (meta, bytes) = tokio::task::spawn_blocking(move || {
                 let mut writer = SegmentWriter::new(&project, changes[0].lsn)?;
                 for change in &changes {
@@ -258,14 +255,14 @@ impl Service {
             })
             .await
             .map_err(|e| Error::internal(format!("segment task failed: {e}")))?
-            .map_err(archive_error)?;
-            archive.put_segment(&entry.id, &meta, bytes).await.map_err(archive_error)?;
+            .map_err(Error::from)?;
+            archive.put_segment(&entry.id, &meta, bytes).await.map_err(Error::from)?;
             let manifest = tracked.manifest(archive, entry).await?;
             manifest.archived_lsn = meta.last_lsn;
             manifest.archived_ts = meta.last_ts;
             manifest.deleted |= deletes_project;
             manifest.segments.push(meta);
-            archive.save_manifest(manifest).await.map_err(archive_error)?;
+            archive.save_manifest(manifest).await.map_err(Error::from)?;
             tracked.manifest_saved = Some(Instant::now());
             metrics::counter!("holdfast_archive_segments_total").increment(1);
             shipped = true;
@@ -285,20 +282,20 @@ impl Service {
                 manifest.segments[step.start].level = step.level;
                 continue;
             }
-            let mut writer = SegmentWriter::new(&entry.id, run[0].first_lsn).map_err(archive_error)?;
+            let mut writer = SegmentWriter::new(&entry.id, run[0].first_lsn).map_err(Error::from)?;
             for segment in &run {
-                for change in archive.read_segment(&entry.id, segment).await.map_err(archive_error)? {
-                    writer.push(&change).map_err(archive_error)?;
+                for change in archive.read_segment(&entry.id, segment).await.map_err(Error::from)? {
+                    writer.push(&change).map_err(Error::from)?;
                 }
             }
-            let (mut merged, bytes) = writer.finish().map_err(archive_error)?;
+            let (mut merged, bytes) = writer.finish().map_err(Error::from)?;
             merged.level = step.level;
-            archive.put_segment(&entry.id, &merged, bytes).await.map_err(archive_error)?;
+            archive.put_segment(&entry.id, &merged, bytes).await.map_err(Error::from)?;
             let manifest = tracked.manifest(archive, entry).await?;
             manifest.segments.splice(step.start..step.end, [merged]);
-            archive.save_manifest(manifest).await.map_err(archive_error)?;
+            archive.save_manifest(manifest).await.map_err(Error::from)?;
             for old in &run {
-                archive.delete(&entry.id, &old.key()).await.map_err(archive_error)?;
+                archive.delete(&entry.id, &old.key()).await.map_err(Error::from)?;
             }
         }
     }
@@ -313,9 +310,9 @@ impl Service {
         }
         manifest.segments.retain(|s| !segments.contains(s));
         manifest.snapshots.retain(|s| !snapshots.contains(s));
-        archive.save_manifest(manifest).await.map_err(archive_error)?;
+        archive.save_manifest(manifest).await.map_err(Error::from)?;
         for key in segments.iter().map(|s| s.key()).chain(snapshots.iter().map(|s| s.key())) {
-            archive.delete(&entry.id, &key).await.map_err(archive_error)?;
+            archive.delete(&entry.id, &key).await.map_err(Error::from)?;
         }
         Ok(())
     }
@@ -327,12 +324,12 @@ impl Service {
         let result = async {
             let info = store.snapshot_into(&path).await.map_err(Error::from)?;
             self.ship(archiver, tracked, entry, store, info.lsn).await?;
-            let meta = archiver.archive.put_snapshot(&info, &path, now_micros()).await.map_err(archive_error)?;
+            let meta = archiver.archive.put_snapshot(&info, &path, now_micros()).await.map_err(Error::from)?;
             let manifest = tracked.manifest(&archiver.archive, entry).await?;
             manifest.snapshots.push(meta);
             manifest.snapshots.sort_by_key(|s| s.lsn);
             manifest.snapshots.dedup_by_key(|s| s.lsn);
-            archiver.archive.save_manifest(manifest).await.map_err(archive_error)?;
+            archiver.archive.save_manifest(manifest).await.map_err(Error::from)?;
             metrics::counter!("holdfast_archive_snapshots_total").increment(1);
             Ok(())
         }
@@ -394,7 +391,7 @@ impl Service {
         let manifest = tracked.lock().await.manifest(&archiver.archive, &entry).await?.clone();
         let path = archiver.scratch_file("verify");
         let outcome = async {
-            let plan = manifest.plan_verify().map_err(archive_error)?;
+            let plan = manifest.plan_verify().map_err(Error::from)?;
             let restored = holdfast_archive::restore(
                 &archiver.archive,
                 &manifest,
@@ -405,10 +402,10 @@ impl Service {
                 &Progress::default(),
             )
             .await
-            .map_err(archive_error)?;
+            .map_err(Error::from)?;
             let mut missing = Vec::new();
             for hash in &restored.blobs {
-                if !archiver.archive.has_blob(&manifest.project, hash).await.map_err(archive_error)? {
+                if !archiver.archive.has_blob(&manifest.project, hash).await.map_err(Error::from)? {
                     missing.push(hash.to_string());
                 }
             }
@@ -435,7 +432,7 @@ impl Service {
         let mut tracked = tracked.lock().await;
         let manifest = tracked.manifest(&archiver.archive, &entry).await?;
         manifest.last_verify = Some(verification);
-        archiver.archive.save_manifest(manifest).await.map_err(archive_error)?;
+        archiver.archive.save_manifest(manifest).await.map_err(Error::from)?;
         Ok(VerifyReport { project: entry.name.clone(), ok, lsn, verified_at: rfc3339(at), message })
     }
 
@@ -477,12 +474,21 @@ fn record_outcome(tracked: &mut Tracked, entry: &CatalogEntry, outcome: Result<(
     }
 }
 
-fn publish_metrics(tracked: &Tracked, entry: &CatalogEntry, store: &ProjectStore) {
-    let Some(manifest) = &tracked.manifest else { return };
-    let lag = store.last_lsn().0.saturating_sub(manifest.archived_lsn.0);
+/// Changes committed but not archived, and the age of the oldest of them in seconds; published
+/// in `/metrics` as well.
+async fn lag(entry: &CatalogEntry, store: &ProjectStore, archived: Lsn) -> Result<(u64, f64)> {
+    let changes = store.last_lsn().0.saturating_sub(archived.0);
+    let oldest = if changes == 0 {
+        None
+    } else {
+        store.read(move |view| Ok(view.journal(archived, 1)?.pop().map(|c| c.ts))).await.map_err(Error::from)?
+    };
+    let seconds = oldest.map_or(0.0, |ts| (now_micros() - ts).max(0) as f64 / 1e6);
     let label = entry.name.clone();
-    metrics::gauge!("holdfast_archive_lsn", "project" => label.clone()).set(manifest.archived_lsn.0 as f64);
-    metrics::gauge!("holdfast_archive_lag_changes", "project" => label).set(lag as f64);
+    metrics::gauge!("holdfast_archive_lsn", "project" => label.clone()).set(archived.0 as f64);
+    metrics::gauge!("holdfast_archive_lag_changes", "project" => label.clone()).set(changes as f64);
+    metrics::gauge!("holdfast_archive_lag_seconds", "project" => label).set(seconds);
+    Ok((changes, seconds))
 }
 
 async fn status_of(
@@ -494,14 +500,7 @@ async fn status_of(
 ) -> Result<BackupStatus> {
     let journal_lsn = store.last_lsn();
     let archived = manifest.archived_lsn;
-    let lag_changes = journal_lsn.0.saturating_sub(archived.0);
-    let oldest_unarchived: Option<Micros> = if lag_changes == 0 {
-        None
-    } else {
-        store.read(move |view| Ok(view.journal(archived, 1)?.pop().map(|c| c.ts))).await.map_err(Error::from)?
-    };
-    let lag_seconds = oldest_unarchived.map_or(0.0, |ts| (now_micros() - ts).max(0) as f64 / 1e6);
-    metrics::gauge!("holdfast_archive_lag_seconds", "project" => entry.name.clone()).set(lag_seconds);
+    let (lag_changes, lag_seconds) = lag(entry, store, archived).await?;
     let window = manifest.window();
     let point = |p: holdfast_archive::Point| RestorePoint { lsn: p.lsn, time: rfc3339(p.ts) };
     Ok(BackupStatus {

@@ -262,15 +262,10 @@ async fn replay_journal(
             break;
         }
         let (back, stop) = tokio::task::spawn_blocking(move || -> Result<_> {
-            for change in &page {
-                if until_ts.is_some_and(|t| change.ts > t) {
-                    return Ok(((replayer, blobs, ts), true));
-                }
-                replayer.apply(change).map_err(Error::from)?;
-                holdfast_archive::collect_blobs(change, &mut blobs);
-                ts = change.ts;
-            }
-            Ok(((replayer, blobs, ts), false))
+            let (passed, last) =
+                holdfast_archive::apply_until(&mut replayer, &page, (until_lsn, until_ts), &mut blobs, |_, _| Ok(()))
+                    .map_err(Error::from)?;
+            Ok(((replayer, blobs, last.unwrap_or(ts)), passed))
         })
         .await
         .map_err(|e| Error::internal(format!("restore task failed: {e}")))??;
@@ -291,7 +286,7 @@ fn adopt(mut replayer: Replayer, source: &ProjectId, id: &ProjectId, name: &str,
     let view: StateView<'_> = replayer.view().map_err(Error::from)?;
     let last = view.last_lsn().map_err(Error::from)?;
     let epoch = view.epoch().map_err(Error::from)?;
-    let last_ts = view.journal(Lsn(last.0.saturating_sub(1)), 1).map_err(Error::from)?.pop().map_or(0, |c| c.ts);
+    let last_ts = view.last_change().map_err(Error::from)?.map_or(0, |c| c.ts);
     let Some(record) = view.get(Kind::Project, source.as_str()).map_err(Error::from)? else {
         return Err(Error::invalid(format!(
             "at LSN {last} the project was already deleted; restore to a point before its deletion"

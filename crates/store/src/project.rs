@@ -83,7 +83,7 @@ impl ProjectStore {
         let view = StateView::new(&conn);
         let last = view.last_lsn()?;
         let epoch = view.epoch()?;
-        let last_change = view.journal(Lsn(last.0.saturating_sub(1)), 1)?.pop();
+        let last_change = view.last_change()?;
         let last_ts = last_change.as_ref().map_or(0, |c| c.ts);
         // Nothing follows a project's deletion in its journal, so a project is deleted exactly
         // when its last change deletes its record (a delete that crashed before the catalog
@@ -401,12 +401,12 @@ pub fn describe(path: &Path) -> Result<SnapshotInfo> {
     }
     let view = StateView::new(&conn);
     let lsn = view.last_lsn()?;
-    let ts = view.journal(Lsn(lsn.0.saturating_sub(1)), 1)?.pop().map_or(0, |c| c.ts);
+    let ts = view.last_change()?.map_or(0, |c| c.ts);
     Ok(SnapshotInfo { project, lsn, ts, state_hash: crate::apply::state_hash(&conn)? })
 }
 
-/// Whether `change` deletes the project's own record.
-fn deletes_project(change: &Change, project: &ProjectId) -> bool {
+/// Whether `change` deletes the project's own record (nothing follows it in a journal).
+pub fn deletes_project(change: &Change, project: &ProjectId) -> bool {
     change.ops.iter().any(|op| matches!(op, Op::Delete { kind: Kind::Project, id } if id == project.as_str()))
 }
 

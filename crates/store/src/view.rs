@@ -120,6 +120,12 @@ impl<'c> StateView<'c> {
         changes(stmt.query(params![after.0 as i64, limit as i64])?)
     }
 
+    /// The journal's last change, if any.
+    pub fn last_change(&self) -> Result<Option<Change>> {
+        let last = self.last_lsn()?;
+        Ok(self.journal(Lsn(last.0.saturating_sub(1)), 1)?.pop())
+    }
+
     /// Every change whose ops' JSON contains `text`, in order.
     pub fn journal_mentioning(&self, text: &str) -> Result<Vec<Change>> {
         let mut stmt = self.conn.prepare_cached(
