@@ -136,7 +136,12 @@ impl Manifest {
 
     /// The earliest and latest restorable points, or `None` while nothing is archived.
     pub fn window(&self) -> Option<(Point, Point)> {
-        let latest = Point { lsn: self.archived_lsn, ts: self.archived_ts.max(self.complete_through) };
+        // A deleted project's last archived change is its deletion: the window ends just before.
+        let latest = if self.deleted {
+            Point { lsn: Lsn(self.archived_lsn.0.saturating_sub(1)), ts: self.archived_ts - 1 }
+        } else {
+            Point { lsn: self.archived_lsn, ts: self.archived_ts.max(self.complete_through) }
+        };
         let first = self.segments.first();
         let earliest = match first {
             Some(s) if s.first_lsn == Lsn(1) => Point { lsn: Lsn(1), ts: s.first_ts },
@@ -147,7 +152,7 @@ impl Manifest {
                 Point { lsn: base.lsn, ts: base.ts }
             }
         };
-        (self.archived_lsn >= Lsn(1)).then_some((earliest, latest))
+        (latest.lsn >= Lsn(1) && earliest.lsn <= latest.lsn).then_some((earliest, latest))
     }
 
     /// The window as users read it, for messages.
@@ -155,11 +160,12 @@ impl Manifest {
         match self.window() {
             None => "nothing is archived yet".into(),
             Some((a, b)) => format!(
-                "the archive holds LSN {} ({}) to LSN {} ({})",
+                "the archive holds LSN {} ({}) to LSN {} ({}){}",
                 a.lsn,
                 holdfast_types::rfc3339(a.ts),
                 b.lsn,
-                holdfast_types::rfc3339(b.ts)
+                holdfast_types::rfc3339(b.ts),
+                if self.deleted { ", the last change before the project's deletion" } else { "" }
             ),
         }
     }
@@ -341,6 +347,18 @@ mod tests {
         let err = m.plan(Target::Lsn(Lsn(101))).expect_err("beyond");
         assert!(err.to_string().contains("LSN 1 ("), "{err}");
         assert!(m.plan(Target::Time(-5)).is_err());
+    }
+
+    #[test]
+    fn a_deleted_project_restores_to_just_before_its_deletion() {
+        let mut m = manifest(10);
+        m.deleted = true; // LSN 100, at 9.5 s, is the deletion
+        let (_, latest) = m.window().expect("window");
+        assert_eq!((latest.lsn, latest.ts), (Lsn(99), 9 * SEC + SEC / 2 - 1));
+        assert_eq!(m.plan(Target::Latest).expect("plan").until_lsn, Lsn(99));
+        let err = m.plan(Target::Lsn(Lsn(100))).expect_err("the deletion itself");
+        assert!(err.to_string().contains("before the project's deletion"), "{err}");
+        assert!(m.plan(Target::Time(9 * SEC + SEC / 2)).is_err(), "the deletion's time");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! copied or purged on their own. Reads verify the hash, so a corrupted blob is reported, never
 //! served.
 
+pub mod faults;
 mod objects;
 
 use bytes::Bytes;

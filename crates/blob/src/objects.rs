@@ -11,6 +11,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::BlobError;
+use crate::faults::{FAULTS_ENV, Faults, Unreliable};
 
 #[derive(Clone, Debug)]
 pub struct Objects {
@@ -41,10 +42,26 @@ impl Objects {
     pub fn open(url: &str) -> Result<Self, BlobError> {
         let bad = |why: &str| BlobError::BadUrl(format!("{url}: {why}"));
         let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-        if parsed.scheme() == "file" {
+        let objects = if parsed.scheme() == "file" {
             let dir = parsed.to_file_path().map_err(|()| bad("not an absolute local path"))?;
-            return Self::local(&dir);
+            Self::local(&dir)?
+        } else {
+            Self::remote(&parsed).map_err(|e| match e {
+                BlobError::BadUrl(why) => bad(&why),
+                other => other,
+            })?
+        };
+        match Faults::from_env()? {
+            Some(faults) => {
+                tracing::warn!(url, ?faults, "object store faults are injected ({FAULTS_ENV}): for tests only");
+                Ok(Self { store: Arc::new(Unreliable::new(objects.store.clone(), faults)), ..objects })
+            }
+            None => Ok(objects),
         }
+    }
+
+    fn remote(parsed: &url::Url) -> Result<Self, BlobError> {
+        let bad = |why: &str| BlobError::BadUrl(why.to_owned());
         let bucket = parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no bucket or container"))?;
         let base = format!("{}://{bucket}", parsed.scheme());
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {

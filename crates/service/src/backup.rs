@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use holdfast_archive::{Archive, Manifest, Progress, SegmentWriter, Verification};
@@ -62,6 +63,9 @@ pub(crate) struct Archiver {
     /// Snapshot copies and verification restores are made here.
     scratch: PathBuf,
     projects: std::sync::Mutex<HashMap<ProjectId, Arc<tokio::sync::Mutex<Tracked>>>>,
+    /// Woken when a project has a full segment's worth of changes to ship, so a busy project
+    /// does not wait for the interval.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// What the archiver remembers of one project between passes.
@@ -75,6 +79,10 @@ struct Tracked {
     retry_at: Option<Instant>,
     last_error: Option<String>,
     manifest_saved: Option<Instant>,
+    /// The archived LSN, shared with `watcher`.
+    archived: Arc<AtomicU64>,
+    /// Follows the project's journal and wakes the archiver when a segment is full.
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Archiver {
@@ -82,12 +90,30 @@ impl Archiver {
         let archive = Archive::open(&config.url).map_err(Error::from)?;
         std::fs::create_dir_all(&scratch)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", scratch.display())))?;
-        Ok(Self { archive, config, scratch, projects: std::sync::Mutex::new(HashMap::new()) })
+        Ok(Self { archive, config, scratch, projects: std::sync::Mutex::new(HashMap::new()), wake: Arc::default() })
     }
 
     fn tracked(&self, id: &ProjectId) -> Arc<tokio::sync::Mutex<Tracked>> {
         let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
         projects.entry(id.clone()).or_default().clone()
+    }
+
+    /// Makes sure a task follows `store`'s journal and wakes the archiver as soon as
+    /// `segment_changes` changes wait to be shipped. It ends when the store closes.
+    fn watch(&self, tracked: &mut Tracked, store: &ProjectStore) {
+        if tracked.watcher.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        let (mut lsn, archived, wake) = (store.subscribe(), tracked.archived.clone(), self.wake.clone());
+        let full = self.config.segment_changes as u64;
+        tracked.watcher = Some(tokio::spawn(async move {
+            while lsn.changed().await.is_ok() {
+                let last = lsn.borrow_and_update().0;
+                if last.saturating_sub(archived.load(Ordering::Relaxed)) >= full {
+                    wake.notify_one();
+                }
+            }
+        }));
     }
 
     fn scratch_file(&self, what: &str) -> PathBuf {
@@ -111,7 +137,8 @@ impl Tracked {
 impl Service {
     /// Runs the archiver until shutdown: one pass over every project per interval.
     pub fn spawn_archiver(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        let interval = self.archiver.as_ref()?.config.interval;
+        let archiver = self.archiver.as_ref()?;
+        let (interval, wake) = (archiver.config.interval, archiver.wake.clone());
         let service = self.clone();
         Some(tokio::spawn(async move {
             let mut stopping = service.stopping.subscribe();
@@ -119,6 +146,7 @@ impl Service {
                 service.archive_pass().await;
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
+                    _ = wake.notified() => {}
                     _ = stopping.wait_for(|s| *s) => break,
                 }
             }
@@ -144,6 +172,7 @@ impl Service {
                 continue;
             }
             let Ok(store) = self.store(&entry).await else { continue };
+            archiver.watch(&mut tracked, &store);
             let outcome = self.archive_project(archiver, &mut tracked, &entry, &store, false).await;
             record_outcome(&mut tracked, &entry, outcome);
             if let Some(manifest) = &tracked.manifest {
@@ -222,7 +251,7 @@ impl Service {
                 return Ok(shipped);
             }
             let limit = (until.0 - after.0).min(archiver.config.segment_changes as u64) as usize;
-            let changes = store.read(move |view| view.journal(after, limit)).await.map_err(Error::from)?;
+            let changes = store.journal(after, limit).await.map_err(Error::from)?;
             if changes.is_empty() {
                 return Ok(shipped);
             }
@@ -257,12 +286,14 @@ impl Service {
             .map_err(|e| Error::internal(format!("segment task failed: {e}")))?
             .map_err(Error::from)?;
             archive.put_segment(&entry.id, &meta, bytes).await.map_err(Error::from)?;
+            let meta_last = meta.last_lsn;
             let manifest = tracked.manifest(archive, entry).await?;
             manifest.archived_lsn = meta.last_lsn;
             manifest.archived_ts = meta.last_ts;
             manifest.deleted |= deletes_project;
             manifest.segments.push(meta);
             archive.save_manifest(manifest).await.map_err(Error::from)?;
+            tracked.archived.store(meta_last.0, Ordering::Relaxed);
             tracked.manifest_saved = Some(Instant::now());
             metrics::counter!("holdfast_archive_segments_total").increment(1);
             shipped = true;
@@ -436,8 +467,9 @@ impl Service {
         Ok(VerifyReport { project: entry.name.clone(), ok, lsn, verified_at: rfc3339(at), message })
     }
 
-    /// Ships a project's changes before it is deleted and its directory moves away (bounded: a
-    /// slow archive never holds a delete for long; what it misses stays in the trash).
+    /// Ships a deleted project's last changes, its deletion included, before its directory
+    /// moves away (bounded: a slow archive never holds a delete for long; what it misses stays
+    /// in the trash).
     pub(crate) async fn archive_final(&self, entry: &CatalogEntry, store: &ProjectStore) {
         let Some(archiver) = &self.archiver else { return };
         let tracked = archiver.tracked(&entry.id);

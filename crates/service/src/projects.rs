@@ -287,9 +287,6 @@ impl Service {
         caller.require(Action::ProjectsWrite, &scope(name))?;
         let entry = self.entry(name).await?;
         let store = self.store(&entry).await?;
-        // The archive gets every change up to the deletion, so the project can be restored from
-        // it after its directory is gone.
-        self.archive_final(&entry, &store).await;
         let (id, missing) = (entry.id.as_str().to_owned(), not_found(name));
         store
             .write(
@@ -303,10 +300,12 @@ impl Service {
             .await
             .map_err(Error::from)?;
         // The writer now refuses every write (nothing follows a project's deletion in its
-        // journal). The catalog forgets the project, then the store is closed as deleted, so
+        // journal). The archive gets every change up to and including the deletion, so the
+        // project can be restored from it after its directory is gone. The catalog forgets the project, then the store is closed as deleted, so
         // requests still holding it answer "not found" (and start-up recovery trashes the
         // directory if we crash before moving it). The open-stores lock is held until the
         // directory has moved, so no request reopens the store in between.
+        self.archive_final(&entry, &store).await;
         let cid = entry.id.clone();
         self.control.call(move |c| control::remove_project(c, &cid)).await.map_err(Error::from)?;
         let mut open = self.projects.lock().await;

@@ -178,6 +178,20 @@ impl ProjectStore {
         R: Send + 'static,
     {
         self.check_live()?;
+        self.read_any(f).await
+    }
+
+    /// Up to `limit` changes after `after`, in order — also once the project's deletion is
+    /// journaled (but before its store is closed), so the archive can ship the deletion itself.
+    pub async fn journal(&self, after: Lsn, limit: usize) -> Result<Vec<Change>> {
+        self.read_any(move |view| view.journal(after, limit)).await
+    }
+
+    async fn read_any<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&StateView<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
         let conn = self.take_reader().map_err(|e| self.explain(e))?;
         let (conn, result) = tokio::task::spawn_blocking(move || {
             let result = f(&StateView::new(&conn));
