@@ -69,7 +69,7 @@ pub struct BlobStore {
 impl BlobStore {
     /// Blobs in a directory of the local filesystem (created if absent).
     pub fn local(root: &std::path::Path) -> Result<Self, BlobError> {
-        Ok(Self { objects: Objects::local(root)? })
+        Ok(Self { objects: Objects::local(root)?.with_env_faults()? })
     }
 
     /// Blobs in any object store.

@@ -51,12 +51,18 @@ impl Objects {
                 other => other,
             })?
         };
+        objects.with_env_faults()
+    }
+
+    /// These objects behind the fault injector when `HOLDFAST_OBJECT_FAULTS` asks for it
+    /// (see [`crate::faults`]); as they are otherwise.
+    pub fn with_env_faults(self) -> Result<Self, BlobError> {
         match Faults::from_env()? {
             Some(faults) => {
-                tracing::warn!(url, ?faults, "object store faults are injected ({FAULTS_ENV}): for tests only");
-                Ok(Self { store: Arc::new(Unreliable::new(objects.store.clone(), faults)), ..objects })
+                tracing::warn!(store = %self.store, ?faults, "object store faults are injected ({FAULTS_ENV}): for tests only");
+                Ok(Self { store: Arc::new(Unreliable::new(self.store.clone(), faults)), ..self })
             }
-            None => Ok(objects),
+            None => Ok(self),
         }
     }
 

@@ -46,7 +46,7 @@ impl Archive {
         let url = self.url();
         format!(
             "listen = \"127.0.0.1:{{port}}\"\n\n[archive]\nurl = \"{url}\"\n\
-             segment_changes = 10000\nretention_hours = 168\n{settings}"
+             retention_hours = 168\n{settings}"
         )
     }
 
@@ -79,6 +79,32 @@ fn num(v: &Value) -> u64 {
 /// Starts `holdfast serve` on `data` with continuous backup to `archive`.
 fn serve(data: &Path, archive: &Archive, settings: &str) -> Server {
     Server::start_with(data, Opts { config: Some(archive.config(settings)), ..Opts::default() })
+}
+
+/// [`serve`] with the object store faults `faults` injected (`HOLDFAST_OBJECT_FAULTS`).
+fn serve_faulty(data: &Path, archive: &Archive, settings: &str, faults: &str) -> Server {
+    let opts = Opts { config: Some(archive.config(settings)), ..Opts::default() };
+    Server::start_with(data, opts.env("HOLDFAST_OBJECT_FAULTS", faults))
+}
+
+/// Waits until `what` holds, at most [`SETTLE`].
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !done() {
+        assert!(Instant::now() < deadline, "no {what} within {SETTLE:?}");
+        sleep(Duration::from_millis(10));
+    }
+}
+
+/// The files under `dir`, recursively (none when it does not exist).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
+    }
+    out
 }
 
 /// The CLI pointed at one server through HOLDFAST_ENDPOINT and HOLDFAST_KEY, always with `-o json`.
@@ -293,6 +319,9 @@ fn deleted_project_restores_from_the_archive_offline() {
     assert_eq!(report["lsn"], last, "{report}");
     hf.run(&["project", "delete", "gone"]).success();
     assert_eq!(hf.run(&["project", "show", "gone"]).code, 3);
+    // The deletion itself is archived, and the window ends just before it.
+    let manifest = archive.manifest(&id);
+    assert_eq!((manifest["deleted"].as_bool(), num(&manifest["archived_lsn"])), (Some(true), last + 1), "{manifest:#}");
     // Online, a deleted project's name finds it in the archive.
     let summary = hf.restore("gone", "gone-online", &[]).json();
     assert_eq!((summary["source"].as_str(), num(&summary["restored_lsn"])), (Some("archive"), last), "{summary}");
@@ -494,4 +523,134 @@ fn a_corrupt_segment_is_named_and_refused() {
     let expected = lsn_of.iter().rfind(|(lsn, _)| *lsn <= restored).map(|(_, d)| d.as_str());
     assert_eq!(hf.show("rotten-part")["description"].as_str(), expected);
     assert_eq!(server.stop().code(), Some(0));
+}
+
+#[test]
+fn kill_9_during_a_snapshot_upload_leaves_a_usable_archive() {
+    let (data, archive) = (tempfile::tempdir().expect("data"), Archive::new());
+    let settings = "interval_ms = 100\nsnapshot_secs = 86400\nlevels_secs = []\n";
+    // Every snapshot is stored and then its put hangs, so the kill lands after the object is
+    // written and before the manifest names it.
+    let server = serve_faulty(data.path(), &archive, settings, "put:snapshots/=delay:60000");
+    let hf = Hf::new(&server);
+    let id = hf.create("snappy");
+    let mut last = 0;
+    for n in 0..5 {
+        last = hf.describe("snappy", &format!("write {n}"));
+    }
+    let snapshots = archive.project_dir(&id).join("snapshots");
+    wait_until("snapshot object", || !files_under(&snapshots).is_empty());
+    let scratch = data.path().join("tmp");
+    assert_eq!(server.kill9().code(), None, "killed by a signal");
+    let manifest = archive.manifest(&id);
+    assert_eq!(manifest["snapshots"].as_array().map(Vec::len), Some(0), "the manifest never named it: {manifest:#}");
+
+    let server = serve(data.path(), &archive, settings);
+    assert!(files_under(&scratch).is_empty(), "start-up clears the scratch copies: {:?}", files_under(&scratch));
+    let hf = Hf::new(&server);
+    let status = hf.json(&["backup", "now", "--project", "snappy"]);
+    assert_eq!((num(&status["archived_lsn"]), num(&status["snapshots"])), (last, 1), "{status}");
+    hf.verify_ok("snappy");
+    let summary = hf.restore("snappy", "snappy-copy", &["--from-archive"]).json();
+    assert_eq!(summary["restored_lsn"], last, "{summary}");
+    assert_eq!(hf.show("snappy-copy")["description"], "write 4");
+    assert_eq!(server.stop().code(), Some(0));
+    let manifest = archive.manifest(&id);
+    assert_contiguous(&archive, &id, &manifest);
+    let named: Vec<u64> = manifest["snapshots"].as_array().expect("snapshots").iter().map(|s| num(&s["lsn"])).collect();
+    assert_eq!(named, vec![last], "{manifest:#}");
+    assert_eq!(files_under(&snapshots).len(), 1, "one snapshot object: {:?}", files_under(&snapshots));
+}
+
+#[test]
+fn kill_9_during_a_restore_leaves_no_half_restored_project() {
+    let (data, archive) = (tempfile::tempdir().expect("data"), Archive::new());
+    let settings = "interval_ms = 100\nsnapshot_secs = 86400\nlevels_secs = []\n";
+    let server = serve(data.path(), &archive, settings);
+    let hf = Hf::new(&server);
+    hf.create("source");
+    let mut last = 0;
+    for n in 0..10 {
+        last = hf.describe("source", &format!("write {n}"));
+        hf.wait_caught_up("source"); // several segments, so a restore reads more than one
+    }
+    assert_eq!(server.stop().code(), Some(0));
+
+    // Reading a segment hangs: the restore is under way (its target `creating`) when the kill lands.
+    let server = serve_faulty(data.path(), &archive, settings, "get:segments/=delay:60000");
+    let api = server.admin();
+    let body = json!({ "into": "half", "from_archive": true });
+    let op = api.post("/v1/projects/source/restore", &body).ok(202);
+    let op_id = op["id"].as_str().expect("operation id").to_owned();
+    sleep(Duration::from_millis(300));
+    let running = api.get(&format!("/v1/operations/{op_id}")).ok(200);
+    assert_eq!(running["status"], "running", "{running}");
+    assert_eq!(Hf::new(&server).run(&["project", "show", "half"]).code, 3, "invisible while restoring");
+    assert_eq!(server.kill9().code(), None, "killed by a signal");
+
+    let server = serve(data.path(), &archive, settings);
+    let hf = Hf::new(&server);
+    assert_eq!(hf.run(&["project", "show", "half"]).code, 3, "the half-restored project is rolled back");
+    let names: Vec<Value> = server.admin().all_projects(100).iter().map(|p| p["name"].clone()).collect();
+    assert_eq!(names, vec![json!("source")], "only the source is listed");
+    let summary = hf.restore("source", "half", &["--from-archive"]).json();
+    assert_eq!(summary["restored_lsn"], last, "the restore can be run again: {summary}");
+    assert_eq!(hf.show("half")["description"], "write 9");
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+#[test]
+fn kill_9_during_an_import_then_a_rerun_completes_it() {
+    let work = tempfile::tempdir().expect("work");
+    let data = tempfile::tempdir().expect("data");
+    let server = Server::start(data.path());
+    let hf = Hf::new(&server);
+    hf.create("origin");
+    let content = b"the bytes an import must store before it journals anything\n".repeat(100);
+    let file_id = upload(&server, "origin", "notes.txt", &content)["id"].as_str().expect("file id").to_owned();
+    hf.describe("origin", "exported");
+    let file = work.path().join("origin.hfx");
+    let file = file.to_str().expect("path");
+    hf.run(&["export", "--project", "origin", "--out", file]).success();
+    assert_eq!(server.stop().code(), Some(0));
+
+    // Storing the blob hangs once the bytes are down: the kill lands between the blob and the
+    // changes that reference it.
+    let server = Server::start_with(data.path(), Opts::default().env("HOLDFAST_OBJECT_FAULTS", "put:sha256/=delay:60000"));
+    let importer = {
+        let (endpoint, file) = (server.base.clone(), file.to_owned());
+        std::thread::spawn(move || {
+            let env = [("HOLDFAST_ENDPOINT", endpoint.as_str()), ("HOLDFAST_KEY", ADMIN_KEY)];
+            Cli::new().run_env(&["-o", "json", "import", "--in", &file, "--project", "copy"], &env)
+        })
+    };
+    let api = server.admin();
+    wait_until("import to create its project", || api.get("/v1/projects/copy").status == 200);
+    sleep(Duration::from_millis(300));
+    assert_eq!(server.kill9().code(), None, "killed by a signal");
+    let out = importer.join().expect("importer thread");
+    assert_ne!(out.code, 0, "the interrupted import failed: {}", out.stdout);
+
+    let server = Server::start(data.path());
+    let hf = Hf::new(&server);
+    let summary = hf.json(&["import", "--in", file, "--project", "copy"]);
+    assert!(num(&summary["lsn_after"]) > num(&summary["lsn_before"]), "the re-run wrote the rest: {summary}");
+    assert_eq!(download(&server, "copy", &file_id), content);
+    assert_eq!(hf.show("copy")["description"], "exported");
+    let again = hf.json(&["import", "--in", file, "--project", "copy"]);
+    assert_eq!(again["lsn_after"], again["lsn_before"], "a third import changes nothing: {again}");
+    // Exports of both match resource for resource (ids, bodies and times).
+    let copy = work.path().join("copy.hfx");
+    hf.run(&["export", "--project", "copy", "--out", copy.to_str().expect("path")]).success();
+    assert_eq!(resources_of(Path::new(file)), resources_of(&copy));
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+/// The resource lines of an export file but the project's own record (its name differs).
+fn resources_of(file: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(file).expect("read export");
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+        .filter(|v| v["type"] == "resource" && v["kind"] != "project")
+        .collect()
 }

@@ -107,6 +107,13 @@ impl Service {
         std::fs::create_dir_all(data.join("projects"))
             .map_err(|e| Error::internal(format!("cannot create data directory {}: {e}", data.display())))?;
         let lock = lock_data_dir(data)?;
+        // Scratch files (upload spools, snapshot copies, undelete and verify databases) belong
+        // to requests that ended with the last process; the lock says no other one is here.
+        let scratch = data.join("tmp");
+        if scratch.exists() {
+            std::fs::remove_dir_all(&scratch)
+                .map_err(|e| Error::internal(format!("cannot clear {}: {e}", scratch.display())))?;
+        }
         let control = ControlStore::open(&data.join("control.db")).map_err(Error::from)?;
         let blobs = BlobStore::local(&data.join("blobs"))
             .map_err(|e| Error::internal(format!("cannot open blob store: {e}")))?;
