@@ -545,8 +545,11 @@ fn kill_9_during_a_snapshot_upload_leaves_a_usable_archive() {
     let manifest = archive.manifest(&id);
     assert_eq!(manifest["snapshots"].as_array().map(Vec::len), Some(0), "the manifest never named it: {manifest:#}");
 
+    let left = files_under(&scratch);
+    assert!(!left.is_empty(), "the killed snapshot left its scratch copy");
+
     let server = serve(data.path(), &archive, settings);
-    assert!(files_under(&scratch).is_empty(), "start-up clears the scratch copies: {:?}", files_under(&scratch));
+    assert!(left.iter().all(|f| !f.exists()), "start-up clears the scratch copies: {left:?}");
     let hf = Hf::new(&server);
     let status = hf.json(&["backup", "now", "--project", "snappy"]);
     assert_eq!((num(&status["archived_lsn"]), num(&status["snapshots"])), (last, 1), "{status}");
