@@ -341,6 +341,10 @@ fn deleted_project_restores_from_the_archive_offline() {
     assert_eq!(summary["restored_lsn"], last);
     assert_eq!(summary["blobs"], 1);
     assert_eq!(summary["partial"], Value::Null);
+    let index = restored_dir.join("projects").join(summary["project"]["id"].as_str().expect("id")).join("index");
+    assert!(!files_under(&index).is_empty(), "the search index is rebuilt by the restore: {}", index.display());
+    let index = restored_dir.join("projects").join(summary["project"]["id"].as_str().expect("id")).join("index");
+    assert!(!files_under(&index).is_empty(), "the search index is rebuilt by the restore: {}", index.display());
 
     let server = Server::start(&restored_dir);
     let hf = Hf::new(&server);

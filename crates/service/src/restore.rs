@@ -211,6 +211,9 @@ impl Service {
             .map_err(Error::from)?;
         let store = Arc::new(store);
         self.projects.lock().await.insert(id.clone(), store.clone());
+        // Projections are rebuilt before the project appears, so its first search is not slow.
+        self.index_catch_up(&crate::data::Data { store: store.clone(), caller: Caller::system() }, Default::default())
+            .await?;
         let cid = id.clone();
         self.control.call(move |c| control::mark_active(c, &cid)).await.map_err(Error::from)?;
         let project = self.get_project(&Caller::system(), into).await?;
