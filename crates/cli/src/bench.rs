@@ -67,6 +67,33 @@ pub enum BenchCmd {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Archive lag under a steady write rate, in process, with continuous backup to a file://
+    /// archive (default settings: shipped every second or every full segment): the age of the
+    /// oldest change not yet in the archive, sampled every 20 ms.
+    Archive {
+        /// Changes per second, spread over 16 writers.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        /// How long the load runs.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Directory to create the scratch data directory and archive in [default: the system temp dir].
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Export and import of a project (conversation items and files) over HTTP, against `tar`
+    /// creating and extracting an archive of the same project's files, in the same run.
+    Export {
+        /// Conversation items in the project.
+        #[arg(long, default_value_t = 100_000)]
+        items: usize,
+        /// Files of 1 MiB each (random bytes).
+        #[arg(long, default_value_t = 32)]
+        files: usize,
+        /// Directory to create the scratch data directory in [default: the system temp dir].
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Serialize)]
@@ -112,6 +139,28 @@ pub async fn run(cmd: BenchCmd, format: Format) -> Result<(), Exit> {
             let base = dir.unwrap_or_else(std::env::temp_dir);
             let data = base.join(format!("holdfast-bench-{}", std::process::id()));
             let report = self::restore(&data, changes, segment).await;
+            let _ = std::fs::remove_dir_all(&data);
+            print(format, &report?, &[])?;
+            Ok(())
+        }
+        BenchCmd::Archive { rate, seconds, dir } => {
+            if rate == 0 || seconds == 0 {
+                return Err(Exit::new(2, anyhow!("rate and seconds must be at least 1")));
+            }
+            let base = dir.unwrap_or_else(std::env::temp_dir);
+            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
+            let report = self::archive_lag(&data, rate, seconds).await;
+            let _ = std::fs::remove_dir_all(&data);
+            print(format, &report?, &[])?;
+            Ok(())
+        }
+        BenchCmd::Export { items, files, dir } => {
+            if items == 0 {
+                return Err(Exit::new(2, anyhow!("items must be at least 1")));
+            }
+            let base = dir.unwrap_or_else(std::env::temp_dir);
+            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
+            let report = self::export(&data, items, files).await;
             let _ = std::fs::remove_dir_all(&data);
             print(format, &report?, &[])?;
             Ok(())
@@ -504,4 +553,266 @@ async fn restore(data: &std::path::Path, changes: u64, per_segment: u64) -> Resu
         read_mb_per_sec: mb(archive_bytes, read_seconds),
         restore_to_read_ratio: restore_seconds / read_seconds,
     })
+}
+
+#[derive(Serialize)]
+struct ArchiveReport {
+    target_rate: u64,
+    changes: u64,
+    achieved_rate: f64,
+    samples: usize,
+    lag_p50_s: f64,
+    lag_p99_s: f64,
+    lag_max_s: f64,
+    segments_shipped: usize,
+    final_archived_lsn: u64,
+}
+
+/// Writes at a steady `rate` for `seconds` with the archiver running, and samples the archive
+/// lag from outside the archiver: the stored manifest's archived LSN, and the age of the first
+/// change after it.
+async fn archive_lag(data: &std::path::Path, rate: u64, seconds: u64) -> Result<ArchiveReport, Exit> {
+    const WRITERS: u64 = 16;
+    let archive_dir = data.join("archive");
+    std::fs::create_dir_all(&archive_dir).context("scratch dir")?;
+    let mut config = ServiceConfig::new(data.join("data"), "bench", Some(BENCH_KEY.into()));
+    config.archive = Some(holdfast_service::backup::ArchiveConfig::new(&format!("file://{}", archive_dir.display())));
+    let opened = Service::open(config).map_err(|e| anyhow!("cannot open scratch data directory: {e}"))?;
+    let service = Arc::new(opened.service);
+    let caller = Caller { principal: service.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
+    let project = service
+        .create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let archiver = service.spawn_archiver().context("archiver")?;
+    let store = service.project_store("bench").await.map_err(|e| anyhow!("{e}"))?;
+    let manifest_path = archive_dir.join(project.id.as_str()).join("manifest.json");
+
+    let started = Instant::now();
+    let stop_at = started + Duration::from_secs(seconds);
+    let period = Duration::from_secs_f64(WRITERS as f64 / rate as f64);
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let (service, principal) = (service.clone(), caller.principal.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each writer keeps its own schedule, so a slow write is followed by a catch-up.
+            let mut next = started + period.mul_f64(w as f64 / WRITERS as f64);
+            let mut n = 0u64;
+            while next < stop_at {
+                tokio::time::sleep_until(next.into()).await;
+                let caller = Caller { principal: principal.clone(), request_id: RequestId::generate() };
+                let tag = [(format!("w{w}"), Some(n.to_string()))].into_iter().collect();
+                service
+                    .update_project(&caller, "bench", ProjectUpdate { tags: Some(tag), ..Default::default() })
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+                n += 1;
+                next += period;
+            }
+            Ok::<_, anyhow::Error>(n)
+        }));
+    }
+    let mut lags = Vec::new();
+    while Instant::now() < stop_at {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let archived = match tokio::fs::read(&manifest_path).await {
+            Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes).context("manifest")?["archived_lsn"]
+                .as_u64()
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        let oldest = store.journal(holdfast_types::Lsn(archived), 1).await.map_err(|e| anyhow!("{e}"))?;
+        let lag = oldest.first().map_or(0, |c| (holdfast_types::now_micros() - c.ts).max(0));
+        lags.push(Duration::from_micros(lag as u64));
+    }
+    let mut changes = 0;
+    for task in tasks {
+        changes += task.await.context("writer panicked")??;
+    }
+    let achieved_rate = changes as f64 / started.elapsed().as_secs_f64();
+    service.shutdown().await;
+    archiver.await.context("archiver")?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).context("manifest")?).context("manifest")?;
+    let samples = lags.len();
+    Ok(ArchiveReport {
+        target_rate: rate,
+        changes,
+        achieved_rate,
+        samples,
+        lag_p50_s: percentile(&mut lags, 0.50) / 1000.0,
+        lag_p99_s: percentile(&mut lags, 0.99) / 1000.0,
+        lag_max_s: lags.last().copied().map_or(0.0, |d| d.as_secs_f64()),
+        segments_shipped: manifest["segments"].as_array().map_or(0, Vec::len),
+        final_archived_lsn: manifest["archived_lsn"].as_u64().unwrap_or(0),
+    })
+}
+
+#[derive(Serialize)]
+struct ExportReport {
+    items: usize,
+    files: usize,
+    /// The project's files on disk: its database and its blobs.
+    project_bytes: u64,
+    export_file_bytes: u64,
+    export_seconds: f64,
+    export_mb_per_sec: f64,
+    tar_create_seconds: f64,
+    tar_create_mb_per_sec: f64,
+    /// export throughput / tar's, both over `project_bytes`.
+    export_to_tar: f64,
+    import_seconds: f64,
+    import_mb_per_sec: f64,
+    tar_extract_seconds: f64,
+    tar_extract_mb_per_sec: f64,
+    import_to_tar: f64,
+}
+
+/// Builds a project of `items` conversation items and `files` 1 MiB files, then times an
+/// export over HTTP to a file and an import of it into a new project, against `tar` archiving
+/// and extracting the project's own files (database and blobs). MB/s are over the project's
+/// bytes on disk for all four, so the ratios compare like with like.
+async fn export(data: &std::path::Path, items: usize, files: usize) -> Result<ExportReport, Exit> {
+    const CONV: &str = "/api/projects/bench/openai/v1/conversations";
+    let server = ScratchServer::start(data).await?;
+    let caller = Caller { principal: server.service.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
+    let project = server
+        .service
+        .create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let conv = server.post(CONV, &serde_json::json!({})).await?;
+    let conv = conv["id"].as_str().context("conversation id")?.to_owned();
+    for start in (0..items).step_by(1000) {
+        let batch: Vec<_> = (start..(start + 1000).min(items))
+            .map(|n| serde_json::json!({ "role": "user", "content": format!("item {n}: the quick brown fox jumps over the lazy dog") }))
+            .collect();
+        server.post(&format!("{CONV}/{conv}/items"), &serde_json::json!({ "items": batch })).await?;
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for f in 0..files {
+        // xorshift: incompressible bytes, as uploaded documents mostly are.
+        let bytes: Vec<u8> = (0..(1 << 20) / 8)
+            .flat_map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed.to_le_bytes()
+            })
+            .collect();
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(format!("doc-{f}.bin"));
+        let form = reqwest::multipart::Form::new().text("purpose", "assistants").part("file", part);
+        let url = format!("{}/api/projects/bench/openai/v1/files", server.base);
+        let response = server.http.post(url).bearer_auth(BENCH_KEY).multipart(form).send().await.context("upload")?;
+        if !response.status().is_success() {
+            return Err(Exit::error(anyhow!("upload: {}", response.status())));
+        }
+    }
+    // The project on disk as tar sees it: its database (with its WAL) and its blobs.
+    let sources = [format!("projects/{}", project.id), format!("blobs/{}", project.id)];
+    let project_bytes: u64 = sources.iter().map(|s| dir_bytes(&data.join(s))).sum();
+
+    let out = data.join("bench.hfx");
+    let started = Instant::now();
+    let mut response = server
+        .http
+        .get(format!("{}/v1/projects/bench/export", server.base))
+        .bearer_auth(BENCH_KEY)
+        .send()
+        .await
+        .context("export")?;
+    if !response.status().is_success() {
+        return Err(Exit::error(anyhow!("export: {}", response.status())));
+    }
+    let mut file = tokio::fs::File::create(&out).await.context("export file")?;
+    while let Some(chunk) = response.chunk().await.context("export body")? {
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.context("write export")?;
+    }
+    file.sync_all().await.context("fsync export")?;
+    let export_seconds = started.elapsed().as_secs_f64();
+    let export_file_bytes = std::fs::metadata(&out).context("export file")?.len();
+
+    let tarball = data.join("bench.tar");
+    let started = Instant::now();
+    run_tar(data, &["-cf", tarball.to_str().context("path")?, &sources[0], &sources[1]])?;
+    std::fs::File::open(&tarball).and_then(|f| f.sync_all()).context("fsync tar")?;
+    let tar_create_seconds = started.elapsed().as_secs_f64();
+
+    let body = tokio::fs::read(&out).await.context("read export")?;
+    let started = Instant::now();
+    let response = server
+        .http
+        .post(format!("{}/v1/projects/bench-copy/import", server.base))
+        .bearer_auth(BENCH_KEY)
+        .body(body)
+        .send()
+        .await
+        .context("import")?;
+    if !response.status().is_success() {
+        return Err(Exit::error(anyhow!("import: {} {}", response.status(), response.text().await.unwrap_or_default())));
+    }
+    let import_seconds = started.elapsed().as_secs_f64();
+
+    let extract = data.join("extract");
+    std::fs::create_dir_all(&extract).context("extract dir")?;
+    let started = Instant::now();
+    run_tar(&extract, &["-xf", tarball.to_str().context("path")?])?;
+    // tar does not fsync; sync the extracted files so both sides pay for durability.
+    for s in &sources {
+        sync_tree(&extract.join(s)).context("fsync extracted")?;
+    }
+    let tar_extract_seconds = started.elapsed().as_secs_f64();
+    server.service.shutdown().await;
+
+    let mb = |secs: f64| project_bytes as f64 / 1e6 / secs;
+    Ok(ExportReport {
+        items,
+        files,
+        project_bytes,
+        export_file_bytes,
+        export_seconds,
+        export_mb_per_sec: mb(export_seconds),
+        tar_create_seconds,
+        tar_create_mb_per_sec: mb(tar_create_seconds),
+        export_to_tar: tar_create_seconds / export_seconds,
+        import_seconds,
+        import_mb_per_sec: mb(import_seconds),
+        tar_extract_seconds,
+        tar_extract_mb_per_sec: mb(tar_extract_seconds),
+        import_to_tar: tar_extract_seconds / import_seconds,
+    })
+}
+
+fn run_tar(cwd: &std::path::Path, args: &[&str]) -> Result<(), Exit> {
+    let status = std::process::Command::new("tar").current_dir(cwd).args(args).status().context("run tar")?;
+    if !status.success() {
+        return Err(Exit::error(anyhow!("tar {args:?}: {status}")));
+    }
+    Ok(())
+}
+
+/// Bytes of the files under `dir`, recursively.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// fsyncs every file under `dir`, then the directories.
+fn sync_tree(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
