@@ -74,8 +74,20 @@ pub async fn restore(
     };
     progress.done.store(start.0, Ordering::Relaxed);
     let mut partial = None;
-    'segments: for segment in &plan.segments {
-        let changes = match archive.read_segment(project, segment).await {
+    // The next segment is fetched and decoded while this one is applied (two cores: decode on
+    // one, SQLite on the other).
+    let fetch = |segment: &crate::SegmentMeta| {
+        let (archive, project, segment) = (archive.clone(), project.clone(), segment.clone());
+        tokio::spawn(async move { archive.read_segment(&project, &segment).await })
+    };
+    let mut next = plan.segments.first().map(fetch);
+    'segments: for (index, segment) in plan.segments.iter().enumerate() {
+        let fetched = match next.take() {
+            Some(task) => task.await.map_err(|e| ArchiveError::Invalid(format!("segment fetch failed: {e}")))?,
+            None => archive.read_segment(project, segment).await,
+        };
+        next = plan.segments.get(index + 1).map(fetch);
+        let changes = match fetched {
             Ok(changes) => changes,
             Err(e @ ArchiveError::Corrupt { .. }) if allow_partial => {
                 tracing::warn!(error = %e, "restore stops at the last good change");
@@ -114,6 +126,9 @@ pub async fn restore(
         if reached_end {
             break;
         }
+    }
+    if let Some(unneeded) = next {
+        unneeded.abort();
     }
     let lsn = replayer.last_lsn();
     if lsn == Lsn::ZERO {

@@ -76,6 +76,12 @@ pub fn check_project_schema(conn: &Connection) -> Result<ProjectId> {
 /// not know, an LSN other than `last + 1`, an epoch older than the project's. On error the caller
 /// must roll back: some ops may have been applied.
 pub fn apply_change(conn: &Connection, last: Lsn, change: &Change) -> Result<()> {
+    apply_change_at(conn, last, StateView::new(conn).epoch()?, change).map(|_| ())
+}
+
+/// [`apply_change`] for a caller that knows the project's epoch (a replay keeps it rather than
+/// reading it back for every change); returns the epoch after the change.
+fn apply_change_at(conn: &Connection, last: Lsn, epoch: Epoch, change: &Change) -> Result<Epoch> {
     if change.v != CHANGE_FORMAT_VERSION {
         return Err(StoreError::Corrupt(format!(
             "change {} has format version {}; this server reads {CHANGE_FORMAT_VERSION}",
@@ -88,7 +94,6 @@ pub fn apply_change(conn: &Connection, last: Lsn, change: &Change) -> Result<()>
             change.lsn
         )));
     }
-    let epoch = StateView::new(conn).epoch()?;
     if change.epoch < epoch {
         return Err(StoreError::Corrupt(format!(
             "change {} has epoch {} but the project is at epoch {epoch}",
@@ -120,7 +125,7 @@ pub fn apply_change(conn: &Connection, last: Lsn, change: &Change) -> Result<()>
         change.request_id,
         serde_json::to_string(&change.ops)?,
     ])?;
-    Ok(())
+    Ok(change.epoch)
 }
 
 fn apply_op(conn: &Connection, change: &Change, index: usize, op: &Op) -> Result<()> {
@@ -240,6 +245,8 @@ pub struct Replayer {
     committed: Lsn,
     /// Changes applied in the open transaction.
     pending: u64,
+    /// The project's epoch after `last`.
+    epoch: Epoch,
 }
 
 impl Replayer {
@@ -265,7 +272,8 @@ impl Replayer {
 
     fn start(conn: Connection, last: Lsn) -> Result<Self> {
         conn.pragma_update(None, "synchronous", "OFF")?;
-        Ok(Self { conn, last, committed: last, pending: 0 })
+        let epoch = StateView::new(&conn).epoch()?;
+        Ok(Self { conn, last, committed: last, pending: 0, epoch })
     }
 
     /// Applies one change. A refused change rolls back every change applied since the last
@@ -274,12 +282,16 @@ impl Replayer {
         if self.pending == 0 {
             self.conn.execute_batch("BEGIN")?;
         }
-        if let Err(e) = apply_change(&self.conn, self.last, change) {
-            // The whole open batch goes: the replayer is back at its last commit.
-            self.conn.execute_batch("ROLLBACK")?;
-            self.pending = 0;
-            self.last = self.committed;
-            return Err(e);
+        match apply_change_at(&self.conn, self.last, self.epoch, change) {
+            Ok(epoch) => self.epoch = epoch,
+            Err(e) => {
+                // The whole open batch goes: the replayer is back at its last commit.
+                self.conn.execute_batch("ROLLBACK")?;
+                self.pending = 0;
+                self.last = self.committed;
+                self.epoch = StateView::new(&self.conn).epoch()?;
+                return Err(e);
+            }
         }
         self.last = change.lsn;
         self.pending += 1;
