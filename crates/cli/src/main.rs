@@ -10,6 +10,11 @@ mod history;
 mod output;
 mod serve;
 
+/// mimalloc: SQLite, serde_json and tantivy allocate many small objects; glibc malloc was
+/// ~15% of a restore profile (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
