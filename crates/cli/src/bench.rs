@@ -709,7 +709,10 @@ async fn export(data: &std::path::Path, items: usize, files: usize) -> Result<Ex
         }
     }
     // The project on disk as tar sees it: its database (with its WAL) and its blobs.
-    let sources = [format!("projects/{}", project.id), format!("blobs/{}", project.id)];
+    let sources: Vec<String> = [format!("projects/{}", project.id), format!("blobs/{}", project.id)]
+        .into_iter()
+        .filter(|s| data.join(s).exists())
+        .collect();
     let project_bytes: u64 = sources.iter().map(|s| dir_bytes(&data.join(s))).sum();
 
     let out = data.join("bench.hfx");
@@ -734,7 +737,9 @@ async fn export(data: &std::path::Path, items: usize, files: usize) -> Result<Ex
 
     let tarball = data.join("bench.tar");
     let started = Instant::now();
-    run_tar(data, &["-cf", tarball.to_str().context("path")?, &sources[0], &sources[1]])?;
+    let mut args = vec!["-cf", tarball.to_str().context("path")?];
+    args.extend(sources.iter().map(String::as_str));
+    run_tar(data, &args)?;
     std::fs::File::open(&tarball).and_then(|f| f.sync_all()).context("fsync tar")?;
     let tar_create_seconds = started.elapsed().as_secs_f64();
 

@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::DumpRow;
 use holdfast_blob::referenced_by;
 use crate::data::Data;
 use crate::{Action, Caller, Result, Service};
@@ -127,21 +126,36 @@ impl Encoder {
         Ok(out)
     }
 
-    pub fn resource(&mut self, resource: &ExportedResource) -> Result<Vec<u8>> {
+    /// Appends a resource line to `out`: the bytes `Record::Resource` serializes to, written
+    /// without cloning the resource into a record.
+    pub fn resource(&mut self, resource: &ExportedResource, out: &mut Vec<u8>) -> Result<()> {
         *self.counts.entry(resource.kind.as_str().to_owned()).or_default() += 1;
         self.resources += 1;
-        self.line(&Record::Resource(resource.clone()))
+        let start = out.len();
+        out.extend_from_slice(br#"{"type":"resource","#);
+        let body_at = out.len();
+        serde_json::to_writer(&mut *out, resource).map_err(encode_err)?;
+        // The resource's own opening brace gives way to the tag's.
+        out.remove(body_at);
+        out.push(b'\n');
+        self.hasher.update(&out[start..]);
+        Ok(())
     }
 
-    pub fn blob(&mut self, bytes: &[u8]) -> Result<Vec<u8>> {
+    /// Appends a blob line to `out`; `hash` is the blob's (its bytes were checked against it
+    /// when read). The same bytes `Record::Blob` serializes to: base64 needs no JSON escapes.
+    pub fn blob(&mut self, hash: &BlobHash, bytes: &[u8], out: &mut Vec<u8>) -> Result<()> {
         self.blobs += 1;
         self.blob_bytes += bytes.len() as u64;
-        let record = Record::Blob {
-            sha256: BlobHash::of(bytes).as_str().to_owned(),
-            bytes: bytes.len() as u64,
-            data: B64.encode(bytes),
-        };
-        self.line(&record)
+        let start = out.len();
+        out.reserve(bytes.len().div_ceil(3) * 4 + 128);
+        out.extend_from_slice(format!(r#"{{"type":"blob","sha256":"{hash}","bytes":{},"data":""#, bytes.len()).as_bytes());
+        let mut data = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        B64.encode_string(bytes, &mut data);
+        out.extend_from_slice(data.as_bytes());
+        out.extend_from_slice(b"\"}\n");
+        self.hasher.update(&out[start..]);
+        Ok(())
     }
 
     /// Ends the file: the trailer and its line (not part of the checksum).
@@ -379,20 +393,23 @@ impl Service {
     /// read at one LSN before the stream starts; blobs are read one at a time as it goes.
     pub async fn export_project(&self, caller: &Caller, project: &str, selection: Selection) -> Result<(Header, ExportStream)> {
         let data = self.data(caller, project, Action::Export).await?;
-        let (lsn, dump) = data
+        // The resources (one statement, so one consistent read) and the LSN they are as of:
+        // read again if a commit landed in between.
+        let (lsn, all) = data
             .read(|view| loop {
                 let before = view.last_lsn().map_err(Error::from)?;
-                let dump = view.dump().map_err(Error::from)?;
+                let all = view.all().map_err(Error::from)?;
                 if view.last_lsn().map_err(Error::from)? == before {
-                    return Ok((before, dump));
+                    return Ok((before, all));
                 }
             })
             .await?;
         let kinds = selection.kinds();
         let mut project_record = None;
         let mut rows = Vec::new();
-        for line in dump.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let row: DumpRow = serde_json::from_slice(line).map_err(|e| Error::internal(format!("bad dump line: {e}")))?;
+        for mut row in all {
+            // Keys sorted whatever serde_json's map type is, so an export is deterministic.
+            row.body.sort_all_objects();
             if row.kind == Kind::Project {
                 project_record = Some(row);
             } else if kinds.contains(&row.kind) {
@@ -452,7 +469,7 @@ impl Service {
                 let (mut encoder, line) = Encoder::start(&head)?;
                 let mut chunk = line;
                 for r in &resources {
-                    chunk.extend(encoder.resource(r)?);
+                    encoder.resource(r, &mut chunk)?;
                     if chunk.len() >= CHUNK_BYTES && tx.send(Ok(Bytes::from(std::mem::take(&mut chunk)))).await.is_err() {
                         return Ok(()); // the client went away
                     }
@@ -463,7 +480,7 @@ impl Service {
                         .get(&source, &name)
                         .await
                         .map_err(|e| Error::internal(format!("cannot read blob {hash}: {e}")))?;
-                    chunk.extend(encoder.blob(&bytes)?);
+                    encoder.blob(&name, &bytes, &mut chunk)?;
                     if tx.send(Ok(Bytes::from(std::mem::take(&mut chunk)))).await.is_err() {
                         return Ok(());
                     }
@@ -771,9 +788,9 @@ mod tests {
             },
         ];
         for r in &resources {
-            out.extend(enc.resource(r).expect("resource"));
+            enc.resource(r, &mut out).expect("resource");
         }
-        out.extend(enc.blob(b"hello").expect("blob"));
+        enc.blob(&BlobHash::of(b"hello"), b"hello", &mut out).expect("blob");
         out.extend(enc.finish().expect("trailer").1);
         out
     }

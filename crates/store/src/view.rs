@@ -50,6 +50,18 @@ impl<'c> StateView<'c> {
             .transpose()
     }
 
+    /// Every resource of the project, ordered by kind and id (the canonical dump's order).
+    pub fn all(&self) -> Result<Vec<Resource>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, id, parent, seq, created_us, updated_us, body FROM resources ORDER BY kind, id")?;
+        let mut out = Vec::new();
+        for row in stmt.query_map([], resource_from_row)? {
+            out.push(row??);
+        }
+        Ok(out)
+    }
+
     /// Resources of `kind` under `parent` (or at the top level), in creation order, starting after
     /// the resource with id `after`.
     pub fn list(
