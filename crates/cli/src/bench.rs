@@ -564,7 +564,7 @@ struct ArchiveReport {
     lag_p50_s: f64,
     lag_p99_s: f64,
     lag_max_s: f64,
-    segments_shipped: usize,
+    segments_in_manifest: usize,
     final_archived_lsn: u64,
 }
 
@@ -643,7 +643,7 @@ async fn archive_lag(data: &std::path::Path, rate: u64, seconds: u64) -> Result<
         lag_p50_s: percentile(&mut lags, 0.50) / 1000.0,
         lag_p99_s: percentile(&mut lags, 0.99) / 1000.0,
         lag_max_s: lags.last().copied().map_or(0.0, |d| d.as_secs_f64()),
-        segments_shipped: manifest["segments"].as_array().map_or(0, Vec::len),
+        segments_in_manifest: manifest["segments"].as_array().map_or(0, Vec::len),
         final_archived_lsn: manifest["archived_lsn"].as_u64().unwrap_or(0),
     })
 }

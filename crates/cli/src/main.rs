@@ -10,11 +10,6 @@ mod history;
 mod output;
 mod serve;
 
-/// mimalloc: SQLite, serde_json and tantivy allocate many small objects; glibc malloc was
-/// ~15% of a restore profile (docs/BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +26,11 @@ use crate::client::{Client, seg};
 use crate::config::{FileConfig, Overrides, ServeConfig};
 use crate::context::{ContextEntry, ContextFile};
 use crate::output::{Format, print};
+
+/// mimalloc: SQLite, serde_json and tantivy allocate many small objects; glibc malloc was
+/// ~15% of a restore profile (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A failure with the exit code it should end the process with.
 #[derive(Debug)]
