@@ -12,6 +12,7 @@ mod export;
 mod extract;
 mod foundry;
 mod history;
+mod locks;
 mod middleware;
 pub mod telemetry;
 
@@ -44,7 +45,7 @@ pub struct HttpLimits {
     info(title = "Holdfast", description = "Self-hosted state for AI projects: control-plane API."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "projects"), (name = "keys"), (name = "operations"), (name = "connections"),
+    tags((name = "projects"), (name = "keys"), (name = "locks"), (name = "operations"), (name = "connections"),
         (name = "foundry", description = "Foundry Agent Service wire protocol"),
         (name = "openai", description = "OpenAI-compatible routes"))
 )]
@@ -65,7 +66,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(locks::routes())
 }
 
 /// The OpenAPI document of every route, built once.

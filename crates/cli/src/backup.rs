@@ -195,7 +195,7 @@ pub async fn restore_offline(args: RestoreArgs, format: Format) -> Result<(), Ex
 fn service_exit(e: holdfast_types::Error) -> Exit {
     let code = match e.kind {
         ErrorKind::NotFound => 3,
-        ErrorKind::Conflict => 4,
+        ErrorKind::Conflict | ErrorKind::Locked => 4,
         ErrorKind::InvalidInput => 2,
         _ => 1,
     };

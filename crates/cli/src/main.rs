@@ -18,8 +18,12 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand};
 use holdfast_types::api::{
-    Info, JournalPage, KeyCreate, KeyCreated, KeyPage, Project, ProjectCreate, ProjectPage, ProjectUpdate, Role,
+    Info, JournalPage, KeyCreate, KeyCreated, KeyPage, Lock, LockCreate, LockKind, LockList, Project, ProjectCreate,
+    ProjectPage, ProjectUpdate, Role,
 };
+
+/// The columns of a lock table.
+const LOCK_COLUMNS: &[&str] = &["id", "scope", "kind", "data_plane", "notes", "created_by", "created_at"];
 use serde_json::json;
 
 use crate::client::{Client, seg};
@@ -110,6 +114,9 @@ enum Command {
     /// Restore a project to a point in time into a new project (online), or from an archive
     /// into a data directory (offline, with --archive and --data).
     Restore(backup::RestoreArgs),
+    /// Resource locks: CanNotDelete or ReadOnly at a scope, inherited downward.
+    #[command(subcommand)]
+    Lock(LockCmd),
     /// Show the server's version and region.
     Info,
     /// Measure performance.
@@ -259,6 +266,30 @@ enum KeyCmd {
     List,
     /// Revoke a key (key_…) or every key of a principal (prn_…).
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum LockCmd {
+    /// Set a lock (Owners only).
+    Create {
+        /// `/`, `/projects/P`, or one resource: `/projects/P/conversations/ID`, `/projects/P/agents/NAME`, …
+        #[arg(long)]
+        scope: String,
+        #[arg(long, value_parser = ["CanNotDelete", "ReadOnly"])]
+        kind: String,
+        /// Guard the project's contents too (always on for a lock on one resource).
+        #[arg(long)]
+        data_plane: bool,
+        #[arg(long, default_value = "")]
+        notes: String,
+    },
+    /// List locks: all, or those that apply at a scope.
+    List {
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Remove a lock (Owners only).
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -472,6 +503,22 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             KeyCmd::Revoke { id } => {
                 client.delete(&format!("/v1/keys/{}", seg(&id))).await?;
                 done(format, "revoked", &id)?;
+            }
+        },
+        Command::Lock(cmd) => match cmd {
+            LockCmd::Create { scope, kind, data_plane, notes } => {
+                let kind = LockKind::parse(&kind).ok_or_else(|| Exit::new(2, anyhow!("unknown lock kind {kind:?}")))?;
+                let lock: Lock = client.post("/v1/locks", &LockCreate { scope, kind, data_plane, notes }).await?;
+                print(format, &lock, LOCK_COLUMNS)?;
+            }
+            LockCmd::List { scope } => {
+                let query = scope.map(|s| format!("?scope={}", seg(&s))).unwrap_or_default();
+                let locks: LockList = client.get(&format!("/v1/locks{query}")).await?;
+                print(format, &locks.data, LOCK_COLUMNS)?;
+            }
+            LockCmd::Delete { id } => {
+                client.delete(&format!("/v1/locks/{}", seg(&id))).await?;
+                done(format, "removed", &id)?;
             }
         },
         Command::Journal(JournalCmd::Tail { project, after, follow }) => {

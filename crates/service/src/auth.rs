@@ -42,6 +42,8 @@ pub enum Action {
     BackupWrite,
     /// Restoring a project (to a point in time) into a new project.
     Restore,
+    /// Creating and removing locks (Owners only).
+    LocksManage,
 }
 
 impl Action {
@@ -60,6 +62,7 @@ impl Action {
             Action::BackupRead => "projects/backup/read",
             Action::BackupWrite => "projects/backup/write",
             Action::Restore => "projects/restore",
+            Action::LocksManage => "locks/manage",
         }
     }
 }

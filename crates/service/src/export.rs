@@ -25,7 +25,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use holdfast_blob::referenced_by;
-use crate::data::Data;
 use crate::{Action, Caller, Result, Service};
 
 /// The `format` field of every export file's header.
@@ -563,7 +562,7 @@ impl Service {
         self.store_blobs(&spool.0, store.id()).await?;
 
         let counts: Arc<Mutex<BTreeMap<String, KindCounts>>> = Arc::default();
-        let data = Data { store: store.clone(), caller: caller.clone() };
+        let data = self.data_on(store.clone(), caller, project);
         let mut changes = 0;
         let mut index_touched = false;
         for chunk in verified.resources.chunks(RESOURCES_PER_CHANGE) {

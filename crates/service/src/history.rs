@@ -24,7 +24,6 @@ use holdfast_types::{Change, Error, Kind, Lsn, Micros, Op, ProjectId};
 use serde::{Deserialize, Serialize};
 
 use crate::DumpRow;
-use crate::data::Data;
 use crate::{Action, Caller, Result, Service};
 
 /// Changes read per page while scanning a journal.
@@ -501,7 +500,7 @@ impl Service {
             .collect();
         drop(rows);
 
-        let data = Data { store: store.clone(), caller: caller.clone() };
+        let data = self.data_on(store.clone(), caller, project);
         let project_name = project.to_owned();
         let committed = data
             .commit(Box::new(move |view| {

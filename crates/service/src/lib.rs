@@ -9,6 +9,7 @@ pub mod backup;
 pub mod data;
 pub mod export;
 pub mod history;
+mod locks;
 mod projects;
 pub mod restore;
 mod validate;
@@ -77,6 +78,10 @@ pub struct Service {
     /// Held from a key change to the install of the reloaded keys, so an older read never
     /// replaces a newer one (a revoked key must stop working).
     keys_update: tokio::sync::Mutex<()>,
+    /// Resource locks, loaded from the control store whenever they change.
+    locks: RwLock<Arc<Vec<locks::ActiveLock>>>,
+    /// Serialises lock changes, as `keys_update` does for keys.
+    locks_update: tokio::sync::Mutex<()>,
     /// Limits from the configuration.
     pub(crate) max_file_bytes: usize,
     pub(crate) upstream_timeout: std::time::Duration,
@@ -135,10 +140,13 @@ impl Service {
             projects: tokio::sync::Mutex::new(HashMap::new()),
             keys: RwLock::new(HashMap::new()),
             keys_update: tokio::sync::Mutex::new(()),
+            locks: RwLock::new(Arc::default()),
+            locks_update: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::Sender::new(false),
             _lock: lock,
         };
         service.recover()?;
+        service.reload_locks_blocking()?;
         let generated_admin_key = service.bootstrap_admin(config.admin_key.as_deref())?;
         service.reload_keys_blocking()?;
         Ok(Opened { service, generated_admin_key })

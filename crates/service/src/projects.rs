@@ -227,6 +227,7 @@ impl Service {
 
     pub async fn update_project(&self, caller: &Caller, name: &str, req: ProjectUpdate) -> Result<Project> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
+        self.check_project_locks(name, false)?;
         if let Some(v) = &req.display_name {
             validate::display_name(v)?;
         }
@@ -285,6 +286,7 @@ impl Service {
     /// and moves its directory to the trash.
     pub async fn delete_project(&self, caller: &Caller, name: &str) -> Result<()> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
+        self.check_project_locks(name, true)?;
         let entry = self.entry(name).await?;
         let store = self.store(&entry).await?;
         let (id, missing) = (entry.id.as_str().to_owned(), not_found(name));

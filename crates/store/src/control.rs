@@ -12,7 +12,20 @@ use holdfast_types::now_micros;
 use crate::sqlite;
 
 /// Schema version of the control database (`PRAGMA user_version`).
-pub const CONTROL_SCHEMA_VERSION: i64 = 1;
+pub const CONTROL_SCHEMA_VERSION: i64 = 2;
+
+/// Version 2 adds resource locks.
+const LOCKS_SCHEMA: &str = "
+CREATE TABLE locks (
+    id         TEXT PRIMARY KEY,
+    scope      TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('CanNotDelete', 'ReadOnly')),
+    data_plane INTEGER NOT NULL,
+    notes      TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_us INTEGER NOT NULL
+) WITHOUT ROWID;
+";
 
 const CONTROL_SCHEMA: &str = "
 CREATE TABLE projects (
@@ -81,8 +94,10 @@ impl ControlStore {
         let conn = sqlite::open(path, true)?;
         match sqlite::user_version(&conn)? {
             0 => {
-                conn.execute_batch(CONTROL_SCHEMA)?;
-                conn.pragma_update(None, "user_version", CONTROL_SCHEMA_VERSION)?;
+                conn.execute_batch(&format!("BEGIN; {CONTROL_SCHEMA} {LOCKS_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+            }
+            1 => {
+                conn.execute_batch(&format!("BEGIN; {LOCKS_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             CONTROL_SCHEMA_VERSION => {}
             v => {
@@ -275,4 +290,51 @@ pub fn key_exists(conn: &Connection, key_or_principal: &str) -> Result<bool> {
         .query_row([key_or_principal], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+// Locks -----------------------------------------------------------------------------------------
+
+/// A lock as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockRecord {
+    pub id: String,
+    pub scope: String,
+    pub kind: String,
+    pub data_plane: bool,
+    pub notes: String,
+    pub created_by: String,
+    pub created_us: Micros,
+}
+
+pub fn insert_lock(conn: &Connection, lock: &LockRecord) -> Result<()> {
+    conn.execute(
+        "INSERT INTO locks (id, scope, kind, data_plane, notes, created_by, created_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![lock.id, lock.scope, lock.kind, lock.data_plane, lock.notes, lock.created_by, lock.created_us],
+    )?;
+    Ok(())
+}
+
+/// Every lock, oldest first.
+pub fn list_locks(conn: &Connection) -> Result<Vec<LockRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, scope, kind, data_plane, notes, created_by, created_us FROM locks ORDER BY created_us, id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(LockRecord {
+            id: r.get(0)?,
+            scope: r.get(1)?,
+            kind: r.get(2)?,
+            data_plane: r.get(3)?,
+            notes: r.get(4)?,
+            created_by: r.get(5)?,
+            created_us: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Removes a lock; `false` when there is none with that id.
+pub fn delete_lock(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn.execute("DELETE FROM locks WHERE id = ?1", [id])? == 1)
 }

@@ -251,3 +251,61 @@ pub struct Operation {
     pub result: Option<RestoreSummary>,
     pub error: Option<ErrorDetail>,
 }
+
+/// What a lock forbids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum LockKind {
+    /// Nothing at or under the scope may be deleted.
+    CanNotDelete,
+    /// Nothing at or under the scope may be changed or deleted.
+    ReadOnly,
+}
+
+impl LockKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockKind::CanNotDelete => "CanNotDelete",
+            LockKind::ReadOnly => "ReadOnly",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LockKind> {
+        match s {
+            "CanNotDelete" => Some(LockKind::CanNotDelete),
+            "ReadOnly" => Some(LockKind::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockCreate {
+    /// `/`, `/projects/{project}`, or one resource: `/projects/{project}/{agents|conversations|
+    /// files|vector_stores|connections|deployments|responses}/{id or name}`.
+    pub scope: String,
+    pub kind: LockKind,
+    /// Guard the project's contents too (conversations, agents, files…), not only the project.
+    /// Always on for a lock on one resource.
+    #[serde(default)]
+    pub data_plane: bool,
+    #[serde(default)]
+    pub notes: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Lock {
+    pub id: String,
+    pub scope: String,
+    pub kind: LockKind,
+    pub data_plane: bool,
+    pub notes: String,
+    /// The principal that set it.
+    pub created_by: String,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct LockList {
+    pub data: Vec<Lock>,
+}

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     /// The target exists already or is in a state that forbids the operation.
     Conflict,
     PayloadTooLarge,
+    /// A lock at the target's scope (or above it) forbids the operation; remove the lock first.
+    Locked,
     /// The server cannot take the request now (shutting down, storage failing); retry later.
     Unavailable,
     /// A bug or corruption; details are in the server log under the request id.
@@ -33,6 +35,8 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::Conflict => "conflict",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            // The name the platforms use for the same refusal.
+            ErrorKind::Locked => "ScopeLocked",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
         }
@@ -71,6 +75,10 @@ impl Error {
 
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Conflict, message)
+    }
+
+    pub fn locked(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Locked, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {

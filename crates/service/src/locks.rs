@@ -1,0 +1,291 @@
+//! Resource locks: `CanNotDelete` and `ReadOnly` at `/`, at a project, or at one resource of a
+//! project, inherited downward. A lock on the control plane guards the project itself (its
+//! update and delete); with `data_plane` (always, for a lock on one resource) it also guards the
+//! project's contents: every data-plane change goes through `Data::commit`, which checks the
+//! ops the plan made against the locks before they are journaled, so no route can forget it.
+//!
+//! Locks apply to every principal, Owners included: an Owner removes the lock first. Refusals
+//! are [`ErrorKind::Locked`](holdfast_types::ErrorKind::Locked) (409 `ScopeLocked`), naming the
+//! lock and the scope where it sits.
+
+use std::sync::Arc;
+
+use holdfast_store::control::{self, LockRecord};
+use holdfast_store::{Plan, StateView};
+use holdfast_types::api::{Lock, LockCreate, LockKind, LockList};
+use holdfast_types::{Error, Kind, Op, now_micros, rfc3339};
+
+use crate::auth::{Action, Caller};
+use crate::{Result, Service, validate};
+
+/// What a lock applies to, parsed from its scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    /// `/`: every project.
+    Root,
+    /// `/projects/{name}`.
+    Project(String),
+    /// `/projects/{name}/{collection}/{id}`: one top-level resource, by its stored id.
+    Resource { project: String, kind: Kind, id: String },
+}
+
+/// A lock with its scope parsed.
+#[derive(Clone, Debug)]
+pub(crate) struct ActiveLock {
+    lock: Lock,
+    target: Target,
+}
+
+/// The collections a resource lock can name, the kind each holds, and how the wire id becomes
+/// the stored one.
+const COLLECTIONS: [(&str, Kind, &str); 7] = [
+    ("agents", Kind::Agent, "agent:"),
+    ("conversations", Kind::Conversation, ""),
+    ("files", Kind::File, ""),
+    ("vector_stores", Kind::VectorStore, ""),
+    ("connections", Kind::Connection, "conn:"),
+    ("deployments", Kind::Deployment, "dep:"),
+    ("responses", Kind::Response, ""),
+];
+
+fn parse_scope(scope: &str) -> Result<Target> {
+    let bad = || {
+        Error::invalid(format!(
+            "scope {scope:?} is not a lock scope: use /, /projects/NAME or /projects/NAME/COLLECTION/ID with \
+             COLLECTION one of {}",
+            COLLECTIONS.map(|c| c.0).join(", ")
+        ))
+    };
+    if scope == "/" {
+        return Ok(Target::Root);
+    }
+    let parts: Vec<&str> = scope.strip_prefix("/projects/").ok_or_else(bad)?.split('/').collect();
+    match parts.as_slice() {
+        [project] => {
+            validate::project_name(project)?;
+            Ok(Target::Project((*project).to_owned()))
+        }
+        [project, collection, id] if !id.is_empty() => {
+            validate::project_name(project)?;
+            let (_, kind, prefix) = COLLECTIONS.iter().find(|c| c.0 == *collection).ok_or_else(bad)?;
+            Ok(Target::Resource { project: (*project).to_owned(), kind: *kind, id: format!("{prefix}{id}") })
+        }
+        _ => Err(bad()),
+    }
+}
+
+impl ActiveLock {
+    fn from_record(r: LockRecord) -> Result<Self> {
+        let kind = LockKind::parse(&r.kind).ok_or_else(|| Error::internal(format!("lock {} has kind {:?}", r.id, r.kind)))?;
+        let target = parse_scope(&r.scope)?;
+        let lock = Lock {
+            id: r.id,
+            scope: r.scope,
+            kind,
+            data_plane: r.data_plane,
+            notes: r.notes,
+            created_by: r.created_by,
+            created_at: rfc3339(r.created_us),
+        };
+        Ok(Self { lock, target })
+    }
+
+    /// Whether the lock sits at `project` or above it.
+    fn covers_project(&self, project: &str) -> bool {
+        match &self.target {
+            Target::Root => true,
+            Target::Project(p) => p == project,
+            Target::Resource { .. } => false,
+        }
+    }
+
+    fn forbids(&self, deleting: bool) -> bool {
+        deleting || self.lock.kind == LockKind::ReadOnly
+    }
+
+    fn refusal(&self, what: &str, scope: &str) -> Error {
+        let verb = if self.lock.kind == LockKind::ReadOnly { "changes and deletes" } else { "deletes" };
+        Error::locked(format!(
+            "cannot {what} {scope}: lock {} ({}) at scope {} forbids {verb}{}; an Owner can remove it with \
+             `holdfast lock delete {}`",
+            self.lock.id,
+            self.lock.kind.as_str(),
+            self.lock.scope,
+            if self.lock.notes.is_empty() { String::new() } else { format!(" ({})", self.lock.notes) },
+            self.lock.id,
+        ))
+    }
+}
+
+/// The locks that guard one project's contents, taken when a data-plane change is planned.
+pub(crate) struct DataLocks {
+    project: String,
+    locks: Vec<ActiveLock>,
+}
+
+impl DataLocks {
+    /// Refuses the first op a lock forbids. Locks on one resource also guard its children
+    /// (items of a conversation, versions of an agent, files of a vector store).
+    fn check(&self, view: &StateView<'_>, ops: &[Op]) -> Result<()> {
+        for op in ops {
+            let (kind, id, deleting) = match op {
+                Op::Put { kind, id, .. } | Op::Patch { kind, id, .. } | Op::Stamp { kind, id, .. } => (*kind, id, false),
+                Op::Delete { kind, id } => (*kind, id, true),
+            };
+            let parent = match op {
+                Op::Put { parent, .. } => parent.clone(),
+                _ => view.get(kind, id).map_err(Error::from)?.and_then(|r| r.parent),
+            };
+            for lock in &self.locks {
+                let applies = match &lock.target {
+                    Target::Root | Target::Project(_) => true,
+                    Target::Resource { id: locked, .. } => locked == id || parent.as_deref() == Some(locked.as_str()),
+                };
+                if applies && lock.forbids(deleting) {
+                    let what = if deleting { "delete" } else { "change" };
+                    return Err(lock.refusal(what, &format!("{} {id} in project {}", kind.as_str(), self.project)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Service {
+    /// Loads the locks from the control database into memory (at start and after a change).
+    pub(crate) async fn reload_locks(&self) -> Result<()> {
+        let records = self.control.call(control::list_locks).await.map_err(Error::from)?;
+        let locks = records.into_iter().map(ActiveLock::from_record).collect::<Result<Vec<_>>>()?;
+        *self.locks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(locks);
+        Ok(())
+    }
+
+    pub(crate) fn reload_locks_blocking(&self) -> Result<()> {
+        let records = self.control.call_blocking(control::list_locks).map_err(Error::from)?;
+        let locks = records.into_iter().map(ActiveLock::from_record).collect::<Result<Vec<_>>>()?;
+        *self.locks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(locks);
+        Ok(())
+    }
+
+    fn current_locks(&self) -> Arc<Vec<ActiveLock>> {
+        self.locks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Refuses a change (`deleting`: a delete) of the project itself that a lock at or above it
+    /// forbids, whatever its `data_plane` setting.
+    pub(crate) fn check_project_locks(&self, project: &str, deleting: bool) -> Result<()> {
+        let what = if deleting { "delete" } else { "change" };
+        match self.current_locks().iter().find(|l| l.covers_project(project) && l.forbids(deleting)) {
+            Some(lock) => Err(lock.refusal(what, &format!("project {project}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The locks guarding `project`'s contents, for a [`Data`] to check its plans against;
+    /// `None` when there are none.
+    pub(crate) fn data_locks(&self, project: &str) -> Option<Arc<DataLocks>> {
+        let locks: Vec<ActiveLock> = self
+            .current_locks()
+            .iter()
+            .filter(|l| match &l.target {
+                Target::Root | Target::Project(_) => l.lock.data_plane && l.covers_project(project),
+                Target::Resource { project: p, .. } => p == project,
+            })
+            .cloned()
+            .collect();
+        (!locks.is_empty()).then(|| Arc::new(DataLocks { project: project.to_owned(), locks }))
+    }
+
+    /// `holdfast lock create`: Owners only.
+    pub async fn create_lock(&self, caller: &Caller, req: LockCreate) -> Result<Lock> {
+        let target = parse_scope(&req.scope)?;
+        caller.require(Action::LocksManage, &req.scope)?;
+        if req.notes.chars().count() > 512 {
+            return Err(Error::invalid("notes must be at most 512 characters"));
+        }
+        let record = LockRecord {
+            id: format!("lock_{}", ulid::Ulid::generate().to_string().to_lowercase()),
+            scope: req.scope.clone(),
+            kind: req.kind.as_str().to_owned(),
+            data_plane: req.data_plane || matches!(target, Target::Resource { .. }),
+            notes: req.notes,
+            created_by: caller.principal.id.as_str().to_owned(),
+            created_us: now_micros(),
+        };
+        let stored = record.clone();
+        let _serial = self.locks_update.lock().await;
+        self.control.call(move |c| control::insert_lock(c, &stored)).await.map_err(Error::from)?;
+        self.reload_locks().await?;
+        Ok(ActiveLock::from_record(record)?.lock)
+    }
+
+    /// `holdfast lock list`: every lock, or those at `scope` and above it.
+    pub fn list_locks(&self, caller: &Caller, scope: Option<&str>) -> Result<LockList> {
+        caller.require(Action::ProjectsRead, scope.unwrap_or("/"))?;
+        let locks = self.current_locks();
+        let data = match scope {
+            None => locks.iter().map(|l| l.lock.clone()).collect(),
+            Some(scope) => {
+                parse_scope(scope)?;
+                locks.iter().filter(|l| inherits(scope, &l.lock.scope)).map(|l| l.lock.clone()).collect()
+            }
+        };
+        Ok(LockList { data })
+    }
+
+    /// `holdfast lock delete`: Owners only.
+    pub async fn delete_lock(&self, caller: &Caller, id: &str) -> Result<()> {
+        let scope = self
+            .current_locks()
+            .iter()
+            .find(|l| l.lock.id == id)
+            .map(|l| l.lock.scope.clone())
+            .ok_or_else(|| Error::not_found(format!("lock {id:?} not found")))?;
+        caller.require(Action::LocksManage, &scope)?;
+        let _serial = self.locks_update.lock().await;
+        let owned = id.to_owned();
+        if !self.control.call(move |c| control::delete_lock(c, &owned)).await.map_err(Error::from)? {
+            return Err(Error::not_found(format!("lock {id:?} not found")));
+        }
+        self.reload_locks().await
+    }
+}
+
+/// Whether a lock at `lock_scope` applies at `scope` (it sits there or above it).
+fn inherits(scope: &str, lock_scope: &str) -> bool {
+    lock_scope == "/" || scope == lock_scope || scope.starts_with(&format!("{lock_scope}/"))
+}
+
+impl DataLocks {
+    /// `plan`, with the ops it makes checked against these locks before they are journaled.
+    pub(crate) fn guard(self: &Arc<Self>, plan: Plan) -> Plan {
+        let guard = self.clone();
+        Box::new(move |view| {
+            let ops = plan(view)?;
+            guard.check(view, &ops)?;
+            Ok(ops)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_parse_and_bad_ones_say_what_is_allowed() {
+        assert_eq!(parse_scope("/").expect("root"), Target::Root);
+        assert_eq!(parse_scope("/projects/demo").expect("project"), Target::Project("demo".into()));
+        assert_eq!(
+            parse_scope("/projects/demo/agents/bot").expect("agent"),
+            Target::Resource { project: "demo".into(), kind: Kind::Agent, id: "agent:bot".into() }
+        );
+        for bad in ["", "/projects", "/projects/demo/items/msg_1", "/projects/demo/conversations/", "/x"] {
+            let e = parse_scope(bad).expect_err(bad);
+            assert!(e.message.contains("conversations"), "{bad}: {}", e.message);
+        }
+        assert!(inherits("/projects/demo/conversations/c", "/projects/demo"));
+        assert!(!inherits("/projects/demo2", "/projects/demo"));
+        assert!(inherits("/projects/x", "/"));
+    }
+}
