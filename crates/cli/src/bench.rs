@@ -114,69 +114,54 @@ pub async fn run(cmd: BenchCmd, format: Format) -> Result<(), Exit> {
             if writers == 0 || changes < writers {
                 return Err(Exit::new(2, anyhow!("need at least one writer and one change per writer")));
             }
-            let base = dir.unwrap_or_else(std::env::temp_dir);
-            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
-            let report = journal(&data, writers, changes).await;
-            let _ = std::fs::remove_dir_all(&data);
-            print(format, &report?, &[])?;
-            Ok(())
+            in_scratch(dir, format, |data| async move { self::journal(&data, writers, changes).await }).await
         }
         BenchCmd::Responses { count, dir } => {
             if count == 0 {
                 return Err(Exit::new(2, anyhow!("count must be at least 1")));
             }
-            let base = dir.unwrap_or_else(std::env::temp_dir);
-            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
-            let report = self::responses(&data, count).await;
-            let _ = std::fs::remove_dir_all(&data);
-            print(format, &report?, &[])?;
-            Ok(())
+            in_scratch(dir, format, |data| async move { self::responses(&data, count).await }).await
         }
         BenchCmd::Restore { changes, segment, dir } => {
             if changes == 0 || segment == 0 {
                 return Err(Exit::new(2, anyhow!("changes and segment must be at least 1")));
             }
-            let base = dir.unwrap_or_else(std::env::temp_dir);
-            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
-            let report = self::restore(&data, changes, segment).await;
-            let _ = std::fs::remove_dir_all(&data);
-            print(format, &report?, &[])?;
-            Ok(())
+            in_scratch(dir, format, |data| async move { self::restore(&data, changes, segment).await }).await
         }
         BenchCmd::Archive { rate, seconds, dir } => {
             if rate == 0 || seconds == 0 {
                 return Err(Exit::new(2, anyhow!("rate and seconds must be at least 1")));
             }
-            let base = dir.unwrap_or_else(std::env::temp_dir);
-            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
-            let report = self::archive_lag(&data, rate, seconds).await;
-            let _ = std::fs::remove_dir_all(&data);
-            print(format, &report?, &[])?;
-            Ok(())
+            in_scratch(dir, format, |data| async move { self::archive_lag(&data, rate, seconds).await }).await
         }
         BenchCmd::Export { items, files, dir } => {
             if items == 0 {
                 return Err(Exit::new(2, anyhow!("items must be at least 1")));
             }
-            let base = dir.unwrap_or_else(std::env::temp_dir);
-            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
-            let report = self::export(&data, items, files).await;
-            let _ = std::fs::remove_dir_all(&data);
-            print(format, &report?, &[])?;
-            Ok(())
+            in_scratch(dir, format, |data| async move { self::export(&data, items, files).await }).await
         }
         BenchCmd::Items { clients, items, list_size, dir } => {
             if clients == 0 || items < clients || list_size == 0 {
                 return Err(Exit::new(2, anyhow!("need at least one client, one item per client and a list size")));
             }
-            let base = dir.unwrap_or_else(std::env::temp_dir);
-            let data = base.join(format!("holdfast-bench-{}", std::process::id()));
-            let report = self::items(&data, clients, items, list_size).await;
-            let _ = std::fs::remove_dir_all(&data);
-            print(format, &report?, &[])?;
-            Ok(())
+            in_scratch(dir, format, |data| async move { self::items(&data, clients, items, list_size).await }).await
         }
     }
+}
+
+/// Runs a benchmark in a scratch data directory under `dir` (the system temp dir by default),
+/// removes the directory, and prints the report.
+async fn in_scratch<R, F, Fut>(dir: Option<std::path::PathBuf>, format: Format, bench: F) -> Result<(), Exit>
+where
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<R, Exit>>,
+    R: Serialize,
+{
+    let data = dir.unwrap_or_else(std::env::temp_dir).join(format!("holdfast-bench-{}", std::process::id()));
+    let report = bench(data.clone()).await;
+    let _ = std::fs::remove_dir_all(&data);
+    print(format, &report?, &[])?;
+    Ok(())
 }
 
 const BENCH_KEY: &str = "bench-admin-key-0000000000";

@@ -152,16 +152,18 @@ impl DataLocks {
 }
 
 impl Service {
-    /// Loads the locks from the control database into memory (at start and after a change).
+    /// Loads the locks from the control database into memory (after a change).
     pub(crate) async fn reload_locks(&self) -> Result<()> {
         let records = self.control.call(control::list_locks).await.map_err(Error::from)?;
-        let locks = records.into_iter().map(ActiveLock::from_record).collect::<Result<Vec<_>>>()?;
-        *self.locks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(locks);
-        Ok(())
+        self.install_locks(records)
     }
 
+    /// The same, at start-up.
     pub(crate) fn reload_locks_blocking(&self) -> Result<()> {
-        let records = self.control.call_blocking(control::list_locks).map_err(Error::from)?;
+        self.install_locks(self.control.call_blocking(control::list_locks).map_err(Error::from)?)
+    }
+
+    fn install_locks(&self, records: Vec<LockRecord>) -> Result<()> {
         let locks = records.into_iter().map(ActiveLock::from_record).collect::<Result<Vec<_>>>()?;
         *self.locks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(locks);
         Ok(())
