@@ -5,6 +5,7 @@
 //! [`Service`](holdfast_service::Service), and map its coarse errors to statuses in one place
 //! ([`error::status_of`]).
 
+pub mod authz;
 mod backup;
 mod control;
 pub mod error;
@@ -82,6 +83,7 @@ pub fn app(state: AppState, limits: HttpLimits) -> Router {
         .fallback(error::unknown_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authz::authorize))
         .layer(axum::middleware::from_fn(middleware::observe))
         .layer(CatchPanicLayer::custom(error::panic_response))
         .with_state(state)

@@ -76,20 +76,25 @@ pub struct Principal {
 
 impl Principal {
     fn allows(&self, action: Action) -> bool {
-        match self.role {
-            Role::Admin => true,
-            Role::Contributor => matches!(
-                action,
-                Action::ProjectsRead
-                    | Action::ProjectsWrite
-                    | Action::DataRead
-                    | Action::DataWrite
-                    | Action::SecretsRead
-                    | Action::Export
-                    | Action::BackupRead
-            ),
-            Role::Reader => matches!(action, Action::ProjectsRead | Action::DataRead),
-        }
+        role_allows(self.role, action)
+    }
+}
+
+/// Whether `role` may perform `action` (at `/`, where every role is assigned today).
+pub fn role_allows(role: Role, action: Action) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::Contributor => matches!(
+            action,
+            Action::ProjectsRead
+                | Action::ProjectsWrite
+                | Action::DataRead
+                | Action::DataWrite
+                | Action::SecretsRead
+                | Action::Export
+                | Action::BackupRead
+        ),
+        Role::Reader => matches!(action, Action::ProjectsRead | Action::DataRead),
     }
 }
 

@@ -20,7 +20,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-pub use auth::{Action, Caller, Principal};
+pub use auth::{Action, Caller, Principal, role_allows};
 use holdfast_blob::BlobStore;
 use holdfast_store::ProjectStore;
 use holdfast_store::control::{self, ControlStore};

@@ -1,0 +1,279 @@
+//! Authorization in one place: [`ROUTES`] says, for every route of every facade, what a caller
+//! needs to reach it, and [`authorize`] (one middleware over the whole router) checks it before
+//! any handler runs. A route missing from the table is refused (deny by default), and a unit test
+//! fails when the route table and [`ROUTES`] differ, so a new route cannot be forgotten.
+//!
+//! The gate checks the action at the scope the path names (`/projects/{project}` when the route
+//! has a project, else `/`). Operations still call `Caller::require` themselves, for what only
+//! they know: the scope of a lock in a request body, the target of a restore, secrets.
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use holdfast_service::Action;
+use holdfast_types::Error;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::foundry::OaError;
+
+/// What a route needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: health, readiness, metrics, the OpenAPI document.
+    Public,
+    /// Any valid key (the server's own description).
+    Authenticated,
+    /// This action at the route's scope.
+    Action(Action),
+    /// This action, at a scope only the operation knows (it is in the request body or in the
+    /// object named): the gate authenticates, the operation checks the action.
+    ActionInBody(Action),
+}
+
+use Action::*;
+use Need::{ActionInBody, Authenticated, Public};
+
+const fn act(a: Action) -> Need {
+    Need::Action(a)
+}
+
+/// Every route: method, path template, what it needs. Kept in the order of the facades.
+pub const ROUTES: &[(&str, &str, Need)] = &[
+    // Service endpoints.
+    ("GET", "/healthz", Public),
+    ("GET", "/readyz", Public),
+    ("GET", "/metrics", Public),
+    ("GET", "/openapi.json", Public),
+    // Holdfast's own API.
+    ("GET", "/v1/info", Authenticated),
+    ("GET", "/v1/projects", act(ProjectsRead)),
+    ("POST", "/v1/projects", act(ProjectsWrite)),
+    ("GET", "/v1/projects/{project}", act(ProjectsRead)),
+    ("PATCH", "/v1/projects/{project}", act(ProjectsWrite)),
+    ("DELETE", "/v1/projects/{project}", act(ProjectsWrite)),
+    ("GET", "/v1/projects/{project}/journal", act(JournalRead)),
+    ("GET", "/v1/keys", act(KeysManage)),
+    ("POST", "/v1/keys", act(KeysManage)),
+    ("DELETE", "/v1/keys/{id}", act(KeysManage)),
+    ("GET", "/v1/locks", act(ProjectsRead)),
+    ("POST", "/v1/locks", ActionInBody(LocksManage)),
+    ("DELETE", "/v1/locks/{id}", ActionInBody(LocksManage)),
+    ("GET", "/v1/operations/{id}", act(ProjectsRead)),
+    ("GET", "/v1/projects/{project}/connections", act(DataRead)),
+    ("POST", "/v1/projects/{project}/connections", act(DataWrite)),
+    ("DELETE", "/v1/projects/{project}/connections/{name}", act(DataWrite)),
+    ("GET", "/v1/projects/{project}/deployments", act(DataRead)),
+    ("POST", "/v1/projects/{project}/deployments", act(DataWrite)),
+    ("DELETE", "/v1/projects/{project}/deployments/{name}", act(DataWrite)),
+    ("GET", "/v1/projects/{project}/export", act(Export)),
+    ("POST", "/v1/projects/{project}/import", act(Import)),
+    ("GET", "/v1/projects/{project}/resources/{id}/history", act(JournalRead)),
+    ("POST", "/v1/projects/{project}/resources/{id}/undelete", act(Undelete)),
+    ("GET", "/v1/backup", act(BackupRead)),
+    ("GET", "/v1/projects/{project}/backup", act(BackupRead)),
+    ("POST", "/v1/projects/{project}/backup/snapshot", act(BackupWrite)),
+    ("POST", "/v1/projects/{project}/backup/verify", act(BackupWrite)),
+    // The target of a restore is in the body: the operation checks it too.
+    ("POST", "/v1/projects/{project}/restore", act(Restore)),
+    // Foundry Agent Service.
+    ("GET", const_concat::AGENTS, act(DataRead)),
+    ("GET", const_concat::AGENT, act(DataRead)),
+    ("DELETE", const_concat::AGENT, act(DataWrite)),
+    ("GET", const_concat::AGENT_VERSIONS, act(DataRead)),
+    ("POST", const_concat::AGENT_VERSIONS, act(DataWrite)),
+    ("GET", const_concat::AGENT_VERSION, act(DataRead)),
+    ("DELETE", const_concat::AGENT_VERSION, act(DataWrite)),
+    ("GET", const_concat::CONNECTIONS, act(DataRead)),
+    ("GET", const_concat::CONNECTION, act(DataRead)),
+    ("POST", const_concat::CONNECTION_CREDENTIALS, act(SecretsRead)),
+    ("GET", const_concat::DEPLOYMENTS, act(DataRead)),
+    ("GET", const_concat::DEPLOYMENT, act(DataRead)),
+    // OpenAI-compatible.
+    ("POST", const_concat::CONVERSATIONS, act(DataWrite)),
+    ("GET", const_concat::CONVERSATION, act(DataRead)),
+    ("POST", const_concat::CONVERSATION, act(DataWrite)),
+    ("DELETE", const_concat::CONVERSATION, act(DataWrite)),
+    ("GET", const_concat::ITEMS, act(DataRead)),
+    ("POST", const_concat::ITEMS, act(DataWrite)),
+    ("GET", const_concat::ITEM, act(DataRead)),
+    ("DELETE", const_concat::ITEM, act(DataWrite)),
+    ("POST", const_concat::RESPONSES, act(DataWrite)),
+    ("GET", const_concat::RESPONSE, act(DataRead)),
+    ("DELETE", const_concat::RESPONSE, act(DataWrite)),
+    ("POST", const_concat::RESPONSE_CANCEL, act(DataWrite)),
+    ("GET", const_concat::RESPONSE_INPUT, act(DataRead)),
+    ("GET", const_concat::FILES, act(DataRead)),
+    ("POST", const_concat::FILES, act(DataWrite)),
+    ("GET", const_concat::FILE, act(DataRead)),
+    ("DELETE", const_concat::FILE, act(DataWrite)),
+    ("GET", const_concat::FILE_CONTENT, act(DataRead)),
+    ("GET", const_concat::STORES, act(DataRead)),
+    ("POST", const_concat::STORES, act(DataWrite)),
+    ("GET", const_concat::STORE, act(DataRead)),
+    ("POST", const_concat::STORE, act(DataWrite)),
+    ("DELETE", const_concat::STORE, act(DataWrite)),
+    ("GET", const_concat::STORE_FILES, act(DataRead)),
+    ("POST", const_concat::STORE_FILES, act(DataWrite)),
+    ("GET", const_concat::STORE_FILE, act(DataRead)),
+    ("POST", const_concat::STORE_FILE, act(DataWrite)),
+    ("DELETE", const_concat::STORE_FILE, act(DataWrite)),
+    ("GET", const_concat::STORE_FILE_CONTENT, act(DataRead)),
+    ("POST", const_concat::STORE_BATCHES, act(DataWrite)),
+    ("GET", const_concat::STORE_BATCH, act(DataRead)),
+    ("GET", const_concat::STORE_BATCH_FILES, act(DataRead)),
+    ("POST", const_concat::STORE_BATCH_CANCEL, act(DataWrite)),
+    // A search writes nothing.
+    ("POST", const_concat::STORE_SEARCH, act(DataRead)),
+];
+
+/// The Foundry and OpenAI templates, spelled out once (`concat!` needs literals).
+mod const_concat {
+    macro_rules! project_path {
+        ($($name:ident = $rest:literal;)*) => { $(pub const $name: &str = concat!("/api/projects/{project}", $rest);)* };
+    }
+    project_path! {
+        AGENTS = "/agents";
+        AGENT = "/agents/{agent_name}";
+        AGENT_VERSIONS = "/agents/{agent_name}/versions";
+        AGENT_VERSION = "/agents/{agent_name}/versions/{agent_version}";
+        CONNECTIONS = "/connections";
+        CONNECTION = "/connections/{name}";
+        CONNECTION_CREDENTIALS = "/connections/{name}/getConnectionWithCredentials";
+        DEPLOYMENTS = "/deployments";
+        DEPLOYMENT = "/deployments/{name}";
+        CONVERSATIONS = "/openai/v1/conversations";
+        CONVERSATION = "/openai/v1/conversations/{conversation_id}";
+        ITEMS = "/openai/v1/conversations/{conversation_id}/items";
+        ITEM = "/openai/v1/conversations/{conversation_id}/items/{item_id}";
+        RESPONSES = "/openai/v1/responses";
+        RESPONSE = "/openai/v1/responses/{response_id}";
+        RESPONSE_CANCEL = "/openai/v1/responses/{response_id}/cancel";
+        RESPONSE_INPUT = "/openai/v1/responses/{response_id}/input_items";
+        FILES = "/openai/v1/files";
+        FILE = "/openai/v1/files/{file_id}";
+        FILE_CONTENT = "/openai/v1/files/{file_id}/content";
+        STORES = "/openai/v1/vector_stores";
+        STORE = "/openai/v1/vector_stores/{vector_store_id}";
+        STORE_FILES = "/openai/v1/vector_stores/{vector_store_id}/files";
+        STORE_FILE = "/openai/v1/vector_stores/{vector_store_id}/files/{file_id}";
+        STORE_FILE_CONTENT = "/openai/v1/vector_stores/{vector_store_id}/files/{file_id}/content";
+        STORE_BATCHES = "/openai/v1/vector_stores/{vector_store_id}/file_batches";
+        STORE_BATCH = "/openai/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}";
+        STORE_BATCH_FILES = "/openai/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files";
+        STORE_BATCH_CANCEL = "/openai/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel";
+        STORE_SEARCH = "/openai/v1/vector_stores/{vector_store_id}/search";
+    }
+}
+
+/// What the route `method template` needs; `None` for a route the table does not know.
+pub fn need_of(method: &str, template: &str) -> Option<Need> {
+    ROUTES.iter().find(|(m, t, _)| *m == method && *t == template).map(|(_, _, need)| *need)
+}
+
+/// The scope a request's path names: `/projects/{project}` when its route has a project.
+fn scope_of(template: &str, path: &str) -> String {
+    let index = template.split('/').position(|s| s == "{project}");
+    let project = index.and_then(|i| path.split('/').nth(i));
+    match project {
+        // As sent: a segment that is not a plain project name matches no scoped assignment.
+        Some(p) => format!("/projects/{p}"),
+        None => "/".to_owned(),
+    }
+}
+
+/// The one authorization gate, over every route.
+pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(template) = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) else {
+        return next.run(request).await; // no route: the fallback answers 404
+    };
+    let method = request.method().clone();
+    // The Foundry and OpenAI facades answer in the OpenAI error shape.
+    let openai_shape = template.starts_with("/api/");
+    let refuse = |e: Error| if openai_shape { OaError(e).into_response() } else { ApiError(e).into_response() };
+    let declared = if method == Method::HEAD { "GET" } else { method.as_str() };
+    let need = match need_of(declared, &template) {
+        Some(need) => need,
+        // A real route the table does not know: refused. Another method on a known path: the
+        // router answers 405.
+        None if route_table().contains(&(declared.to_owned(), template.clone())) => {
+            return refuse(undeclared(&method, &template));
+        }
+        None => return next.run(request).await,
+    };
+    let (parts, body) = request.into_parts();
+    match need {
+        Public => {}
+        Authenticated | ActionInBody(_) => {
+            if let Err(e) = crate::extract::caller(&parts, &state) {
+                return refuse(e);
+            }
+        }
+        Need::Action(action) => {
+            let checked = crate::extract::caller(&parts, &state)
+                .and_then(|caller| caller.require(action, &scope_of(&template, parts.uri.path())));
+            if let Err(e) = checked {
+                return refuse(e);
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Every route of the application as (method, template), from the OpenAPI document built from
+/// the same list that registers the handlers (a test in `http_api` checks the two agree).
+pub fn route_table() -> &'static BTreeSet<(String, String)> {
+    static TABLE: OnceLock<BTreeSet<(String, String)>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut routes = BTreeSet::new();
+        for (path, item) in &crate::openapi().paths.paths {
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ];
+            for (method, present) in methods {
+                if present {
+                    routes.insert((method.to_owned(), path.clone()));
+                }
+            }
+        }
+        routes
+    })
+}
+
+fn undeclared(method: &Method, template: &str) -> Error {
+    tracing::error!(%method, template, "route declares no authorization need; refused");
+    Error::forbidden(format!("route {method} {template} declares no action; refused by default"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_route_declares_what_it_needs_and_the_table_has_no_stale_rows() {
+        let routes = route_table().clone();
+        let declared: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, t, _)| ((*m).to_owned(), (*t).to_owned())).collect();
+        let missing: Vec<_> = routes.difference(&declared).collect();
+        assert!(missing.is_empty(), "routes without an entry in authz::ROUTES: {missing:?}");
+        let stale: Vec<_> = declared.difference(&routes).collect();
+        assert!(stale.is_empty(), "authz::ROUTES names routes that do not exist: {stale:?}");
+        assert_eq!(declared.len(), ROUTES.len(), "a route is declared twice");
+    }
+
+    #[test]
+    fn the_scope_is_the_project_the_path_names() {
+        assert_eq!(scope_of("/v1/projects/{project}/journal", "/v1/projects/demo/journal"), "/projects/demo");
+        assert_eq!(scope_of(const_concat::ITEMS, "/api/projects/p-1/openai/v1/conversations/c/items"), "/projects/p-1");
+        assert_eq!(scope_of("/v1/keys", "/v1/keys"), "/");
+    }
+}
