@@ -15,6 +15,7 @@ mod foundry;
 mod history;
 mod locks;
 mod middleware;
+mod roles;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -67,7 +68,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(locks::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(locks::routes()).merge(roles::routes())
 }
 
 /// The OpenAPI document of every route, built once.

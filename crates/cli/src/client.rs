@@ -40,6 +40,11 @@ impl Client {
         self.send(Method::PATCH, path, Some(body)).await
     }
 
+    /// A POST whose answer has no body (204).
+    pub async fn post_empty<B: Serialize>(&self, path: &str, body: &B) -> Result<(), Exit> {
+        self.send::<B, Value>(Method::POST, path, Some(body)).await.map(|_| ())
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), Exit> {
         self.send::<(), Value>(Method::DELETE, path, None).await.map(|_| ())
     }

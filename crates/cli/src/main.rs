@@ -19,8 +19,18 @@ use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand};
 use holdfast_types::api::{
     Info, JournalPage, KeyCreate, KeyCreated, KeyPage, Lock, LockCreate, LockKind, LockList, Project, ProjectCreate,
-    ProjectPage, ProjectUpdate, Role,
+    ProjectPage, ProjectUpdate, Role, RoleAssignment, RoleAssignmentList,
 };
+
+fn parse_role(role: &str) -> Result<Role, Exit> {
+    Role::parse(role).ok_or_else(|| Exit::new(2, anyhow!("unknown role {role:?}")))
+}
+
+fn assignment(principal: &str, role: &str, scope: String) -> Result<RoleAssignment, Exit> {
+    let principal_id = holdfast_types::PrincipalId::parse(principal)
+        .ok_or_else(|| Exit::new(2, anyhow!("{principal:?} is not a principal id (prn_…)")))?;
+    Ok(RoleAssignment { principal_id, role: parse_role(role)?, scope })
+}
 
 /// The columns of a lock table.
 const LOCK_COLUMNS: &[&str] = &["id", "scope", "kind", "data_plane", "notes", "created_by", "created_at"];
@@ -114,6 +124,9 @@ enum Command {
     /// Restore a project to a point in time into a new project (online), or from an archive
     /// into a data directory (offline, with --archive and --data).
     Restore(backup::RestoreArgs),
+    /// Role assignments: a principal's roles at / or at one project.
+    #[command(subcommand)]
+    Role(RoleCmd),
     /// Resource locks: CanNotDelete or ReadOnly at a scope, inherited downward.
     #[command(subcommand)]
     Lock(LockCmd),
@@ -259,13 +272,44 @@ enum KeyCmd {
     Create {
         #[arg(long)]
         name: String,
-        #[arg(long, default_value = "contributor", value_parser = ["admin", "contributor", "reader"])]
+        #[arg(long, default_value = "contributor", value_parser = ROLES)]
         role: String,
+        /// Where the role holds: / (default) or /projects/NAME.
+        #[arg(long)]
+        scope: Option<String>,
     },
     /// List keys (never their secrets).
     List,
     /// Revoke a key (key_…) or every key of a principal (prn_…).
     Revoke { id: String },
+}
+
+/// The built-in roles.
+const ROLES: [&str; 6] = ["admin", "contributor", "reader", "ai_user", "ai_reader", "backup_operator"];
+
+#[derive(Subcommand)]
+enum RoleCmd {
+    /// Give a principal a role at a scope (admin only).
+    Assign {
+        #[arg(long)]
+        principal: String,
+        #[arg(long, value_parser = ROLES)]
+        role: String,
+        /// / or /projects/NAME.
+        #[arg(long, default_value = "/")]
+        scope: String,
+    },
+    /// Take a role at a scope away from a principal (admin only).
+    Unassign {
+        #[arg(long)]
+        principal: String,
+        #[arg(long, value_parser = ROLES)]
+        role: String,
+        #[arg(long, default_value = "/")]
+        scope: String,
+    },
+    /// List every role assignment (admin only).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -484,9 +528,9 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             }
         },
         Command::Key(cmd) => match cmd {
-            KeyCmd::Create { name, role } => {
-                let role = Role::parse(&role).ok_or_else(|| Exit::new(2, anyhow!("unknown role {role:?}")))?;
-                let created: KeyCreated = client.post("/v1/keys", &KeyCreate { name, role }).await?;
+            KeyCmd::Create { name, role, scope } => {
+                let role = parse_role(&role)?;
+                let created: KeyCreated = client.post("/v1/keys", &KeyCreate { name, role, scope }).await?;
                 if format == Format::Table {
                     println!("key:          {}", created.key);
                     println!("principal id: {}", created.principal_id);
@@ -503,6 +547,22 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             KeyCmd::Revoke { id } => {
                 client.delete(&format!("/v1/keys/{}", seg(&id))).await?;
                 done(format, "revoked", &id)?;
+            }
+        },
+        Command::Role(cmd) => match cmd {
+            RoleCmd::Assign { principal, role, scope } => {
+                let assignment = assignment(&principal, &role, scope)?;
+                let made: RoleAssignment = client.post("/v1/role-assignments", &assignment).await?;
+                print(format, &made, &["principal_id", "role", "scope"])?;
+            }
+            RoleCmd::Unassign { principal, role, scope } => {
+                let assignment = assignment(&principal, &role, scope)?;
+                client.post_empty("/v1/role-assignments/remove", &assignment).await?;
+                done(format, "removed", &format!("{role} at {} from {principal}", assignment.scope))?;
+            }
+            RoleCmd::List => {
+                let all: RoleAssignmentList = client.get("/v1/role-assignments").await?;
+                print(format, &all.data, &["principal_id", "role", "scope"])?;
             }
         },
         Command::Lock(cmd) => match cmd {

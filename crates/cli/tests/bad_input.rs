@@ -77,7 +77,7 @@ fn bad_requests_are_json_4xx_and_change_nothing() {
     );
     refused(&api.patch("/v1/projects/steady", &json!({ "lsn": 99 })), 400, "invalid_input", "patch of the lsn");
     refused(
-        &api.post("/v1/keys", &json!({ "name": "k", "role": "admin", "scope": "/" })),
+        &api.post("/v1/keys", &json!({ "name": "k", "role": "admin", "expires": "never" })),
         400,
         "invalid_input",
         "key field",

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use holdfast_store::control::{self, NewKey};
-use holdfast_types::api::{KeyCreate, KeyCreated, KeyInfo, KeyPage, Role};
+use holdfast_types::api::{KeyCreate, KeyCreated, KeyInfo, KeyPage, Role, RoleAssignment, RoleAssignmentList};
 use holdfast_types::{Error, KeyId, PrincipalId, RequestId, rfc3339};
 use sha2::{Digest, Sha256};
 
@@ -71,16 +71,36 @@ impl Action {
 pub struct Principal {
     pub id: PrincipalId,
     pub name: String,
+    /// The role its key was made with (its assignment at `/` when it has one).
     pub role: Role,
+    /// Every role it holds, with the scope where it holds it (`/` or `/projects/{name}`).
+    pub grants: Vec<(Role, String)>,
 }
 
 impl Principal {
-    fn allows(&self, action: Action) -> bool {
-        role_allows(self.role, action)
+    /// Whether a role held at a scope at or above `scope` allows `action`.
+    fn allows(&self, action: Action, scope: &str) -> bool {
+        self.grants.iter().any(|(role, at)| covers(at, scope) && role_allows(*role, action))
     }
 }
 
-/// Whether `role` may perform `action` (at `/`, where every role is assigned today).
+/// Whether an assignment at `at` holds at `scope` (roles are inherited downward).
+pub fn covers(at: &str, scope: &str) -> bool {
+    at == "/" || scope == at || scope.strip_prefix(at).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Checks a role assignment's scope: `/` or `/projects/{name}`.
+pub(crate) fn assignment_scope(scope: &str) -> Result<()> {
+    if scope == "/" {
+        return Ok(());
+    }
+    match scope.strip_prefix("/projects/") {
+        Some(name) if !name.contains('/') => validate::project_name(name),
+        _ => Err(Error::invalid(format!("scope {scope:?} must be / or /projects/NAME"))),
+    }
+}
+
+/// Whether `role` may perform `action` at a scope where it is assigned.
 pub fn role_allows(role: Role, action: Action) -> bool {
     match role {
         Role::Admin => true,
@@ -95,6 +115,12 @@ pub fn role_allows(role: Role, action: Action) -> bool {
                 | Action::BackupRead
         ),
         Role::Reader => matches!(action, Action::ProjectsRead | Action::DataRead),
+        Role::AiUser => matches!(action, Action::ProjectsRead | Action::DataRead | Action::DataWrite),
+        Role::AiReader => matches!(action, Action::ProjectsRead | Action::DataRead),
+        Role::BackupOperator => matches!(
+            action,
+            Action::ProjectsRead | Action::BackupRead | Action::BackupWrite | Action::Export | Action::Restore
+        ),
     }
 }
 
@@ -108,13 +134,15 @@ pub struct Caller {
 impl Caller {
     /// Refuses with 403 unless the caller may perform `action` on `scope`.
     pub fn require(&self, action: Action, scope: &str) -> Result<()> {
-        if self.principal.allows(action) {
+        if self.principal.allows(action, scope) {
             Ok(())
         } else {
+            let held: Vec<String> =
+                self.principal.grants.iter().map(|(role, at)| format!("{} at {at}", role.as_str())).collect();
             Err(Error::forbidden(format!(
-                "principal {} (role {}) may not perform {} at scope {scope}",
+                "principal {} (roles: {}) may not perform {} at scope {scope}",
                 self.principal.id,
-                self.principal.role.as_str(),
+                if held.is_empty() { "none".to_owned() } else { held.join(", ") },
                 action.as_str()
             )))
         }
@@ -127,11 +155,14 @@ impl Caller {
                 id: PrincipalId::parse("prn_system").unwrap_or_else(PrincipalId::generate),
                 name: "system".into(),
                 role: Role::Admin,
+                grants: vec![(Role::Admin, "/".to_owned())],
             },
             request_id: RequestId::generate(),
         }
     }
 }
+
+type KeysAndGrants = (Vec<control::KeyRecord>, Vec<(String, String, String)>);
 
 fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
@@ -171,6 +202,7 @@ impl Service {
                             principal_id: &admin,
                             name: "admin",
                             role: Role::Admin.as_str(),
+                            scope: "/",
                             hash: &hash,
                             prefix: &key_prefix(key),
                             source: "env",
@@ -209,6 +241,7 @@ impl Service {
                     principal_id: &admin,
                     name: "admin",
                     role: Role::Admin.as_str(),
+                    scope: "/",
                     hash: &hash_key(&key),
                     prefix: &key_prefix(&key),
                     source: "generated",
@@ -219,24 +252,31 @@ impl Service {
     }
 
     pub(crate) fn reload_keys_blocking(&self) -> Result<()> {
-        let keys = self.control.call_blocking(control::list_keys).map_err(Error::from)?;
-        self.install_keys(keys);
+        let loaded = self.control.call_blocking(control::keys_and_assignments).map_err(Error::from)?;
+        self.install_keys(loaded);
         Ok(())
     }
 
     async fn reload_keys(&self) -> Result<()> {
-        let keys = self.control.call(control::list_keys).await.map_err(Error::from)?;
-        self.install_keys(keys);
+        let loaded = self.control.call(control::keys_and_assignments).await.map_err(Error::from)?;
+        self.install_keys(loaded);
         Ok(())
     }
 
-    fn install_keys(&self, keys: Vec<control::KeyRecord>) {
+    fn install_keys(&self, (keys, assignments): KeysAndGrants) {
+        let mut grants: HashMap<String, Vec<(Role, String)>> = HashMap::new();
+        for (principal, role, scope) in assignments {
+            if let Some(role) = Role::parse(&role) {
+                grants.entry(principal).or_default().push((role, scope));
+            }
+        }
         let live: HashMap<_, _> = keys
             .into_iter()
             .filter(|k| k.revoked_us.is_none())
-            .filter_map(|k| {
-                let role = Role::parse(&k.role)?;
-                Some((k.hash, Principal { id: k.principal_id, name: k.name, role }))
+            .map(|k| {
+                let grants = grants.get(k.principal_id.as_str()).cloned().unwrap_or_default();
+                let role = Role::parse(&k.role).unwrap_or(Role::Reader);
+                (k.hash, Principal { id: k.principal_id, name: k.name, role, grants })
             })
             .collect();
         if let Ok(mut map) = self.keys.write() {
@@ -259,6 +299,8 @@ impl Service {
     pub async fn create_key(&self, caller: &Caller, req: KeyCreate) -> Result<KeyCreated> {
         caller.require(Action::KeysManage, "/")?;
         validate::principal_name(&req.name)?;
+        let scope = req.scope.clone().unwrap_or_else(|| "/".to_owned());
+        assignment_scope(&scope)?;
         let key = generate_key()?;
         let key_id = KeyId::generate();
         let principal_id = PrincipalId::generate();
@@ -272,6 +314,7 @@ impl Service {
                     principal_id: &p,
                     name: &name,
                     role: role.as_str(),
+                    scope: &scope,
                     hash: &hash,
                     prefix: &prefix,
                     source: "api",
@@ -293,12 +336,57 @@ impl Service {
                 principal_id: k.principal_id,
                 name: k.name,
                 role: Role::parse(&k.role).unwrap_or(Role::Reader),
+                scope: k.scope,
                 prefix: k.prefix,
                 created_at: rfc3339(k.created_us),
                 revoked_at: k.revoked_us.map(rfc3339),
             })
             .collect();
         Ok(KeyPage { data, has_more: false, next_after: None })
+    }
+
+    /// Every role assignment (Owners only: access is theirs to manage).
+    pub async fn list_role_assignments(&self, caller: &Caller) -> Result<RoleAssignmentList> {
+        caller.require(Action::KeysManage, "/")?;
+        let rows = self.control.call(control::list_assignments).await.map_err(Error::from)?;
+        let data = rows
+            .into_iter()
+            .filter_map(|(principal, role, scope)| {
+                Some(RoleAssignment { principal_id: PrincipalId::parse(&principal)?, role: Role::parse(&role)?, scope })
+            })
+            .collect();
+        Ok(RoleAssignmentList { data })
+    }
+
+    /// `holdfast role assign`: gives a principal a role at `/` or `/projects/{name}`.
+    pub async fn assign_role(&self, caller: &Caller, req: RoleAssignment) -> Result<RoleAssignment> {
+        caller.require(Action::KeysManage, "/")?;
+        assignment_scope(&req.scope)?;
+        let (p, role, scope) = (req.principal_id.as_str().to_owned(), req.role.as_str(), req.scope.clone());
+        let _serial = self.keys_update.lock().await;
+        let known = self.control.call(move |c| control::assign_role(c, &p, role, &scope)).await.map_err(Error::from)?;
+        if !known {
+            return Err(Error::not_found(format!("no principal with id {}", req.principal_id)));
+        }
+        self.reload_keys().await?;
+        Ok(req)
+    }
+
+    /// `holdfast role unassign`: takes a role at a scope away from a principal.
+    pub async fn unassign_role(&self, caller: &Caller, req: RoleAssignment) -> Result<()> {
+        caller.require(Action::KeysManage, "/")?;
+        let (p, role, scope) = (req.principal_id.as_str().to_owned(), req.role.as_str(), req.scope.clone());
+        let _serial = self.keys_update.lock().await;
+        let held = self.control.call(move |c| control::unassign_role(c, &p, role, &scope)).await.map_err(Error::from)?;
+        if !held {
+            return Err(Error::not_found(format!(
+                "principal {} holds no role {} at {}",
+                req.principal_id,
+                req.role.as_str(),
+                req.scope
+            )));
+        }
+        self.reload_keys().await
     }
 
     /// Revokes a key by key id, or all keys of a principal by principal id.

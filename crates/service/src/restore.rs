@@ -81,7 +81,8 @@ impl Service {
     /// Starts restoring `project` into a new project; poll the operation for progress.
     pub async fn start_restore(self: &Arc<Self>, caller: &Caller, project: &str, req: RestoreRequest) -> Result<Operation> {
         caller.require(Action::Restore, &format!("/projects/{project}"))?;
-        caller.require(Action::ProjectsWrite, &format!("/projects/{}", req.into))?;
+        // The new project is the restore's own: a Backup Operator may make it.
+        caller.require(Action::Restore, &format!("/projects/{}", req.into))?;
         validate::project_name(&req.into)?;
         let target = target_of(req.lsn, req.at.as_deref())?;
         let source = self.restore_source(project, req.from_archive).await?;

@@ -156,7 +156,7 @@ async fn only_admins_import_and_readers_do_not_export() {
         let service = &service;
         let caller = caller.clone();
         async move {
-            let key = service.create_key(&caller, KeyCreate { name: format!("{}-user", role.as_str()), role }).await.expect("key");
+            let key = service.create_key(&caller, KeyCreate { name: format!("{}-user", role.as_str()), role, scope: None }).await.expect("key");
             Caller { principal: service.authenticate(Some(&key.key)).expect("auth"), request_id: RequestId::generate() }
         }
     };

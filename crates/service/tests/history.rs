@@ -224,7 +224,7 @@ async fn refusals_write_nothing() {
     let e = service.undelete_resource(&c, P, &id, UndeleteRequest { at: None, lsn: Some(lsn) }).await.expect_err("not yet");
     check(e, ErrorKind::NotFound);
     // Only admins.
-    let key = service.create_key(&c, KeyCreate { name: "w".into(), role: Role::Contributor }).await.expect("key");
+    let key = service.create_key(&c, KeyCreate { name: "w".into(), role: Role::Contributor, scope: None }).await.expect("key");
     let writer = Caller { principal: service.authenticate(Some(&key.key)).expect("auth"), request_id: RequestId::generate() };
     check(service.undelete_resource(&writer, P, &id, UndeleteRequest::default()).await.expect_err("403"), ErrorKind::Forbidden);
     check(service.resource_history(&writer, P, &id).await.expect_err("403"), ErrorKind::Forbidden);

@@ -679,12 +679,12 @@ async fn roles_are_enforced() {
     let service = open(dir.path());
     service.create_project(&admin(&service), create_req("guarded")).await.expect("create");
     let reader_key = service
-        .create_key(&admin(&service), KeyCreate { name: "ro".into(), role: Role::Reader })
+        .create_key(&admin(&service), KeyCreate { name: "ro".into(), role: Role::Reader, scope: None })
         .await
         .expect("key")
         .key;
     let contributor_key = service
-        .create_key(&admin(&service), KeyCreate { name: "rw".into(), role: Role::Contributor })
+        .create_key(&admin(&service), KeyCreate { name: "rw".into(), role: Role::Contributor, scope: None })
         .await
         .expect("key")
         .key;
@@ -701,7 +701,7 @@ async fn roles_are_enforced() {
     forbidden(service.delete_project(&reader, "guarded").await, "reader delete");
     forbidden(service.journal(&reader, "guarded", Lsn::ZERO, None, None).await.map(drop), "reader journal");
     forbidden(
-        service.create_key(&reader, KeyCreate { name: "x".into(), role: Role::Admin }).await.map(drop),
+        service.create_key(&reader, KeyCreate { name: "x".into(), role: Role::Admin, scope: None }).await.map(drop),
         "reader key create",
     );
     // Reading is what a reader may do; nothing it tried was journaled.
@@ -737,15 +737,15 @@ async fn revoked_keys_stop_authenticating() {
     );
 
     let by_key = service
-        .create_key(&admin(&service), KeyCreate { name: "one".into(), role: Role::Reader })
+        .create_key(&admin(&service), KeyCreate { name: "one".into(), role: Role::Reader, scope: None })
         .await
         .expect("key");
     let by_principal = service
-        .create_key(&admin(&service), KeyCreate { name: "two".into(), role: Role::Contributor })
+        .create_key(&admin(&service), KeyCreate { name: "two".into(), role: Role::Contributor, scope: None })
         .await
         .expect("key");
     let kept = service
-        .create_key(&admin(&service), KeyCreate { name: "three".into(), role: Role::Reader })
+        .create_key(&admin(&service), KeyCreate { name: "three".into(), role: Role::Reader, scope: None })
         .await
         .expect("key");
     for k in [&by_key, &by_principal, &kept] {

@@ -74,7 +74,9 @@ pub struct KeyRecord {
     pub key_id: KeyId,
     pub principal_id: PrincipalId,
     pub name: String,
+    /// The principal's first role assignment (the one at `/` if there is one) and its scope.
     pub role: String,
+    pub scope: String,
     pub hash: String,
     pub prefix: String,
     pub source: String,
@@ -209,12 +211,14 @@ pub struct NewKey<'a> {
     pub principal_id: &'a PrincipalId,
     pub name: &'a str,
     pub role: &'a str,
+    /// Where the role holds: `/` or `/projects/{name}`.
+    pub scope: &'a str,
     pub hash: &'a str,
     pub prefix: &'a str,
     pub source: &'a str,
 }
 
-/// Creates the principal if it does not exist, gives it `role` at `/`, and adds the key.
+/// Creates the principal if it does not exist, gives it `role` at `scope`, and adds the key.
 pub fn insert_key(conn: &Connection, key: &NewKey<'_>) -> Result<()> {
     let now = now_micros();
     conn.execute(
@@ -222,9 +226,9 @@ pub fn insert_key(conn: &Connection, key: &NewKey<'_>) -> Result<()> {
         params![key.principal_id.as_str(), key.name, now],
     )?;
     conn.execute(
-        "INSERT INTO role_assignments (principal_id, role, scope) VALUES (?1, ?2, '/')
+        "INSERT INTO role_assignments (principal_id, role, scope) VALUES (?1, ?2, ?3)
          ON CONFLICT DO NOTHING",
-        params![key.principal_id.as_str(), key.role],
+        params![key.principal_id.as_str(), key.role, key.scope],
     )?;
     conn.execute(
         "INSERT INTO api_keys (id, principal_id, hash, prefix, source, created_us)
@@ -238,8 +242,10 @@ pub fn insert_key(conn: &Connection, key: &NewKey<'_>) -> Result<()> {
 pub fn list_keys(conn: &Connection) -> Result<Vec<KeyRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT k.id, k.principal_id, p.name,
-                (SELECT role FROM role_assignments r WHERE r.principal_id = k.principal_id AND r.scope = '/'
-                 ORDER BY CASE role WHEN 'admin' THEN 0 WHEN 'contributor' THEN 1 ELSE 2 END LIMIT 1),
+                (SELECT role FROM role_assignments r WHERE r.principal_id = k.principal_id
+                 ORDER BY r.scope <> '/', CASE role WHEN 'admin' THEN 0 WHEN 'contributor' THEN 1 ELSE 2 END, r.scope LIMIT 1),
+                (SELECT scope FROM role_assignments r WHERE r.principal_id = k.principal_id
+                 ORDER BY r.scope <> '/', CASE role WHEN 'admin' THEN 0 WHEN 'contributor' THEN 1 ELSE 2 END, r.scope LIMIT 1),
                 k.hash, k.prefix, k.source, k.created_us, k.revoked_us
          FROM api_keys k JOIN principals p ON p.id = k.principal_id
          ORDER BY k.created_us, k.id",
@@ -255,11 +261,12 @@ pub fn list_keys(conn: &Connection) -> Result<Vec<KeyRecord>> {
                     .ok_or_else(|| StoreError::Corrupt(format!("bad principal id {principal_id:?}")))?,
                 name: r.get(2)?,
                 role: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                hash: r.get(4)?,
-                prefix: r.get(5)?,
-                source: r.get(6)?,
-                created_us: r.get(7)?,
-                revoked_us: r.get(8)?,
+                scope: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                hash: r.get(5)?,
+                prefix: r.get(6)?,
+                source: r.get(7)?,
+                created_us: r.get(8)?,
+                revoked_us: r.get(9)?,
             })
         })())
     })?;
@@ -290,6 +297,39 @@ pub fn key_exists(conn: &Connection, key_or_principal: &str) -> Result<bool> {
         .query_row([key_or_principal], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// Every key and every role assignment, read together.
+#[allow(clippy::type_complexity)]
+pub fn keys_and_assignments(conn: &Connection) -> Result<(Vec<KeyRecord>, Vec<(String, String, String)>)> {
+    Ok((list_keys(conn)?, list_assignments(conn)?))
+}
+
+/// Every role assignment: (principal id, role, scope).
+pub fn list_assignments(conn: &Connection) -> Result<Vec<(String, String, String)>> {
+    let mut stmt = conn.prepare_cached("SELECT principal_id, role, scope FROM role_assignments ORDER BY principal_id, scope, role")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Gives a principal a role at a scope; `false` when there is no such principal.
+pub fn assign_role(conn: &Connection, principal: &str, role: &str, scope: &str) -> Result<bool> {
+    let known = conn.query_row("SELECT 1 FROM principals WHERE id = ?1", [principal], |_| Ok(())).optional()?.is_some();
+    if known {
+        conn.execute(
+            "INSERT INTO role_assignments (principal_id, role, scope) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![principal, role, scope],
+        )?;
+    }
+    Ok(known)
+}
+
+/// Takes a role at a scope away from a principal; `false` when it did not hold it.
+pub fn unassign_role(conn: &Connection, principal: &str, role: &str, scope: &str) -> Result<bool> {
+    Ok(conn.execute(
+        "DELETE FROM role_assignments WHERE principal_id = ?1 AND role = ?2 AND scope = ?3",
+        params![principal, role, scope],
+    )? == 1)
 }
 
 // Locks -----------------------------------------------------------------------------------------

@@ -78,17 +78,24 @@ pub struct Info {
     pub journal_format: u32,
 }
 
-/// The role a key's principal holds at the root scope `/`.
+/// A built-in role: what a principal may do at the scope it is assigned at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Everything, including keys and journals.
+    /// The Owner: everything, including keys, role assignments, locks and journals.
     Admin,
-    /// Read and write projects and their contents; no keys, no raw journal.
+    /// Read and write projects and their contents; no keys, locks or raw journal.
     #[default]
     Contributor,
-    /// Read only.
+    /// Read projects and their contents.
     Reader,
+    /// Read and write a project's contents (agents, conversations, files…), read the project;
+    /// never a connection's secret.
+    AiUser,
+    /// Read a project's contents and the project; nothing else.
+    AiReader,
+    /// Backup, restore and export; read projects; no deletes, no contents.
+    BackupOperator,
 }
 
 impl Role {
@@ -97,6 +104,9 @@ impl Role {
             Role::Admin => "admin",
             Role::Contributor => "contributor",
             Role::Reader => "reader",
+            Role::AiUser => "ai_user",
+            Role::AiReader => "ai_reader",
+            Role::BackupOperator => "backup_operator",
         }
     }
 
@@ -105,6 +115,9 @@ impl Role {
             "admin" => Some(Role::Admin),
             "contributor" => Some(Role::Contributor),
             "reader" => Some(Role::Reader),
+            "ai_user" => Some(Role::AiUser),
+            "ai_reader" => Some(Role::AiReader),
+            "backup_operator" => Some(Role::BackupOperator),
             _ => None,
         }
     }
@@ -117,6 +130,9 @@ pub struct KeyCreate {
     pub name: String,
     #[serde(default)]
     pub role: Role,
+    /// Where the role holds: `/` (the default) or `/projects/{name}`.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// Returned once, at creation: the secret is not stored and cannot be shown again.
@@ -139,6 +155,8 @@ pub struct KeyInfo {
     pub prefix: String,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// Where its role holds.
+    pub scope: String,
 }
 
 /// Holdfast's error envelope on `/v1`.
@@ -308,4 +326,18 @@ pub struct Lock {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct LockList {
     pub data: Vec<Lock>,
+}
+
+/// A role held by a principal at a scope (`/` or `/projects/{name}`), inherited downward.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleAssignment {
+    pub principal_id: PrincipalId,
+    pub role: Role,
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoleAssignmentList {
+    pub data: Vec<RoleAssignment>,
 }
