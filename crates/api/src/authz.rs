@@ -201,12 +201,12 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     let declared = if method == Method::HEAD { "GET" } else { method.as_str() };
     let need = match need_of(declared, &template) {
         Some(need) => need,
-        // A real route the table does not know: refused. Another method on a known path: the
-        // router answers 405.
+        // A real route the table does not know: refused. Another method on a known path: 405,
+        // answered here, so nothing unlisted ever reaches a handler.
         None if route_table().contains(&(declared.to_owned(), template.clone())) => {
             return refuse(undeclared(&method, &template));
         }
-        None => return next.run(request).await,
+        None => return crate::error::method_not_allowed(method, request.uri().clone()).await,
     };
     let (parts, body) = request.into_parts();
     match need {

@@ -136,9 +136,11 @@ impl Manifest {
 
     /// The earliest and latest restorable points, or `None` while nothing is archived.
     pub fn window(&self) -> Option<(Point, Point)> {
-        // A deleted project's last archived change is its deletion: the window ends just before.
+        // A deleted project's last archived change is its deletion: the window ends at the change
+        // before it. Its time is the deletion's (changes of one batch share a time); a restore to
+        // that time still stops at the LSN before the deletion.
         let latest = if self.deleted {
-            Point { lsn: Lsn(self.archived_lsn.0.saturating_sub(1)), ts: self.archived_ts - 1 }
+            Point { lsn: Lsn(self.archived_lsn.0.saturating_sub(1)), ts: self.archived_ts }
         } else {
             Point { lsn: self.archived_lsn, ts: self.archived_ts.max(self.complete_through) }
         };
@@ -354,11 +356,13 @@ mod tests {
         let mut m = manifest(10);
         m.deleted = true; // LSN 100, at 9.5 s, is the deletion
         let (_, latest) = m.window().expect("window");
-        assert_eq!((latest.lsn, latest.ts), (Lsn(99), 9 * SEC + SEC / 2 - 1));
+        assert_eq!((latest.lsn, latest.ts), (Lsn(99), 9 * SEC + SEC / 2));
         assert_eq!(m.plan(Target::Latest).expect("plan").until_lsn, Lsn(99));
         let err = m.plan(Target::Lsn(Lsn(100))).expect_err("the deletion itself");
         assert!(err.to_string().contains("before the project's deletion"), "{err}");
-        assert!(m.plan(Target::Time(9 * SEC + SEC / 2)).is_err(), "the deletion's time");
+        let at_deletion = m.plan(Target::Time(9 * SEC + SEC / 2)).expect("the deletion's time");
+        assert_eq!(at_deletion.until_lsn, Lsn(99), "a time target never reaches the deletion");
+        assert!(m.plan(Target::Time(9 * SEC + SEC / 2 + 1)).is_err(), "after the deletion");
     }
 
     #[test]

@@ -151,3 +151,28 @@ fn the_cli_sets_lists_and_removes_locks_and_they_survive_a_restart() {
     cli.run_env(&["project", "delete", "guarded"], &env).success();
     assert_eq!(server.stop().code(), Some(0));
 }
+
+#[test]
+fn a_lock_holds_when_the_project_is_addressed_by_id_and_a_resource_lock_keeps_its_project() {
+    let data = tempfile::tempdir().expect("data");
+    let server = Server::start(data.path());
+    let api = server.admin();
+    let id = api.create_project("guarded")["id"].as_str().expect("project id").to_owned();
+    let (conv, _) = conversation(&api);
+    let by_id = format!("/api/projects/{id}/openai/v1/conversations/{conv}");
+
+    let project_lock = lock(&api, "/projects/guarded", "CanNotDelete", true);
+    api.delete(&format!("/v1/projects/{id}")).err(409, "ScopeLocked");
+    openai_locked(&api.delete(&by_id), &project_lock);
+    api.delete(&format!("/v1/locks/{project_lock}")).ok(204);
+
+    // A lock on one conversation keeps the whole project from being deleted with it.
+    let resource_lock = lock(&api, &format!("/projects/guarded/conversations/{conv}"), "CanNotDelete", false);
+    openai_locked(&api.delete(&by_id), &resource_lock);
+    let message = api.delete(&format!("/v1/projects/{id}")).err(409, "ScopeLocked");
+    assert!(message.contains(&resource_lock), "{message}");
+    api.get(&by_id).ok(200);
+    api.delete(&format!("/v1/locks/{resource_lock}")).ok(204);
+    api.delete(&format!("/v1/projects/{id}")).ok(204);
+    assert_eq!(server.stop().code(), Some(0));
+}

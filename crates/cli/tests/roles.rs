@@ -106,3 +106,20 @@ fn bad_assignments_are_refused_and_change_nothing() {
     assert_eq!(admin.get("/v1/role-assignments").ok(200), before, "nothing was assigned");
     assert_eq!(server.stop().code(), Some(0));
 }
+
+#[test]
+fn a_deleted_projects_role_assignments_do_not_pass_to_a_new_project_of_that_name() {
+    let data = tempfile::tempdir().expect("data");
+    let server = Server::start(data.path());
+    let admin = server.admin();
+    admin.create_project("gamma");
+    let body = json!({ "name": "tenant", "role": "contributor", "scope": "/projects/gamma" });
+    let key = admin.post("/v1/keys", &body).ok(201)["key"].as_str().expect("key").to_owned();
+    let tenant = server.api(Some(&key));
+    tenant.patch("/v1/projects/gamma", &json!({ "description": "mine" })).ok(200);
+    admin.delete("/v1/projects/gamma").ok(204);
+    admin.create_project("gamma");
+    let message = tenant.patch("/v1/projects/gamma", &json!({ "description": "still mine?" })).err(403, "forbidden");
+    assert!(message.contains("roles: none"), "the assignment went with the project: {message}");
+    assert_eq!(server.stop().code(), Some(0));
+}

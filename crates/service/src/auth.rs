@@ -257,6 +257,13 @@ impl Service {
         Ok(())
     }
 
+    /// Reloads keys and role assignments after a change made elsewhere (a project's deletion
+    /// removes the assignments at its scope).
+    pub(crate) async fn reload_principals(&self) -> Result<()> {
+        let _serial = self.keys_update.lock().await;
+        self.reload_keys().await
+    }
+
     async fn reload_keys(&self) -> Result<()> {
         let loaded = self.control.call(control::keys_and_assignments).await.map_err(Error::from)?;
         self.install_keys(loaded);

@@ -54,6 +54,8 @@ impl ArchiveConfig {
 const MAX_MERGED_CHANGES: u64 = 1_000_000;
 /// Longest wait between retries of a failing project.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Least time between passes woken by a full segment.
+const MIN_WAKE_GAP: Duration = Duration::from_millis(50);
 /// How often an idle project's manifest is rewritten to advance its restorable time.
 const IDLE_MANIFEST_EVERY: Duration = Duration::from_secs(10);
 
@@ -144,10 +146,15 @@ impl Service {
             let mut stopping = service.stopping.subscribe();
             loop {
                 service.archive_pass().await;
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = wake.notified() => {}
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep(interval) => false,
+                    _ = wake.notified() => true,
                     _ = stopping.wait_for(|s| *s) => break,
+                };
+                if woken {
+                    // A full segment waits; the short pause bounds how often a project that
+                    // keeps failing (and keeps waking us) makes the archiver pass.
+                    tokio::time::sleep(MIN_WAKE_GAP).await;
                 }
             }
             // A last pass ships what the final requests wrote.

@@ -562,7 +562,7 @@ impl Service {
         self.store_blobs(&spool.0, store.id()).await?;
 
         let counts: Arc<Mutex<BTreeMap<String, KindCounts>>> = Arc::default();
-        let data = self.data_on(store.clone(), caller, project);
+        let data = self.data_on(store.clone(), caller);
         let mut changes = 0;
         let mut index_touched = false;
         for chunk in verified.resources.chunks(RESOURCES_PER_CHANGE) {

@@ -500,7 +500,7 @@ impl Service {
             .collect();
         drop(rows);
 
-        let data = self.data_on(store.clone(), caller, project);
+        let data = self.data_on(store.clone(), caller);
         let project_name = project.to_owned();
         let committed = data
             .commit(Box::new(move |view| {

@@ -79,7 +79,7 @@ pub struct Service {
     /// replaces a newer one (a revoked key must stop working).
     keys_update: tokio::sync::Mutex<()>,
     /// Resource locks, loaded from the control store whenever they change.
-    locks: RwLock<Arc<Vec<locks::ActiveLock>>>,
+    locks: locks::SharedLocks,
     /// Serialises lock changes, as `keys_update` does for keys.
     locks_update: tokio::sync::Mutex<()>,
     /// Limits from the configuration.
@@ -140,7 +140,7 @@ impl Service {
             projects: tokio::sync::Mutex::new(HashMap::new()),
             keys: RwLock::new(HashMap::new()),
             keys_update: tokio::sync::Mutex::new(()),
-            locks: RwLock::new(Arc::default()),
+            locks: Arc::default(),
             locks_update: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::Sender::new(false),
             _lock: lock,

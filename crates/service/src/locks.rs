@@ -8,10 +8,10 @@
 //! are [`ErrorKind::Locked`](holdfast_types::ErrorKind::Locked) (409 `ScopeLocked`), naming the
 //! lock and the scope where it sits.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use holdfast_store::control::{self, LockRecord};
-use holdfast_store::{Plan, StateView};
+use holdfast_store::StateView;
 use holdfast_types::api::{Lock, LockCreate, LockKind, LockList};
 use holdfast_types::{Error, Kind, Op, now_micros, rfc3339};
 
@@ -117,38 +117,46 @@ impl ActiveLock {
     }
 }
 
-/// The locks that guard one project's contents, taken when a data-plane change is planned.
-pub(crate) struct DataLocks {
-    project: String,
-    locks: Vec<ActiveLock>,
-}
+/// The service's locks, shared with every [`crate::data::Data`] so a plan is checked against
+/// the locks as they are when it runs on the writer, not when its request began.
+pub(crate) type SharedLocks = Arc<RwLock<Arc<Vec<ActiveLock>>>>;
 
-impl DataLocks {
-    /// Refuses the first op a lock forbids. Locks on one resource also guard its children
-    /// (items of a conversation, versions of an agent, files of a vector store).
-    fn check(&self, view: &StateView<'_>, ops: &[Op]) -> Result<()> {
-        for op in ops {
-            let (kind, id, deleting) = match op {
-                Op::Put { kind, id, .. } | Op::Patch { kind, id, .. } | Op::Stamp { kind, id, .. } => (*kind, id, false),
-                Op::Delete { kind, id } => (*kind, id, true),
+/// Refuses the first op a lock on `project`'s contents forbids: a data-plane lock at `/` or at
+/// the project, or a lock on one resource, which also guards its children (items of a
+/// conversation, versions of an agent, files of a vector store).
+pub(crate) fn check_data_locks(locks: &SharedLocks, project: &str, view: &StateView<'_>, ops: &[Op]) -> Result<()> {
+    let all = locks.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let guarding: Vec<&ActiveLock> = all
+        .iter()
+        .filter(|l| match &l.target {
+            Target::Root | Target::Project(_) => l.lock.data_plane && l.covers_project(project),
+            Target::Resource { project: p, .. } => p == project,
+        })
+        .collect();
+    if guarding.is_empty() {
+        return Ok(());
+    }
+    for op in ops {
+        let (kind, id, deleting) = match op {
+            Op::Put { kind, id, .. } | Op::Patch { kind, id, .. } | Op::Stamp { kind, id, .. } => (*kind, id, false),
+            Op::Delete { kind, id } => (*kind, id, true),
+        };
+        let parent = match op {
+            Op::Put { parent, .. } => parent.clone(),
+            _ => view.get(kind, id).map_err(Error::from)?.and_then(|r| r.parent),
+        };
+        for lock in &guarding {
+            let applies = match &lock.target {
+                Target::Root | Target::Project(_) => true,
+                Target::Resource { id: locked, .. } => locked == id || parent.as_deref() == Some(locked.as_str()),
             };
-            let parent = match op {
-                Op::Put { parent, .. } => parent.clone(),
-                _ => view.get(kind, id).map_err(Error::from)?.and_then(|r| r.parent),
-            };
-            for lock in &self.locks {
-                let applies = match &lock.target {
-                    Target::Root | Target::Project(_) => true,
-                    Target::Resource { id: locked, .. } => locked == id || parent.as_deref() == Some(locked.as_str()),
-                };
-                if applies && lock.forbids(deleting) {
-                    let what = if deleting { "delete" } else { "change" };
-                    return Err(lock.refusal(what, &format!("{} {id} in project {}", kind.as_str(), self.project)));
-                }
+            if applies && lock.forbids(deleting) {
+                let what = if deleting { "delete" } else { "change" };
+                return Err(lock.refusal(what, &format!("{} {id} in project {project}", kind.as_str())));
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 impl Service {
@@ -173,29 +181,24 @@ impl Service {
         self.locks.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Refuses a change (`deleting`: a delete) of the project itself that a lock at or above it
-    /// forbids, whatever its `data_plane` setting.
+    /// Refuses a change (`deleting`: a delete) of the project named `project` (its catalog name,
+    /// never an id) that a lock at or above it forbids, whatever its `data_plane` setting. A
+    /// delete is also refused while any resource of the project is locked.
     pub(crate) fn check_project_locks(&self, project: &str, deleting: bool) -> Result<()> {
         let what = if deleting { "delete" } else { "change" };
-        match self.current_locks().iter().find(|l| l.covers_project(project) && l.forbids(deleting)) {
+        let locked = |l: &&ActiveLock| match &l.target {
+            Target::Resource { project: p, .. } => deleting && p == project,
+            _ => l.covers_project(project) && l.forbids(deleting),
+        };
+        match self.current_locks().iter().find(locked) {
             Some(lock) => Err(lock.refusal(what, &format!("project {project}"))),
             None => Ok(()),
         }
     }
 
-    /// The locks guarding `project`'s contents, for a [`Data`] to check its plans against;
-    /// `None` when there are none.
-    pub(crate) fn data_locks(&self, project: &str) -> Option<Arc<DataLocks>> {
-        let locks: Vec<ActiveLock> = self
-            .current_locks()
-            .iter()
-            .filter(|l| match &l.target {
-                Target::Root | Target::Project(_) => l.lock.data_plane && l.covers_project(project),
-                Target::Resource { project: p, .. } => p == project,
-            })
-            .cloned()
-            .collect();
-        (!locks.is_empty()).then(|| Arc::new(DataLocks { project: project.to_owned(), locks }))
+    /// The locks, shared with the data plane (see [`check_data_locks`]).
+    pub(crate) fn shared_locks(&self) -> SharedLocks {
+        self.locks.clone()
     }
 
     /// `holdfast lock create`: Owners only.
@@ -256,18 +259,6 @@ impl Service {
 /// Whether a lock at `lock_scope` applies at `scope` (it sits there or above it).
 fn inherits(scope: &str, lock_scope: &str) -> bool {
     lock_scope == "/" || scope == lock_scope || scope.starts_with(&format!("{lock_scope}/"))
-}
-
-impl DataLocks {
-    /// `plan`, with the ops it makes checked against these locks before they are journaled.
-    pub(crate) fn guard(self: &Arc<Self>, plan: Plan) -> Plan {
-        let guard = self.clone();
-        Box::new(move |view| {
-            let ops = plan(view)?;
-            guard.check(view, &ops)?;
-            Ok(ops)
-        })
-    }
 }
 
 #[cfg(test)]

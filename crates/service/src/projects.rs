@@ -227,7 +227,8 @@ impl Service {
 
     pub async fn update_project(&self, caller: &Caller, name: &str, req: ProjectUpdate) -> Result<Project> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
-        self.check_project_locks(name, false)?;
+        // Locks name projects by name: resolve an id first, so a lock cannot be stepped around.
+        self.check_project_locks(&self.entry(name).await?.name, false)?;
         if let Some(v) = &req.display_name {
             validate::display_name(v)?;
         }
@@ -286,8 +287,8 @@ impl Service {
     /// and moves its directory to the trash.
     pub async fn delete_project(&self, caller: &Caller, name: &str) -> Result<()> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
-        self.check_project_locks(name, true)?;
         let entry = self.entry(name).await?;
+        self.check_project_locks(&entry.name, true)?;
         let store = self.store(&entry).await?;
         let (id, missing) = (entry.id.as_str().to_owned(), not_found(name));
         store
@@ -308,8 +309,15 @@ impl Service {
         // directory if we crash before moving it). The open-stores lock is held until the
         // directory has moved, so no request reopens the store in between.
         self.archive_final(&entry, &store).await;
-        let cid = entry.id.clone();
-        self.control.call(move |c| control::remove_project(c, &cid)).await.map_err(Error::from)?;
+        let (cid, scope) = (entry.id.clone(), format!("/projects/{}", entry.name));
+        self.control
+            .call(move |c| {
+                control::remove_project(c, &cid)?;
+                control::remove_scope_assignments(c, &scope)
+            })
+            .await
+            .map_err(Error::from)?;
+        self.reload_principals().await?;
         let mut open = self.projects.lock().await;
         open.remove(&entry.id);
         let closing = store.clone();

@@ -213,7 +213,7 @@ impl Service {
         let store = Arc::new(store);
         self.projects.lock().await.insert(id.clone(), store.clone());
         // Projections are rebuilt before the project appears, so its first search is not slow.
-        self.index_catch_up(&self.data_on(store.clone(), &Caller::system(), into), Default::default())
+        self.index_catch_up(&self.data_on(store.clone(), &Caller::system()), Default::default())
             .await?;
         let cid = id.clone();
         self.control.call(move |c| control::mark_active(c, &cid)).await.map_err(Error::from)?;

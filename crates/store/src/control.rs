@@ -324,6 +324,15 @@ pub fn assign_role(conn: &Connection, principal: &str, role: &str, scope: &str) 
     Ok(known)
 }
 
+/// Removes every role assignment at `scope` or under it (a deleted project's), so a project
+/// made later under the same name starts with none. Returns how many went.
+pub fn remove_scope_assignments(conn: &Connection, scope: &str) -> Result<usize> {
+    Ok(conn.execute(
+        "DELETE FROM role_assignments WHERE scope = ?1 OR substr(scope, 1, length(?1) + 1) = ?1 || '/'",
+        [scope],
+    )?)
+}
+
 /// Takes a role at a scope away from a principal; `false` when it did not hold it.
 pub fn unassign_role(conn: &Connection, principal: &str, role: &str, scope: &str) -> Result<bool> {
     Ok(conn.execute(

@@ -45,6 +45,8 @@ struct WriteRequest {
 }
 
 pub struct ProjectStore {
+    /// The project's name (names never change), for logs and scopes.
+    name: String,
     id: ProjectId,
     path: PathBuf,
     tx: Mutex<Option<mpsc::UnboundedSender<WriteRequest>>>,
@@ -101,7 +103,7 @@ impl ProjectStore {
             last,
             last_ts,
             epoch,
-            label,
+            label: label.clone(),
             lsn: lsn_tx,
             deleted: deleted.clone(),
             planning: planning.clone(),
@@ -111,6 +113,7 @@ impl ProjectStore {
             .spawn(move || writer.run(rx))?;
         Ok(Self {
             id,
+            name: label,
             path: path.to_owned(),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
@@ -123,6 +126,11 @@ impl ProjectStore {
 
     pub fn id(&self) -> &ProjectId {
         &self.id
+    }
+
+    /// The project's name as the store was opened with it.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The last committed LSN.

@@ -28,15 +28,15 @@ use serde_json::{Value, json};
 
 pub(crate) use secrets::MasterKey;
 
-use crate::locks::DataLocks;
+use crate::locks::{SharedLocks, check_data_locks};
 use crate::{Action, Caller, Result, Service};
 
 /// A project opened for one data-plane call by one caller.
 pub struct Data {
     pub(crate) store: Arc<ProjectStore>,
     pub(crate) caller: Caller,
-    /// The locks that guard the project's contents, when any do.
-    locks: Option<Arc<DataLocks>>,
+    /// The service's locks, checked when a plan runs.
+    locks: SharedLocks,
 }
 
 impl Service {
@@ -44,22 +44,24 @@ impl Service {
     pub async fn data(&self, caller: &Caller, project: &str, action: Action) -> Result<Data> {
         caller.require(action, &format!("/projects/{project}"))?;
         let store = self.project_store(project).await?;
-        Ok(self.data_on(store, caller, project))
+        Ok(self.data_on(store, caller))
     }
 
     /// A [`Data`] on a store the caller has opened already (and authorized).
-    pub(crate) fn data_on(&self, store: Arc<ProjectStore>, caller: &Caller, project: &str) -> Data {
-        Data { store, caller: caller.clone(), locks: self.data_locks(project) }
+    pub(crate) fn data_on(&self, store: Arc<ProjectStore>, caller: &Caller) -> Data {
+        Data { store, caller: caller.clone(), locks: self.shared_locks() }
     }
 }
 
 impl Data {
     /// Journals a plan as this caller; the ops it makes must pass the project's locks.
     pub(crate) async fn commit(&self, plan: Plan) -> Result<Committed> {
-        let plan = match &self.locks {
-            Some(locks) => locks.guard(plan),
-            None => plan,
-        };
+        let (locks, project) = (self.locks.clone(), self.store.name().to_owned());
+        let plan: Plan = Box::new(move |view| {
+            let ops = plan(view)?;
+            check_data_locks(&locks, &project, view, &ops)?;
+            Ok(ops)
+        });
         self.store
             .write(self.caller.principal.id.as_str(), self.caller.request_id.as_str(), plan)
             .await
