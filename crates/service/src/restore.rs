@@ -153,6 +153,11 @@ impl Service {
         match self.restore_into(caller, source, target, &id, into, allow_partial, progress).await {
             Ok(summary) => Ok(summary),
             Err(e) => {
+                // A store opened before the failure (the index rebuild is the last step) closes
+                // before its directory goes.
+                if let Some(store) = self.projects.lock().await.remove(&id) {
+                    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+                }
                 let _ = std::fs::remove_dir_all(self.project_dir(&id));
                 let cid = id.clone();
                 let _ = self.control.call(move |c| control::remove_project(c, &cid)).await;
