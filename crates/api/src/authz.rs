@@ -8,13 +8,16 @@
 //! they know: the scope of a lock in a request body, the target of a restore, secrets.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use holdfast_service::Action;
+use holdfast_service::audit::Audited;
+use holdfast_types::RequestId;
 use holdfast_types::Error;
 
 use crate::AppState;
@@ -63,6 +66,8 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", "/v1/role-assignments", act(KeysManage)),
     ("POST", "/v1/role-assignments", act(KeysManage)),
     ("POST", "/v1/role-assignments/remove", act(KeysManage)),
+    ("GET", "/v1/audit", act(AuditRead)),
+    ("GET", "/v1/audit/verify", act(AuditRead)),
     ("GET", "/v1/locks", act(ProjectsRead)),
     ("POST", "/v1/locks", ActionInBody(LocksManage)),
     ("DELETE", "/v1/locks/{id}", ActionInBody(LocksManage)),
@@ -209,22 +214,40 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         None => return crate::error::method_not_allowed(method, request.uri().clone()).await,
     };
     let (parts, body) = request.into_parts();
-    match need {
-        Public => {}
-        Authenticated | ActionInBody(_) => {
-            if let Err(e) = crate::extract::caller(&parts, &state) {
-                return refuse(e);
-            }
-        }
-        Need::Action(action) => {
-            let checked = crate::extract::caller(&parts, &state)
-                .and_then(|caller| caller.require(action, &scope_of(&template, parts.uri.path())));
-            if let Err(e) = checked {
-                return refuse(e);
-            }
-        }
+    let scope = scope_of(&template, parts.uri.path());
+    let action = match need {
+        Public => return next.run(Request::from_parts(parts, body)).await,
+        Authenticated => None,
+        ActionInBody(action) | Need::Action(action) => Some(action),
+    };
+    let caller = crate::extract::caller(&parts, &state);
+    let checked = match (&caller, need) {
+        (Err(e), _) => Err(e.clone()),
+        (Ok(caller), Need::Action(action)) => caller.require(action, &scope),
+        (Ok(_), _) => Ok(()),
+    };
+    let audited = Audited {
+        principal: caller.as_ref().map(|c| c.principal.id.as_str().to_owned()).unwrap_or_default(),
+        method: method.as_str().to_owned(),
+        route: template.clone(),
+        path: parts.uri.path().to_owned(),
+        scope,
+        action: action.map(|a| a.as_str().to_owned()).unwrap_or_default(),
+        address: parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default(),
+        status: 0,
+        request_id: parts.extensions.get::<RequestId>().map(|r| r.as_str().to_owned()).unwrap_or_default(),
+    };
+    let response = match checked {
+        Err(e) => refuse(e),
+        Ok(()) => next.run(Request::from_parts(parts, body)).await,
+    };
+    // Every mutation and every refusal, whatever said no (this gate or the operation).
+    let status = response.status().as_u16();
+    let reads = method == Method::GET || method == Method::HEAD;
+    if !reads || status == 401 || status == 403 {
+        state.service.audit(Audited { status, ..audited });
     }
-    next.run(Request::from_parts(parts, body)).await
+    response
 }
 
 /// Every route of the application as (method, template), from the OpenAPI document built from

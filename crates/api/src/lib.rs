@@ -5,6 +5,7 @@
 //! [`Service`](holdfast_service::Service), and map its coarse errors to statuses in one place
 //! ([`error::status_of`]).
 
+mod audit;
 pub mod authz;
 mod backup;
 mod control;
@@ -47,7 +48,7 @@ pub struct HttpLimits {
     info(title = "Holdfast", description = "Self-hosted state for AI projects: control-plane API."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "projects"), (name = "keys"), (name = "locks"), (name = "operations"), (name = "connections"),
+    tags((name = "projects"), (name = "keys"), (name = "locks"), (name = "audit"), (name = "operations"), (name = "connections"),
         (name = "foundry", description = "Foundry Agent Service wire protocol"),
         (name = "openai", description = "OpenAI-compatible routes"))
 )]
@@ -68,7 +69,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(locks::routes()).merge(roles::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(locks::routes()).merge(roles::routes()).merge(audit::routes())
 }
 
 /// The OpenAPI document of every route, built once.

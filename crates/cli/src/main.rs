@@ -19,7 +19,7 @@ use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand};
 use holdfast_types::api::{
     Info, JournalPage, KeyCreate, KeyCreated, KeyPage, Lock, LockCreate, LockKind, LockList, Project, ProjectCreate,
-    ProjectPage, ProjectUpdate, Role, RoleAssignment, RoleAssignmentList,
+    ProjectPage, ProjectUpdate, Role, RoleAssignment, RoleAssignmentList, AuditPage, AuditVerify,
 };
 
 fn parse_role(role: &str) -> Result<Role, Exit> {
@@ -124,6 +124,8 @@ enum Command {
     /// Restore a project to a point in time into a new project (online), or from an archive
     /// into a data directory (offline, with --archive and --data).
     Restore(backup::RestoreArgs),
+    /// The audit log: every mutation and every denied request (admin).
+    AuditLog(AuditArgs),
     /// Role assignments: a principal's roles at / or at one project.
     #[command(subcommand)]
     Role(RoleCmd),
@@ -282,6 +284,33 @@ enum KeyCmd {
     List,
     /// Revoke a key (key_…) or every key of a principal (prn_…).
     Revoke { id: String },
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    #[command(subcommand)]
+    verify: Option<AuditCmd>,
+    /// Entries at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Entries at or before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Entries of one principal (prn_…).
+    #[arg(long)]
+    principal: Option<String>,
+    /// Entries at this scope or under it (/projects/P).
+    #[arg(long)]
+    scope: Option<String>,
+    /// At most this many entries (every entry when not given).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain; exits 1 when an entry was changed or removed.
+    Verify,
 }
 
 /// The built-in roles.
@@ -549,6 +578,38 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
                 done(format, "revoked", &id)?;
             }
         },
+        Command::AuditLog(args) => {
+            if args.verify.is_some() {
+                let report: AuditVerify = client.get("/v1/audit/verify").await?;
+                print(format, &report, &["ok", "entries", "first_bad_seq", "message"])?;
+                if !report.ok {
+                    return Err(Exit::error(anyhow!("{}", report.message)));
+                }
+                return Ok(());
+            }
+            let mut query = Vec::new();
+            for (key, value) in [("since", &args.since), ("until", &args.until), ("principal", &args.principal), ("scope", &args.scope)] {
+                if let Some(v) = value {
+                    query.push(format!("{key}={}", seg(v)));
+                }
+            }
+            let (mut entries, mut after) = (Vec::new(), 0);
+            loop {
+                let want = args.limit.map_or(1000, |l| (l - entries.len()).min(1000));
+                if want == 0 {
+                    break;
+                }
+                let mut q = query.clone();
+                q.push(format!("after={after}&limit={want}"));
+                let page: AuditPage = client.get(&format!("/v1/audit?{}", q.join("&"))).await?;
+                entries.extend(page.data);
+                match page.next_after {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            print(format, &entries, &["seq", "time", "principal", "method", "path", "action", "address", "status", "outcome"])?;
+        }
         Command::Role(cmd) => match cmd {
             RoleCmd::Assign { principal, role, scope } => {
                 let assignment = assignment(&principal, &role, scope)?;

@@ -59,7 +59,8 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         tracing::info!(url = %archive.url, "continuous backup is on");
     }
     let stopping = service.clone();
-    axum::serve(listener, app)
+    // The peer address reaches the audit log.
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             stopping.begin_shutdown();

@@ -44,6 +44,8 @@ pub enum Action {
     Restore,
     /// Creating and removing locks (Owners only).
     LocksManage,
+    /// Reading and verifying the audit log (Owners only).
+    AuditRead,
 }
 
 impl Action {
@@ -63,6 +65,7 @@ impl Action {
             Action::BackupWrite => "projects/backup/write",
             Action::Restore => "projects/restore",
             Action::LocksManage => "locks/manage",
+            Action::AuditRead => "audit/read",
         }
     }
 }

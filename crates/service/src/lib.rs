@@ -5,6 +5,7 @@
 //! project ends in [`holdfast_store::ProjectStore::write`], so it is journaled.
 
 mod auth;
+pub mod audit;
 pub mod backup;
 pub mod data;
 pub mod export;
@@ -78,6 +79,8 @@ pub struct Service {
     /// Held from a key change to the install of the reloaded keys, so an older read never
     /// replaces a newer one (a revoked key must stop working).
     keys_update: tokio::sync::Mutex<()>,
+    /// The audit log's writer.
+    audit: audit::AuditLog,
     /// Resource locks, loaded from the control store whenever they change.
     locks: locks::SharedLocks,
     /// Serialises lock changes, as `keys_update` does for keys.
@@ -120,6 +123,7 @@ impl Service {
                 .map_err(|e| Error::internal(format!("cannot clear {}: {e}", scratch.display())))?;
         }
         let control = ControlStore::open(&data.join("control.db")).map_err(Error::from)?;
+        let audit = audit::AuditLog::start(control.clone())?;
         let blobs = BlobStore::local(&data.join("blobs"))
             .map_err(|e| Error::internal(format!("cannot open blob store: {e}")))?;
         let master = data::MasterKey::load(config.master_key.as_deref(), &data.join("master.key"))?;
@@ -141,6 +145,7 @@ impl Service {
             keys: RwLock::new(HashMap::new()),
             keys_update: tokio::sync::Mutex::new(()),
             locks: Arc::default(),
+            audit,
             locks_update: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::Sender::new(false),
             _lock: lock,
@@ -186,6 +191,7 @@ impl Service {
         self.begin_shutdown();
         let stores: Vec<_> = self.projects.lock().await.drain().map(|(_, s)| s).collect();
         let _ = tokio::task::spawn_blocking(move || stores.iter().for_each(|s| s.close())).await;
+        self.audit.close();
     }
 
     fn project_dir(&self, id: &ProjectId) -> PathBuf {

@@ -14,8 +14,27 @@ use crate::sqlite;
 /// Schema version of the control database (`PRAGMA user_version`).
 pub const CONTROL_SCHEMA_VERSION: i64 = 2;
 
-/// Version 2 adds resource locks.
-const LOCKS_SCHEMA: &str = "
+/// Version 2 adds resource locks and the audit log.
+const V2_SCHEMA: &str = "
+-- One row per audited request, chained: `hash` is sha256 of `prev_hash` and the row's fields
+-- (see `audit_line`), so an edited or removed row breaks the chain from there on.
+CREATE TABLE audit (
+    seq        INTEGER PRIMARY KEY,
+    ts_us      INTEGER NOT NULL,
+    principal  TEXT NOT NULL,
+    method     TEXT NOT NULL,
+    route      TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    scope      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    address    TEXT NOT NULL,
+    status     INTEGER NOT NULL,
+    outcome    TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL
+);
+CREATE INDEX audit_by_ts ON audit (ts_us);
 CREATE TABLE locks (
     id         TEXT PRIMARY KEY,
     scope      TEXT NOT NULL,
@@ -96,10 +115,10 @@ impl ControlStore {
         let conn = sqlite::open(path, true)?;
         match sqlite::user_version(&conn)? {
             0 => {
-                conn.execute_batch(&format!("BEGIN; {CONTROL_SCHEMA} {LOCKS_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {CONTROL_SCHEMA} {V2_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             1 => {
-                conn.execute_batch(&format!("BEGIN; {LOCKS_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V2_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             CONTROL_SCHEMA_VERSION => {}
             v => {
@@ -386,4 +405,170 @@ pub fn list_locks(conn: &Connection) -> Result<Vec<LockRecord>> {
 /// Removes a lock; `false` when there is none with that id.
 pub fn delete_lock(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn.execute("DELETE FROM locks WHERE id = ?1", [id])? == 1)
+}
+
+// Audit log -------------------------------------------------------------------------------------
+
+/// One audited request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub ts_us: Micros,
+    /// The principal's id; empty when the request carried no valid key.
+    pub principal: String,
+    pub method: String,
+    /// The route template (`/v1/projects/{project}`).
+    pub route: String,
+    pub path: String,
+    pub scope: String,
+    /// The action the route declares (empty for routes that need none).
+    pub action: String,
+    /// The client's address, when known.
+    pub address: String,
+    pub status: u16,
+    /// `ok`, `denied` (401/403) or `error`.
+    pub outcome: String,
+    pub request_id: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The hash before the first entry.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What an entry's hash covers: its predecessor's hash and every field, one per line.
+fn audit_hash(prev: &str, r: &AuditRecord) -> String {
+    use sha2::{Digest, Sha256};
+    let line = format!(
+        "{prev}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+        r.seq, r.ts_us, r.principal, r.method, r.route, r.path, r.scope, r.action, r.address, r.status, r.outcome,
+        r.request_id
+    );
+    hex::encode(Sha256::digest(line.as_bytes()))
+}
+
+/// Appends entries (their `seq`, `prev_hash` and `hash` are assigned here), chained to the last.
+pub fn append_audit(conn: &Connection, entries: &mut [AuditRecord]) -> Result<()> {
+    let last: Option<(i64, String)> =
+        conn.query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    let (mut seq, mut prev) = last.unwrap_or((0, AUDIT_GENESIS.to_owned()));
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO audit (seq, ts_us, principal, method, route, path, scope, action, address, status, outcome,
+                            request_id, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    for e in entries.iter_mut() {
+        seq += 1;
+        e.seq = seq;
+        e.prev_hash = prev;
+        e.hash = audit_hash(&e.prev_hash, e);
+        stmt.execute(params![
+            e.seq, e.ts_us, e.principal, e.method, e.route, e.path, e.scope, e.action, e.address, e.status, e.outcome,
+            e.request_id, e.prev_hash, e.hash
+        ])?;
+        prev = e.hash.clone();
+    }
+    Ok(())
+}
+
+/// Which entries [`list_audit`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub since_us: Option<Micros>,
+    pub until_us: Option<Micros>,
+    pub principal: Option<String>,
+    /// Entries at this scope or under it.
+    pub scope: Option<String>,
+    pub after_seq: i64,
+    pub limit: usize,
+}
+
+fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        ts_us: r.get(1)?,
+        principal: r.get(2)?,
+        method: r.get(3)?,
+        route: r.get(4)?,
+        path: r.get(5)?,
+        scope: r.get(6)?,
+        action: r.get(7)?,
+        address: r.get(8)?,
+        status: r.get(9)?,
+        outcome: r.get(10)?,
+        request_id: r.get(11)?,
+        prev_hash: r.get(12)?,
+        hash: r.get(13)?,
+    })
+}
+
+const AUDIT_COLUMNS: &str =
+    "seq, ts_us, principal, method, route, path, scope, action, address, status, outcome, request_id, prev_hash, hash";
+
+/// Entries matching `filter`, oldest first.
+pub fn list_audit(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit
+         WHERE seq > ?1 AND (?2 IS NULL OR ts_us >= ?2) AND (?3 IS NULL OR ts_us <= ?3)
+           AND (?4 IS NULL OR principal = ?4)
+           AND (?5 IS NULL OR ?5 = '/' OR scope = ?5 OR substr(scope, 1, length(?5) + 1) = ?5 || '/')
+         ORDER BY seq LIMIT ?6"
+    ))?;
+    let rows = stmt.query_map(
+        params![filter.after_seq, filter.since_us, filter.until_us, filter.principal, filter.scope, filter.limit as i64],
+        audit_from_row,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Walks the whole chain: the number of entries, and the first whose hash or link is wrong.
+pub fn verify_audit(conn: &Connection) -> Result<(u64, Option<i64>)> {
+    let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq"))?;
+    let mut rows = stmt.query([])?;
+    let (mut prev, mut expected_seq, mut count) = (AUDIT_GENESIS.to_owned(), 1, 0);
+    while let Some(row) = rows.next()? {
+        let r = audit_from_row(row)?;
+        count += 1;
+        if r.seq != expected_seq || r.prev_hash != prev || audit_hash(&r.prev_hash, &r) != r.hash {
+            return Ok((count, Some(r.seq)));
+        }
+        prev = r.hash;
+        expected_seq += 1;
+    }
+    Ok((count, None))
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+
+    fn record(principal: &str, status: u16) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            ts_us: 1,
+            principal: principal.into(),
+            method: "PATCH".into(),
+            route: "/v1/projects/{project}".into(),
+            path: "/v1/projects/p".into(),
+            scope: "/projects/p".into(),
+            action: "projects/write".into(),
+            address: "127.0.0.1".into(),
+            status,
+            outcome: "ok".into(),
+            request_id: "req_1".into(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_chain_verifies_across_batches_and_an_edit_is_found() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ControlStore::open(&dir.path().join("control.db")).expect("open");
+        store.call_blocking(|c| append_audit(c, &mut [record("a", 200), record("b", 201)])).expect("first batch");
+        store.call_blocking(|c| append_audit(c, &mut [record("c", 403)])).expect("second batch");
+        assert_eq!(store.call_blocking(verify_audit).expect("verify"), (3, None));
+        store.call_blocking(|c| Ok(c.execute("UPDATE audit SET status = 200 WHERE seq = 2", [])?)).expect("edit");
+        assert_eq!(store.call_blocking(verify_audit).expect("verify"), (2, Some(2)));
+    }
 }

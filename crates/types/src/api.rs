@@ -341,3 +341,41 @@ pub struct RoleAssignment {
 pub struct RoleAssignmentList {
     pub data: Vec<RoleAssignment>,
 }
+
+/// One audited request: every mutation and every denied request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub time: String,
+    /// The principal's id; empty when the request carried no valid key.
+    pub principal: String,
+    pub method: String,
+    pub route: String,
+    pub path: String,
+    pub scope: String,
+    /// The action the route declares.
+    pub action: String,
+    pub address: String,
+    pub status: u16,
+    /// `ok`, `denied` or `error`.
+    pub outcome: String,
+    pub request_id: String,
+    /// sha256 of the previous entry's hash and this entry's fields.
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub data: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; null at the end.
+    pub next_after: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerify {
+    pub ok: bool,
+    pub entries: u64,
+    /// The first entry whose hash or link to its predecessor is wrong.
+    pub first_bad_seq: Option<i64>,
+    pub message: String,
+}
