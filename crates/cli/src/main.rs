@@ -26,10 +26,10 @@ fn parse_role(role: &str) -> Result<Role, Exit> {
     Role::parse(role).ok_or_else(|| Exit::new(2, anyhow!("unknown role {role:?}")))
 }
 
-fn assignment(principal: &str, role: &str, scope: String) -> Result<RoleAssignment, Exit> {
-    let principal_id = holdfast_types::PrincipalId::parse(principal)
-        .ok_or_else(|| Exit::new(2, anyhow!("{principal:?} is not a principal id (prn_…)")))?;
-    Ok(RoleAssignment { principal_id, role: parse_role(role)?, scope })
+fn assignment(args: AssignmentArgs) -> Result<RoleAssignment, Exit> {
+    let principal_id = holdfast_types::PrincipalId::parse(&args.principal)
+        .ok_or_else(|| Exit::new(2, anyhow!("{:?} is not a principal id (prn_…)", args.principal)))?;
+    Ok(RoleAssignment { principal_id, role: parse_role(&args.role)?, scope: args.scope })
 }
 
 /// The columns of a lock table.
@@ -316,27 +316,24 @@ enum AuditCmd {
 /// The built-in roles.
 const ROLES: [&str; 6] = ["admin", "contributor", "reader", "ai_user", "ai_reader", "backup_operator"];
 
+/// One role assignment on the command line.
+#[derive(Args)]
+struct AssignmentArgs {
+    #[arg(long)]
+    principal: String,
+    #[arg(long, value_parser = ROLES)]
+    role: String,
+    /// / or /projects/NAME.
+    #[arg(long, default_value = "/")]
+    scope: String,
+}
+
 #[derive(Subcommand)]
 enum RoleCmd {
     /// Give a principal a role at a scope (admin only).
-    Assign {
-        #[arg(long)]
-        principal: String,
-        #[arg(long, value_parser = ROLES)]
-        role: String,
-        /// / or /projects/NAME.
-        #[arg(long, default_value = "/")]
-        scope: String,
-    },
+    Assign(AssignmentArgs),
     /// Take a role at a scope away from a principal (admin only).
-    Unassign {
-        #[arg(long)]
-        principal: String,
-        #[arg(long, value_parser = ROLES)]
-        role: String,
-        #[arg(long, default_value = "/")]
-        scope: String,
-    },
+    Unassign(AssignmentArgs),
     /// List every role assignment (admin only).
     List,
 }
@@ -611,15 +608,16 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             print(format, &entries, &["seq", "time", "principal", "method", "path", "action", "address", "status", "outcome"])?;
         }
         Command::Role(cmd) => match cmd {
-            RoleCmd::Assign { principal, role, scope } => {
-                let assignment = assignment(&principal, &role, scope)?;
+            RoleCmd::Assign(args) => {
+                let assignment = assignment(args)?;
                 let made: RoleAssignment = client.post("/v1/role-assignments", &assignment).await?;
                 print(format, &made, &["principal_id", "role", "scope"])?;
             }
-            RoleCmd::Unassign { principal, role, scope } => {
-                let assignment = assignment(&principal, &role, scope)?;
+            RoleCmd::Unassign(args) => {
+                let assignment = assignment(args)?;
                 client.post_empty("/v1/role-assignments/remove", &assignment).await?;
-                done(format, "removed", &format!("{role} at {} from {principal}", assignment.scope))?;
+                let what = format!("{} at {} from {}", assignment.role.as_str(), assignment.scope, assignment.principal_id);
+                done(format, "removed", &what)?;
             }
             RoleCmd::List => {
                 let all: RoleAssignmentList = client.get("/v1/role-assignments").await?;
