@@ -661,3 +661,52 @@ fn resources_of(file: &Path) -> Vec<Value> {
         .filter(|v| v["type"] == "resource" && v["kind"] != "project")
         .collect()
 }
+
+#[test]
+fn kill_9_between_a_delete_and_its_archive_flush_ships_the_tail_at_restart() {
+    let (data, archive) = (tempfile::tempdir().expect("data"), Archive::new());
+    let settings = "interval_ms = 100\nsnapshot_secs = 86400\nlevels_secs = []\n";
+    let server = serve(data.path(), &archive, settings);
+    let hf = Hf::new(&server);
+    let id = hf.create("doomed");
+    hf.wait_caught_up("doomed");
+    assert_eq!(server.stop().code(), Some(0));
+
+    // Segment puts now land and then hang: the delete's flush never reaches its manifest.
+    let server = serve_faulty(data.path(), &archive, settings, "put:segments/=delay:60000");
+    let hf = Hf::new(&server);
+    let last = hf.describe("doomed", "the last word");
+    let deleting = {
+        let url = format!("{}/v1/projects/doomed", server.base);
+        std::thread::spawn(move || {
+            let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+            http.delete(&url).bearer_auth(common::ADMIN_KEY).send().map(|r| r.status().as_u16())
+        })
+    };
+    // The deletion commits at once; the flush hangs on the segment put.
+    wait_until("the deletion's segment object", || {
+        files_under(&archive.project_dir(&id).join("segments")).iter().any(|f| {
+            f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(&format!("-{:020}-", last + 1)))
+        })
+    });
+    assert_eq!(server.kill9().code(), None, "killed by a signal");
+    let _ = deleting.join();
+    assert_eq!(archive.manifest(&id)["deleted"], false, "the crash kept the deletion from the manifest");
+
+    // At restart the interrupted delete is finished, and its tail shipped first.
+    let server = serve(data.path(), &archive, settings);
+    let hf = Hf::new(&server);
+    wait_until("the archived deletion", || {
+        std::fs::read(archive.project_dir(&id).join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|m| m["deleted"] == true)
+    });
+    assert_eq!(hf.run(&["project", "show", "doomed"]).code, 3, "the delete is finished");
+    let manifest = archive.manifest(&id);
+    assert_eq!(num(&manifest["archived_lsn"]), last + 1, "{manifest:#}");
+    let summary = hf.restore("doomed", "doomed-again", &[]).json();
+    assert_eq!(summary["restored_lsn"], last, "{summary}");
+    assert_eq!(hf.show("doomed-again")["description"], "the last word");
+    assert_eq!(server.stop().code(), Some(0));
+}

@@ -173,12 +173,14 @@ impl Service {
             }
         };
         for entry in entries.into_iter().filter(|e| e.active) {
+            // The store first, with no archive lock held: opening a project whose delete a crash
+            // cut off ships its last changes (`archive_final`), which takes that lock.
+            let Ok(store) = self.store(&entry).await else { continue };
             let tracked = archiver.tracked(&entry.id);
             let mut tracked = tracked.lock().await;
             if tracked.retry_at.is_some_and(|at| Instant::now() < at) {
                 continue;
             }
-            let Ok(store) = self.store(&entry).await else { continue };
             archiver.watch(&mut tracked, &store);
             let outcome = self.archive_project(archiver, &mut tracked, &entry, &store, false).await;
             record_outcome(&mut tracked, &entry, outcome);

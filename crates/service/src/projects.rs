@@ -99,6 +99,8 @@ impl Service {
             // A delete journaled before a crash (or a failure) kept the catalog from forgetting
             // the project: finish it now, so the name is free again.
             tracing::warn!(project = %entry.name, id = %entry.id, "finishing a project delete interrupted by a crash");
+            // What the crash kept from the archive, the deletion included, goes there first.
+            self.archive_final(entry, &store).await;
             let closing = store.clone();
             let _ = tokio::task::spawn_blocking(move || closing.close_deleted()).await;
             let cid = entry.id.clone();
