@@ -669,13 +669,14 @@ fn kill_9_between_a_delete_and_its_archive_flush_ships_the_tail_at_restart() {
     let server = serve(data.path(), &archive, settings);
     let hf = Hf::new(&server);
     let id = hf.create("doomed");
+    let last = hf.describe("doomed", "the last word");
     hf.wait_caught_up("doomed");
     assert_eq!(server.stop().code(), Some(0));
 
-    // Segment puts now land and then hang: the delete's flush never reaches its manifest.
-    let server = serve_faulty(data.path(), &archive, settings, "put:segments/=delay:60000");
-    let hf = Hf::new(&server);
-    let last = hf.describe("doomed", "the last word");
+    // Segment puts now land and then hang, so the delete's flush never reaches its manifest. The
+    // archiver's own passes are a minute apart: only the delete ships the deletion.
+    let quiet = "interval_ms = 60000\nsnapshot_secs = 86400\nlevels_secs = []\n";
+    let server = serve_faulty(data.path(), &archive, quiet, "put:segments/=delay:60000");
     let deleting = {
         let url = format!("{}/v1/projects/doomed", server.base);
         std::thread::spawn(move || {
