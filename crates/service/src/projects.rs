@@ -103,8 +103,15 @@ impl Service {
             self.archive_final(entry, &store).await;
             let closing = store.clone();
             let _ = tokio::task::spawn_blocking(move || closing.close_deleted()).await;
-            let cid = entry.id.clone();
-            self.control.call(move |c| control::remove_project(c, &cid)).await.map_err(Error::from)?;
+            let (cid, scope) = (entry.id.clone(), format!("/projects/{}", entry.name));
+            self.control
+                .call(move |c| {
+                    control::remove_project(c, &cid)?;
+                    control::remove_scope_assignments(c, &scope)
+                })
+                .await
+                .map_err(Error::from)?;
+            self.reload_principals().await?;
             self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())?;
             return Err(not_found(&entry.name));
         }
