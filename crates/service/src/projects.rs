@@ -103,15 +103,7 @@ impl Service {
             self.archive_final(entry, &store).await;
             let closing = store.clone();
             let _ = tokio::task::spawn_blocking(move || closing.close_deleted()).await;
-            let (cid, scope) = (entry.id.clone(), format!("/projects/{}", entry.name));
-            self.control
-                .call(move |c| {
-                    control::remove_project(c, &cid)?;
-                    control::remove_scope_assignments(c, &scope)
-                })
-                .await
-                .map_err(Error::from)?;
-            self.reload_principals().await?;
+            self.forget_project(entry).await?;
             self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())?;
             return Err(not_found(&entry.name));
         }
@@ -122,6 +114,20 @@ impl Service {
             .map_err(Error::from)?;
         open.insert(entry.id.clone(), store.clone());
         Ok(store)
+    }
+
+    /// Drops a deleted project from the catalog, with the role assignments at its scope, so a
+    /// later project of that name starts with none.
+    async fn forget_project(&self, entry: &CatalogEntry) -> Result<()> {
+        let (cid, scope) = (entry.id.clone(), format!("/projects/{}", entry.name));
+        self.control
+            .call(move |c| {
+                control::remove_project(c, &cid)?;
+                control::remove_scope_assignments(c, &scope)
+            })
+            .await
+            .map_err(Error::from)?;
+        self.reload_principals().await
     }
 
     /// The open store of the project named (or with id) `name`.
@@ -318,15 +324,7 @@ impl Service {
         // directory if we crash before moving it). The open-stores lock is held until the
         // directory has moved, so no request reopens the store in between.
         self.archive_final(&entry, &store).await;
-        let (cid, scope) = (entry.id.clone(), format!("/projects/{}", entry.name));
-        self.control
-            .call(move |c| {
-                control::remove_project(c, &cid)?;
-                control::remove_scope_assignments(c, &scope)
-            })
-            .await
-            .map_err(Error::from)?;
-        self.reload_principals().await?;
+        self.forget_project(&entry).await?;
         let mut open = self.projects.lock().await;
         open.remove(&entry.id);
         let closing = store.clone();
