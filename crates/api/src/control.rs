@@ -26,6 +26,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(info))
         .routes(routes!(list_projects, create_project))
         .routes(routes!(get_project, update_project, delete_project))
+        .routes(routes!(list_deleted_projects))
+        .routes(routes!(recover_project))
+        .routes(routes!(purge_project))
         .routes(routes!(journal))
         .routes(routes!(list_keys, create_key))
         .routes(routes!(revoke_key))
@@ -128,16 +131,56 @@ async fn update_project(
     Ok(Json(state.service.update_project(&caller, &project, req).await?))
 }
 
-/// Deletes a project.
+/// Soft-deletes a project: hidden, its name reserved, its data kept for its retention period
+/// (recover with `POST /v1/deleted-projects/{project}/recover`).
 #[utoipa::path(delete, path = "/v1/projects/{project}", tag = "projects",
     params(("project" = String, Path, description = "project name or id")),
-    responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "a lock forbids it", body = ErrorBody)))]
 async fn delete_project(
     State(state): State<AppState>,
     Authed(caller): Authed,
     Path(project): Path<String>,
 ) -> ApiResult<StatusCode> {
     state.service.delete_project(&caller, &project).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Soft-deleted projects, with `deleted_at` and `purge_after`.
+#[utoipa::path(get, path = "/v1/deleted-projects", tag = "projects", params(PageQuery),
+    responses((status = 200, body = ProjectPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_deleted_projects(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<ProjectPage>> {
+    Ok(Json(state.service.list_deleted_projects(&caller, q.after, q.limit).await?))
+}
+
+/// Brings a soft-deleted project back as it was.
+#[utoipa::path(post, path = "/v1/deleted-projects/{project}/recover", tag = "projects",
+    params(("project" = String, Path, description = "project name or id")),
+    responses((status = 200, body = Project), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn recover_project(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Project>> {
+    Ok(Json(state.service.recover_project(&caller, &project).await?))
+}
+
+/// Purges a soft-deleted project for good; refused while purge protection holds.
+#[utoipa::path(delete, path = "/v1/deleted-projects/{project}", tag = "projects",
+    params(("project" = String, Path, description = "project name or id")),
+    responses((status = 204, description = "purged"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "purge protection or a lock", body = ErrorBody)))]
+async fn purge_project(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path(project): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.service.purge_project(&caller, &project).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -14,6 +14,7 @@ mod export;
 mod extract;
 mod foundry;
 mod history;
+mod identities;
 mod locks;
 mod middleware;
 mod roles;
@@ -69,7 +70,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(locks::routes()).merge(roles::routes()).merge(audit::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(locks::routes()).merge(roles::routes()).merge(identities::routes()).merge(audit::routes())
 }
 
 /// The OpenAPI document of every route, built once.

@@ -1,10 +1,11 @@
-//! Role assignments (`/v1/role-assignments`): a principal holds a role at `/` or at one project,
-//! inherited downward. Owners only.
+//! Roles (`/v1/roles`: the built-in ones and custom definitions) and role assignments
+//! (`/v1/role-assignments`): a principal holds a role at `/` or at one project, inherited
+//! downward. Owners only.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use holdfast_types::api::{ErrorBody, RoleAssignment, RoleAssignmentList};
+use holdfast_types::api::{ErrorBody, RoleAssignment, RoleAssignmentList, RoleDefinition, RoleDefinitionList};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -13,7 +14,40 @@ use crate::error::ApiResult;
 use crate::extract::{ApiJson, Authed};
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_assignments, assign)).routes(routes!(unassign))
+    OpenApiRouter::new()
+        .routes(routes!(list_assignments, assign))
+        .routes(routes!(unassign))
+        .routes(routes!(list_roles, create_role))
+        .routes(routes!(delete_role))
+}
+
+/// Every role: the built-in ones, then the custom ones.
+#[utoipa::path(get, path = "/v1/roles", tag = "keys",
+    responses((status = 200, body = RoleDefinitionList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_roles(State(state): State<AppState>, Authed(caller): Authed) -> ApiResult<Json<RoleDefinitionList>> {
+    Ok(Json(state.service.list_roles(&caller).await?))
+}
+
+/// Defines a custom role: action patterns (`*` is a wildcard) it allows and denies.
+#[utoipa::path(post, path = "/v1/roles", tag = "keys", request_body = RoleDefinition,
+    responses((status = 201, body = RoleDefinition), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, description = "the name is taken", body = ErrorBody)))]
+async fn create_role(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    ApiJson(req): ApiJson<RoleDefinition>,
+) -> ApiResult<(StatusCode, Json<RoleDefinition>)> {
+    Ok((StatusCode::CREATED, Json(state.service.create_role(&caller, req).await?)))
+}
+
+/// Removes a custom role no assignment holds.
+#[utoipa::path(delete, path = "/v1/roles/{name}", tag = "keys",
+    params(("name" = String, Path, description = "the custom role's name")),
+    responses((status = 204, description = "removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "still assigned", body = ErrorBody)))]
+async fn delete_role(State(state): State<AppState>, Authed(caller): Authed, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    state.service.delete_role(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Every role assignment.

@@ -19,11 +19,12 @@ use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand};
 use holdfast_types::api::{
     Info, JournalPage, KeyCreate, KeyCreated, KeyPage, Lock, LockCreate, LockKind, LockList, Project, ProjectCreate,
-    ProjectPage, ProjectUpdate, Role, RoleAssignment, RoleAssignmentList, AuditPage, AuditVerify,
+    ProjectPage, ProjectUpdate, Role, RoleAssignment, RoleAssignmentList, RoleDefinition, RoleDefinitionList, AuditPage,
+    AuditVerify, Identity, IdentityCreate, IdentityList,
 };
 
 fn parse_role(role: &str) -> Result<Role, Exit> {
-    Role::parse(role).ok_or_else(|| Exit::new(2, anyhow!("unknown role {role:?}")))
+    Ok(Role::parse(role))
 }
 
 fn assignment(args: AssignmentArgs) -> Result<RoleAssignment, Exit> {
@@ -126,9 +127,12 @@ enum Command {
     Restore(backup::RestoreArgs),
     /// The audit log: every mutation and every denied request (admin).
     AuditLog(AuditArgs),
-    /// Role assignments: a principal's roles at / or at one project.
+    /// Roles: assignments (a principal's roles at / or at one project) and custom definitions.
     #[command(subcommand)]
     Role(RoleCmd),
+    /// Managed identities: principals for a project's workloads (admin).
+    #[command(subcommand)]
+    Identity(IdentityCmd),
     /// Resource locks: CanNotDelete or ReadOnly at a scope, inherited downward.
     #[command(subcommand)]
     Lock(LockCmd),
@@ -182,6 +186,18 @@ enum ProjectCmd {
         /// A tag as KEY=VALUE; repeatable.
         #[arg(long = "tag", value_parser = parse_tag)]
         tags: Vec<(String, String)>,
+        /// Days a deleted project is kept before it is purged (7-90) [default: 14].
+        #[arg(long)]
+        retention_days: Option<u32>,
+        /// Refuse purging a deleted project before its retention has passed (cannot be undone).
+        #[arg(long)]
+        purge_protection: bool,
+        /// A user-assigned identity (name or prn_…) for the project's workloads.
+        #[arg(long, conflicts_with = "system_identity")]
+        identity: Option<String>,
+        /// Make a system-assigned identity that lives and dies with the project.
+        #[arg(long)]
+        system_identity: bool,
     },
     /// List projects.
     List {
@@ -191,6 +207,9 @@ enum ProjectCmd {
         /// Page size (1-100); without it, every page is fetched.
         #[arg(long)]
         limit: Option<usize>,
+        /// List soft-deleted projects instead, with when each will be purged.
+        #[arg(long)]
+        deleted: bool,
     },
     /// Show one project.
     Show { name: String },
@@ -207,9 +226,19 @@ enum ProjectCmd {
         /// Remove a tag; repeatable.
         #[arg(long = "remove-tag")]
         remove_tags: Vec<String>,
+        /// Days a deleted project is kept before it is purged (7-90).
+        #[arg(long)]
+        retention_days: Option<u32>,
+        /// Turn purge protection on (it cannot be turned off).
+        #[arg(long)]
+        purge_protection: bool,
     },
-    /// Delete a project.
+    /// Delete a project: soft, kept (hidden, name reserved) for its retention period.
     Delete { name: String },
+    /// Bring a soft-deleted project back.
+    Recover { name: String },
+    /// Remove a soft-deleted project for good (admin; refused under purge protection).
+    Purge { name: String },
 }
 
 #[derive(Subcommand)]
@@ -274,7 +303,9 @@ enum KeyCmd {
     Create {
         #[arg(long)]
         name: String,
-        #[arg(long, default_value = "contributor", value_parser = ROLES)]
+        /// A built-in role (admin, contributor, reader, ai_user, ai_reader, backup_operator) or a
+        /// custom one.
+        #[arg(long, default_value = "contributor")]
         role: String,
         /// Where the role holds: / (default) or /projects/NAME.
         #[arg(long)]
@@ -313,15 +344,14 @@ enum AuditCmd {
     Verify,
 }
 
-/// The built-in roles.
-const ROLES: [&str; 6] = ["admin", "contributor", "reader", "ai_user", "ai_reader", "backup_operator"];
-
 /// One role assignment on the command line.
 #[derive(Args)]
 struct AssignmentArgs {
     #[arg(long)]
     principal: String,
-    #[arg(long, value_parser = ROLES)]
+    /// A built-in role (admin, contributor, reader, ai_user, ai_reader, backup_operator) or a
+    /// custom one.
+    #[arg(long)]
     role: String,
     /// / or /projects/NAME.
     #[arg(long, default_value = "/")]
@@ -336,6 +366,28 @@ enum RoleCmd {
     Unassign(AssignmentArgs),
     /// List every role assignment (admin only).
     List,
+    /// Define a custom role from a JSON file: name, description, actions, not_actions,
+    /// data_actions, not_data_actions (`*` is a wildcard) (admin only).
+    Create {
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// List every role definition, built-in and custom (admin only).
+    Definitions,
+    /// Remove a custom role no assignment holds (admin only).
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum IdentityCmd {
+    /// Create a user-assigned identity: a principal for workloads, apart from any project.
+    Create { name: String },
+    /// List managed identities, user- and system-assigned.
+    List,
+    /// Remove a user-assigned identity (its keys stop working, its assignments go).
+    Delete { name: String },
+    /// Issue a key that authenticates as the identity; printed once.
+    Key { name: String },
 }
 
 #[derive(Subcommand)]
@@ -488,15 +540,25 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
         Command::Backup(cmd) => backup::backup(client, cmd, format).await?,
         Command::Restore(args) => backup::restore(client, args, format).await?,
         Command::Project(cmd) => match cmd {
-            ProjectCmd::Create { name, display_name, description, tags } => {
-                let req = ProjectCreate { name, display_name, description, tags: tags.into_iter().collect() };
+            ProjectCmd::Create { name, display_name, description, tags, retention_days, purge_protection, identity, system_identity } => {
+                let req = ProjectCreate {
+                    name,
+                    display_name,
+                    description,
+                    tags: tags.into_iter().collect(),
+                    soft_delete_retention_days: retention_days,
+                    purge_protection,
+                    identity,
+                    system_identity,
+                };
                 print(format, &client.post::<_, Project>("/v1/projects", &req).await?, &[])?;
             }
-            ProjectCmd::List { after, limit } => {
+            ProjectCmd::List { after, limit, deleted } => {
                 let mut all = Vec::new();
                 let mut after = after;
+                let base = if deleted { "/v1/deleted-projects" } else { "/v1/projects" };
                 loop {
-                    let mut path = format!("/v1/projects?limit={}", limit.unwrap_or(100));
+                    let mut path = format!("{base}?limit={}", limit.unwrap_or(100));
                     if let Some(a) = &after {
                         path.push_str(&format!("&after={}", seg(a)));
                     }
@@ -507,20 +569,35 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
                         _ => break,
                     }
                 }
-                print(format, &all, PROJECT_COLUMNS)?;
+                let columns: &[&str] = if deleted { &["name", "deleted_at", "purge_after", "purge_protection"] } else { PROJECT_COLUMNS };
+                print(format, &all, columns)?;
             }
             ProjectCmd::Show { name } => {
                 print(format, &client.get::<Project>(&format!("/v1/projects/{}", seg(&name))).await?, &[])?;
             }
-            ProjectCmd::Update { name, display_name, description, tags, remove_tags } => {
+            ProjectCmd::Update { name, display_name, description, tags, remove_tags, retention_days, purge_protection } => {
                 let mut changes: BTreeMap<String, Option<String>> = tags.into_iter().map(|(k, v)| (k, Some(v))).collect();
                 changes.extend(remove_tags.into_iter().map(|k| (k, None)));
-                let req = ProjectUpdate { display_name, description, tags: (!changes.is_empty()).then_some(changes) };
+                let req = ProjectUpdate {
+                    display_name,
+                    description,
+                    tags: (!changes.is_empty()).then_some(changes),
+                    soft_delete_retention_days: retention_days,
+                    purge_protection: purge_protection.then_some(true),
+                };
                 print(format, &client.patch::<_, Project>(&format!("/v1/projects/{}", seg(&name)), &req).await?, &[])?;
             }
             ProjectCmd::Delete { name } => {
                 client.delete(&format!("/v1/projects/{}", seg(&name))).await?;
                 done(format, "deleted", &name)?;
+            }
+            ProjectCmd::Recover { name } => {
+                let path = format!("/v1/deleted-projects/{}/recover", seg(&name));
+                print(format, &client.post::<_, Project>(&path, &json!({})).await?, &[])?;
+            }
+            ProjectCmd::Purge { name } => {
+                client.delete(&format!("/v1/deleted-projects/{}", seg(&name))).await?;
+                done(format, "purged", &name)?;
             }
         },
         Command::Connection(cmd) => match cmd {
@@ -622,6 +699,39 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             RoleCmd::List => {
                 let all: RoleAssignmentList = client.get("/v1/role-assignments").await?;
                 print(format, &all.data, &["principal_id", "role", "scope"])?;
+            }
+            RoleCmd::Create { file } => {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| Exit::new(2, anyhow!("cannot read {}: {e}", file.display())))?;
+                let def: RoleDefinition = serde_json::from_str(&text)
+                    .map_err(|e| Exit::new(2, anyhow!("{} is not a role definition: {e}", file.display())))?;
+                print(format, &client.post::<_, RoleDefinition>("/v1/roles", &def).await?, &[])?;
+            }
+            RoleCmd::Definitions => {
+                let all: RoleDefinitionList = client.get("/v1/roles").await?;
+                print(format, &all.data, &["name", "built_in", "actions", "data_actions", "not_actions", "not_data_actions"])?;
+            }
+            RoleCmd::Delete { name } => {
+                client.delete(&format!("/v1/roles/{}", seg(&name))).await?;
+                done(format, "removed", &name)?;
+            }
+        },
+        Command::Identity(cmd) => match cmd {
+            IdentityCmd::Create { name } => {
+                let made: Identity = client.post("/v1/identities", &IdentityCreate { name }).await?;
+                print(format, &made, &[])?;
+            }
+            IdentityCmd::List => {
+                let all: IdentityList = client.get("/v1/identities").await?;
+                print(format, &all.data, &["name", "principal_id", "kind", "project_id", "created_at"])?;
+            }
+            IdentityCmd::Delete { name } => {
+                client.delete(&format!("/v1/identities/{}", seg(&name))).await?;
+                done(format, "removed", &name)?;
+            }
+            IdentityCmd::Key { name } => {
+                let made: KeyCreated = client.post(&format!("/v1/identities/{}/keys", seg(&name)), &json!({})).await?;
+                print(format, &made, &["key", "key_id", "principal_id", "name"])?;
             }
         },
         Command::Lock(cmd) => match cmd {

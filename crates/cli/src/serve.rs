@@ -55,6 +55,8 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         "holdfast is serving"
     );
     let archiver = service.spawn_archiver();
+    // Soft-deleted projects whose retention has passed are purged within the hour.
+    let purger = service.spawn_purger(std::time::Duration::from_secs(3600));
     if let Some(archive) = &config.archive {
         tracing::info!(url = %archive.url, "continuous backup is on");
     }
@@ -73,6 +75,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         // Its last pass ships what the final requests wrote (a down archive cannot hold us).
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), archiver).await;
     }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), purger).await;
     service.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -53,7 +53,7 @@ fn every_route_enforces_its_declared_action_for_every_role() {
             }
             let Need::Action(action) = need else { continue };
             let resp = call(&api, method, &path);
-            if role_allows(role, *action) {
+            if role_allows(&role, *action) {
                 assert_ne!(resp.status, 403, "{name} may {} ({method} {template}): {}", action.as_str(), resp.text);
             } else {
                 assert_eq!(resp.status, 403, "{name} may not {} ({method} {template}): {}", action.as_str(), resp.text);

@@ -317,14 +317,16 @@ fn deleted_project_restores_from_the_archive_offline() {
     assert!(num(&status["snapshots"]) >= 1, "{status}");
     let report = hf.verify_ok("gone");
     assert_eq!(report["lsn"], last, "{report}");
+    // A soft delete (its mark is change last + 1), then the purge (the deletion, last + 2).
     hf.run(&["project", "delete", "gone"]).success();
+    hf.run(&["project", "purge", "gone"]).success();
     assert_eq!(hf.run(&["project", "show", "gone"]).code, 3);
     // The deletion itself is archived, and the window ends just before it.
     let manifest = archive.manifest(&id);
-    assert_eq!((manifest["deleted"].as_bool(), num(&manifest["archived_lsn"])), (Some(true), last + 1), "{manifest:#}");
+    assert_eq!((manifest["deleted"].as_bool(), num(&manifest["archived_lsn"])), (Some(true), last + 2), "{manifest:#}");
     // Online, a deleted project's name finds it in the archive.
     let summary = hf.restore("gone", "gone-online", &[]).json();
-    assert_eq!((summary["source"].as_str(), num(&summary["restored_lsn"])), (Some("archive"), last), "{summary}");
+    assert_eq!((summary["source"].as_str(), num(&summary["restored_lsn"])), (Some("archive"), last + 1), "{summary}");
     assert_eq!(download(&server, "gone-online", &file_id), content);
     assert_eq!(server.stop().code(), Some(0));
 
@@ -338,7 +340,8 @@ fn deleted_project_restores_from_the_archive_offline() {
     assert_eq!(summary["source_project_id"], id.as_str());
     assert_eq!(summary["project"]["name"], "gone");
     assert_eq!(summary["project"]["description"], "final");
-    assert_eq!(summary["restored_lsn"], last);
+    assert_eq!(summary["project"]["deleted_at"], Value::Null, "a restored project is live");
+    assert_eq!(summary["restored_lsn"], last + 1);
     assert_eq!(summary["blobs"], 1);
     assert_eq!(summary["partial"], Value::Null);
     let index = restored_dir.join("projects").join(summary["project"]["id"].as_str().expect("id")).join("index");
@@ -671,6 +674,8 @@ fn kill_9_between_a_delete_and_its_archive_flush_ships_the_tail_at_restart() {
     let id = hf.create("doomed");
     let last = hf.describe("doomed", "the last word");
     hf.wait_caught_up("doomed");
+    // Soft-deleted (change last + 1); the purge below journals the deletion (last + 2).
+    hf.run(&["project", "delete", "doomed"]).success();
     assert_eq!(server.stop().code(), Some(0));
 
     // Segment puts now land and then hang, so the delete's flush never reaches its manifest. The
@@ -678,7 +683,7 @@ fn kill_9_between_a_delete_and_its_archive_flush_ships_the_tail_at_restart() {
     let quiet = "interval_ms = 60000\nsnapshot_secs = 86400\nlevels_secs = []\n";
     let server = serve_faulty(data.path(), &archive, quiet, "put:segments/=delay:60000");
     let deleting = {
-        let url = format!("{}/v1/projects/doomed", server.base);
+        let url = format!("{}/v1/deleted-projects/doomed", server.base);
         std::thread::spawn(move || {
             let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
             http.delete(&url).bearer_auth(common::ADMIN_KEY).send().map(|r| r.status().as_u16())
@@ -687,7 +692,7 @@ fn kill_9_between_a_delete_and_its_archive_flush_ships_the_tail_at_restart() {
     // The deletion commits at once; the flush hangs on the segment put.
     wait_until("the deletion's segment object", || {
         files_under(&archive.project_dir(&id).join("segments")).iter().any(|f| {
-            f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(&format!("-{:020}-", last + 1)))
+            f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(&format!("-{:020}-", last + 2)))
         })
     });
     assert_eq!(server.kill9().code(), None, "killed by a signal");
@@ -705,9 +710,9 @@ fn kill_9_between_a_delete_and_its_archive_flush_ships_the_tail_at_restart() {
     });
     assert_eq!(hf.run(&["project", "show", "doomed"]).code, 3, "the delete is finished");
     let manifest = archive.manifest(&id);
-    assert_eq!(num(&manifest["archived_lsn"]), last + 1, "{manifest:#}");
+    assert_eq!(num(&manifest["archived_lsn"]), last + 2, "{manifest:#}");
     let summary = hf.restore("doomed", "doomed-again", &[]).json();
-    assert_eq!(summary["restored_lsn"], last, "{summary}");
+    assert_eq!(summary["restored_lsn"], last + 1, "{summary}");
     assert_eq!(hf.show("doomed-again")["description"], "the last word");
     assert_eq!(server.stop().code(), Some(0));
 }

@@ -82,7 +82,7 @@ fn bad_requests_are_json_4xx_and_change_nothing() {
         "invalid_input",
         "key field",
     );
-    refused(&api.post("/v1/keys", &json!({ "name": "k", "role": "owner" })), 400, "invalid_input", "unknown role");
+    refused(&api.post("/v1/keys", &json!({ "name": "k", "role": "superuser" })), 400, "invalid_input", "unknown role");
     refused(&api.post("/v1/keys", &json!({ "name": "" })), 400, "invalid_input", "empty key name");
     // Invalid names.
     for name in [
@@ -198,6 +198,7 @@ fn bad_requests_are_json_4xx_and_change_nothing() {
     assert!(serde_json::to_vec(&fits).unwrap().len() < 2048);
     api.post("/v1/projects", &fits).ok(201);
     assert_eq!(api.delete("/v1/projects/fits").status, 204);
+    api.delete("/v1/deleted-projects/fits").ok(204); // purged: its directory goes to the trash
 
     // Unknown routes and methods.
     for path in ["/v1/nothing", "/v2/projects", "/v1/projects/steady/nothing", "/", "/v1/projects/steady/journal/1"] {

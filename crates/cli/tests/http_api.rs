@@ -108,8 +108,14 @@ fn projects_create_list_page_get_update_delete() {
     api.delete("/v1/projects/alpha").err(404, "not_found");
     api.get("/v1/projects/alpha/journal").err(404, "not_found");
     assert_eq!(names(&api.all_projects(100)), ["bravo", "charlie", "delta", "echo"]);
+    // Soft-deleted: listed as deleted and holding its name, until the purge.
+    let deleted = api.get("/v1/deleted-projects").ok(200);
+    assert_eq!(deleted["data"][0]["id"], alpha_id.as_str(), "{deleted}");
+    api.post("/v1/projects", &json!({ "name": "alpha" })).err(409, "conflict");
+    api.delete("/v1/deleted-projects/alpha").ok(204);
+    api.delete("/v1/deleted-projects/alpha").err(404, "not_found");
 
-    // The name is reusable; the new project has a new id and a fresh journal.
+    // After the purge the name is reusable; the new project has a new id and a fresh journal.
     let again = api.create_project("alpha");
     assert_ne!(again["id"].as_str().unwrap(), alpha_id);
     assert_eq!(again["lsn"], 1);
@@ -454,6 +460,7 @@ fn deleting_a_project_in_use_gives_404s_never_server_errors() {
             }
         }
         api.get(&format!("/v1/projects/{name}")).err(404, "not_found");
+        api.delete(&format!("/v1/deleted-projects/{name}")).ok(204);
     }
     // Only the bystander is left, in the catalog and on disk; every deleted project is in the trash.
     assert_eq!(names(&api.all_projects(100)), ["bystander"]);

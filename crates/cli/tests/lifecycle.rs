@@ -297,5 +297,8 @@ fn a_create_acknowledged_just_before_sigkill_survives() {
     let server = Server::start(data.path());
     assert_eq!(server.admin().all_projects(100), before);
     server.admin().get("/v1/projects/crash-3").err(404, "not_found");
+    // Soft-deleted across the kill: the name is held until the purge frees it.
+    server.admin().post("/v1/projects", &json!({ "name": "crash-3" })).err(409, "conflict");
+    server.admin().delete("/v1/deleted-projects/crash-3").ok(204);
     server.admin().create_project("crash-3");
 }

@@ -118,6 +118,9 @@ fn a_deleted_projects_role_assignments_do_not_pass_to_a_new_project_of_that_name
     let tenant = server.api(Some(&key));
     tenant.patch("/v1/projects/gamma", &json!({ "description": "mine" })).ok(200);
     admin.delete("/v1/projects/gamma").ok(204);
+    // While soft-deleted the assignment stays (a recover gives the project back as it was);
+    // the purge takes it.
+    admin.delete("/v1/deleted-projects/gamma").ok(204);
     admin.create_project("gamma");
     let message = tenant.patch("/v1/projects/gamma", &json!({ "description": "still mine?" })).err(403, "forbidden");
     assert!(message.contains("roles: none"), "the assignment went with the project: {message}");

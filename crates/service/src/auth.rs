@@ -1,13 +1,18 @@
 //! Principals, API keys and the authorization check.
 //!
-//! A key authenticates a principal; a principal holds roles at scopes (today: one role at `/`).
-//! Every operation states the [`Action`] it needs and calls [`Caller::require`] first, so the
-//! finer roles, scopes and locks of the governance work slot in here without touching callers.
+//! A key authenticates a principal; a principal holds roles at scopes (`/` or one project),
+//! inherited downward. A role — built-in or custom — is a [`RoleDefinition`]: action patterns it
+//! allows and denies. Every operation states the [`Action`] it needs and calls
+//! [`Caller::require`] first; the API gate (`holdfast-api`'s `authz`) calls it too, before any
+//! handler runs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use holdfast_store::control::{self, NewKey};
-use holdfast_types::api::{KeyCreate, KeyCreated, KeyInfo, KeyPage, Role, RoleAssignment, RoleAssignmentList};
+use holdfast_types::api::{
+    KeyCreate, KeyCreated, KeyInfo, KeyPage, Role, RoleAssignment, RoleAssignmentList, RoleDefinition, RoleDefinitionList,
+};
 use holdfast_types::{Error, KeyId, PrincipalId, RequestId, rfc3339};
 use sha2::{Digest, Sha256};
 
@@ -46,6 +51,8 @@ pub enum Action {
     LocksManage,
     /// Reading and verifying the audit log (Owners only).
     AuditRead,
+    /// Purging a soft-deleted project before or after its retention (Owners only).
+    ProjectsPurge,
 }
 
 impl Action {
@@ -66,8 +73,132 @@ impl Action {
             Action::Restore => "projects/restore",
             Action::LocksManage => "locks/manage",
             Action::AuditRead => "audit/read",
+            Action::ProjectsPurge => "projects/purge",
         }
     }
+
+    /// Every action, for validating role patterns and listing.
+    pub const ALL: [Action; 16] = [
+        Action::ProjectsRead,
+        Action::ProjectsWrite,
+        Action::JournalRead,
+        Action::KeysManage,
+        Action::DataRead,
+        Action::DataWrite,
+        Action::SecretsRead,
+        Action::Export,
+        Action::Import,
+        Action::Undelete,
+        Action::BackupRead,
+        Action::BackupWrite,
+        Action::Restore,
+        Action::LocksManage,
+        Action::AuditRead,
+        Action::ProjectsPurge,
+    ];
+
+    /// Whether this acts on a project's contents (a role's `data_actions`) rather than the
+    /// control plane (its `actions`).
+    pub fn is_data(self) -> bool {
+        matches!(self, Action::DataRead | Action::DataWrite | Action::SecretsRead)
+    }
+}
+
+/// `*` stands for any run of characters (slashes too); everything else matches itself.
+fn pattern_matches(pattern: &str, action: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = action.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Whether a role with this definition allows `action`.
+pub fn definition_allows(def: &RoleDefinition, action: Action) -> bool {
+    let (allow, deny) =
+        if action.is_data() { (&def.data_actions, &def.not_data_actions) } else { (&def.actions, &def.not_actions) };
+    let name = action.as_str();
+    allow.iter().any(|p| pattern_matches(p, name)) && !deny.iter().any(|p| pattern_matches(p, name))
+}
+
+/// The definition of a built-in role; `None` for a custom one.
+pub fn built_in_definition(role: &Role) -> Option<RoleDefinition> {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (description, actions, data_actions): (&str, &[&str], &[&str]) = match role {
+        Role::Admin => ("Owner: everything, including access, locks, journals and purge", &["*"], &["*"]),
+        Role::Contributor => (
+            "Read and write projects and their contents, export, read backup status; no access, locks, journals, restore or purge",
+            &["projects/read", "projects/write", "projects/export", "projects/backup/read"],
+            &["projects/data/*", "projects/connections/secrets/read"],
+        ),
+        Role::Reader => ("Read projects and their contents", &["projects/read"], &["projects/data/read"]),
+        Role::AiUser => (
+            "Read and write a project's contents, read the project; never a connection's secret",
+            &["projects/read"],
+            &["projects/data/read", "projects/data/write"],
+        ),
+        Role::AiReader => ("Read a project's contents and the project", &["projects/read"], &["projects/data/read"]),
+        Role::BackupOperator => (
+            "Backup, restore and export; read projects; no deletes, no contents",
+            &["projects/read", "projects/backup/*", "projects/export", "projects/restore"],
+            &[],
+        ),
+        Role::Custom(_) => return None,
+    };
+    Some(RoleDefinition {
+        name: role.as_str().to_owned(),
+        description: description.to_owned(),
+        actions: strings(actions),
+        not_actions: Vec::new(),
+        data_actions: strings(data_actions),
+        not_data_actions: Vec::new(),
+        built_in: true,
+    })
+}
+
+/// Checks a custom role's definition: a name that is not a built-in one, and patterns that each
+/// match at least one action of their plane (a typo would otherwise grant or deny nothing).
+pub(crate) fn validate_definition(def: &RoleDefinition) -> Result<()> {
+    validate::role_name(&def.name)?;
+    if Role::parse(&def.name).is_built_in() {
+        return Err(Error::invalid(format!("{:?} is a built-in role; choose another name", def.name)));
+    }
+    if def.actions.is_empty() && def.data_actions.is_empty() {
+        return Err(Error::invalid("a role must allow something: give actions or data_actions"));
+    }
+    let lists = [
+        ("actions", &def.actions, false),
+        ("not_actions", &def.not_actions, false),
+        ("data_actions", &def.data_actions, true),
+        ("not_data_actions", &def.not_data_actions, true),
+    ];
+    for (field, patterns, data) in lists {
+        for pattern in patterns {
+            let known: Vec<&str> = Action::ALL.iter().filter(|a| a.is_data() == data).map(|a| a.as_str()).collect();
+            if !known.iter().any(|a| pattern_matches(pattern, a)) {
+                return Err(Error::invalid(format!(
+                    "{field} pattern {pattern:?} matches no action; {field} may name: {}",
+                    known.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A role a principal holds at a scope, with what the role allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub role: Role,
+    pub scope: String,
+    pub definition: Arc<RoleDefinition>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,13 +208,13 @@ pub struct Principal {
     /// The role its key was made with (its assignment at `/` when it has one).
     pub role: Role,
     /// Every role it holds, with the scope where it holds it (`/` or `/projects/{name}`).
-    pub grants: Vec<(Role, String)>,
+    pub grants: Vec<Grant>,
 }
 
 impl Principal {
     /// Whether a role held at a scope at or above `scope` allows `action`.
     fn allows(&self, action: Action, scope: &str) -> bool {
-        self.grants.iter().any(|(role, at)| covers(at, scope) && role_allows(*role, action))
+        self.grants.iter().any(|g| covers(&g.scope, scope) && definition_allows(&g.definition, action))
     }
 }
 
@@ -103,28 +234,10 @@ pub(crate) fn assignment_scope(scope: &str) -> Result<()> {
     }
 }
 
-/// Whether `role` may perform `action` at a scope where it is assigned.
-pub fn role_allows(role: Role, action: Action) -> bool {
-    match role {
-        Role::Admin => true,
-        Role::Contributor => matches!(
-            action,
-            Action::ProjectsRead
-                | Action::ProjectsWrite
-                | Action::DataRead
-                | Action::DataWrite
-                | Action::SecretsRead
-                | Action::Export
-                | Action::BackupRead
-        ),
-        Role::Reader => matches!(action, Action::ProjectsRead | Action::DataRead),
-        Role::AiUser => matches!(action, Action::ProjectsRead | Action::DataRead | Action::DataWrite),
-        Role::AiReader => matches!(action, Action::ProjectsRead | Action::DataRead),
-        Role::BackupOperator => matches!(
-            action,
-            Action::ProjectsRead | Action::BackupRead | Action::BackupWrite | Action::Export | Action::Restore
-        ),
-    }
+/// Whether the built-in `role` may perform `action` at a scope where it is assigned (a custom
+/// role's rights are its definition's; this answers `false` for one).
+pub fn role_allows(role: &Role, action: Action) -> bool {
+    built_in_definition(role).is_some_and(|def| definition_allows(&def, action))
 }
 
 /// Who is asking, and under which request id; passed to every operation.
@@ -141,7 +254,7 @@ impl Caller {
             Ok(())
         } else {
             let held: Vec<String> =
-                self.principal.grants.iter().map(|(role, at)| format!("{} at {at}", role.as_str())).collect();
+                self.principal.grants.iter().map(|g| format!("{} at {}", g.role.as_str(), g.scope)).collect();
             Err(Error::forbidden(format!(
                 "principal {} (roles: {}) may not perform {} at scope {scope}",
                 self.principal.id,
@@ -158,14 +271,18 @@ impl Caller {
                 id: PrincipalId::parse("prn_system").unwrap_or_else(PrincipalId::generate),
                 name: "system".into(),
                 role: Role::Admin,
-                grants: vec![(Role::Admin, "/".to_owned())],
+                grants: vec![Grant {
+                    role: Role::Admin,
+                    scope: "/".to_owned(),
+                    definition: Arc::new(built_in_definition(&Role::Admin).unwrap_or_default()),
+                }],
             },
             request_id: RequestId::generate(),
         }
     }
 }
 
-type KeysAndGrants = (Vec<control::KeyRecord>, Vec<(String, String, String)>);
+type KeysAndGrants = (Vec<control::KeyRecord>, Vec<(String, String, String)>, Vec<(String, String)>);
 
 fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
@@ -180,6 +297,13 @@ fn generate_key() -> Result<String> {
 
 fn key_prefix(key: &str) -> String {
     key.chars().take(10).collect()
+}
+
+/// A new key with its hash and prefix, as stored.
+pub(crate) fn new_key() -> Result<(String, String, String)> {
+    let key = generate_key()?;
+    let (hash, prefix) = (hash_key(&key), key_prefix(&key));
+    Ok((key, hash, prefix))
 }
 
 impl Service {
@@ -267,17 +391,36 @@ impl Service {
         self.reload_keys().await
     }
 
+    /// [`reload_principals`](Self::reload_principals) for a caller already holding `keys_update`.
+    pub(crate) async fn reload_principals_locked(&self) -> Result<()> {
+        self.reload_keys().await
+    }
+
     async fn reload_keys(&self) -> Result<()> {
         let loaded = self.control.call(control::keys_and_assignments).await.map_err(Error::from)?;
         self.install_keys(loaded);
         Ok(())
     }
 
-    fn install_keys(&self, (keys, assignments): KeysAndGrants) {
-        let mut grants: HashMap<String, Vec<(Role, String)>> = HashMap::new();
+    fn install_keys(&self, (keys, assignments, roles): KeysAndGrants) {
+        let mut definitions: HashMap<String, Arc<RoleDefinition>> = Role::BUILT_IN
+            .iter()
+            .filter_map(built_in_definition)
+            .map(|d| (d.name.clone(), Arc::new(d)))
+            .collect();
+        for (name, json) in roles {
+            match serde_json::from_str::<RoleDefinition>(&json) {
+                Ok(def) => {
+                    definitions.insert(name, Arc::new(def));
+                }
+                Err(e) => tracing::error!(role = %name, error = %e, "unreadable custom role; it grants nothing"),
+            }
+        }
+        let mut grants: HashMap<String, Vec<Grant>> = HashMap::new();
         for (principal, role, scope) in assignments {
-            if let Some(role) = Role::parse(&role) {
-                grants.entry(principal).or_default().push((role, scope));
+            let role = Role::parse(&role);
+            if let Some(definition) = definitions.get(role.as_str()).cloned() {
+                grants.entry(principal).or_default().push(Grant { role, scope, definition });
             }
         }
         let live: HashMap<_, _> = keys
@@ -285,7 +428,7 @@ impl Service {
             .filter(|k| k.revoked_us.is_none())
             .map(|k| {
                 let grants = grants.get(k.principal_id.as_str()).cloned().unwrap_or_default();
-                let role = Role::parse(&k.role).unwrap_or(Role::Reader);
+                let role = Role::parse(&k.role);
                 (k.hash, Principal { id: k.principal_id, name: k.name, role, grants })
             })
             .collect();
@@ -311,12 +454,12 @@ impl Service {
         validate::principal_name(&req.name)?;
         let scope = req.scope.clone().unwrap_or_else(|| "/".to_owned());
         assignment_scope(&scope)?;
-        let key = generate_key()?;
+        let (key, hash, prefix) = new_key()?;
         let key_id = KeyId::generate();
         let principal_id = PrincipalId::generate();
-        let (hash, prefix) = (hash_key(&key), key_prefix(&key));
-        let (k, p, name, role) = (key_id.clone(), principal_id.clone(), req.name.clone(), req.role);
+        let (k, p, name, role) = (key_id.clone(), principal_id.clone(), req.name.clone(), req.role.clone());
         let _serial = self.keys_update.lock().await;
+        self.role_exists(&role).await?;
         self.control
             .call(move |c| {
                 control::insert_key(c, &NewKey {
@@ -345,7 +488,7 @@ impl Service {
                 key_id: k.key_id,
                 principal_id: k.principal_id,
                 name: k.name,
-                role: Role::parse(&k.role).unwrap_or(Role::Reader),
+                role: Role::parse(&k.role),
                 scope: k.scope,
                 prefix: k.prefix,
                 created_at: rfc3339(k.created_us),
@@ -362,7 +505,7 @@ impl Service {
         let data = rows
             .into_iter()
             .filter_map(|(principal, role, scope)| {
-                Some(RoleAssignment { principal_id: PrincipalId::parse(&principal)?, role: Role::parse(&role)?, scope })
+                Some(RoleAssignment { principal_id: PrincipalId::parse(&principal)?, role: Role::parse(&role), scope })
             })
             .collect();
         Ok(RoleAssignmentList { data })
@@ -372,9 +515,10 @@ impl Service {
     pub async fn assign_role(&self, caller: &Caller, req: RoleAssignment) -> Result<RoleAssignment> {
         caller.require(Action::KeysManage, "/")?;
         assignment_scope(&req.scope)?;
-        let (p, role, scope) = (req.principal_id.as_str().to_owned(), req.role.as_str(), req.scope.clone());
+        let (p, role, scope) = (req.principal_id.as_str().to_owned(), req.role.as_str().to_owned(), req.scope.clone());
         let _serial = self.keys_update.lock().await;
-        let known = self.control.call(move |c| control::assign_role(c, &p, role, &scope)).await.map_err(Error::from)?;
+        self.role_exists(&req.role).await?;
+        let known = self.control.call(move |c| control::assign_role(c, &p, &role, &scope)).await.map_err(Error::from)?;
         if !known {
             return Err(Error::not_found(format!("no principal with id {}", req.principal_id)));
         }
@@ -385,9 +529,9 @@ impl Service {
     /// `holdfast role unassign`: takes a role at a scope away from a principal.
     pub async fn unassign_role(&self, caller: &Caller, req: RoleAssignment) -> Result<()> {
         caller.require(Action::KeysManage, "/")?;
-        let (p, role, scope) = (req.principal_id.as_str().to_owned(), req.role.as_str(), req.scope.clone());
+        let (p, role, scope) = (req.principal_id.as_str().to_owned(), req.role.as_str().to_owned(), req.scope.clone());
         let _serial = self.keys_update.lock().await;
-        let held = self.control.call(move |c| control::unassign_role(c, &p, role, &scope)).await.map_err(Error::from)?;
+        let held = self.control.call(move |c| control::unassign_role(c, &p, &role, &scope)).await.map_err(Error::from)?;
         if !held {
             return Err(Error::not_found(format!(
                 "principal {} holds no role {} at {}",
@@ -417,5 +561,79 @@ impl Service {
             .ok_or_else(|| Error::not_found(format!("no key or principal with id {id:?}")))?;
         self.reload_keys().await?;
         Ok(revoked)
+    }
+
+    /// Refuses a custom role that does not exist (built-in roles always do).
+    async fn role_exists(&self, role: &Role) -> Result<()> {
+        if role.is_built_in() {
+            return Ok(());
+        }
+        let roles = self.control.call(control::list_roles).await.map_err(Error::from)?;
+        if roles.iter().any(|(name, _)| name == role.as_str()) {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "unknown role {:?}: the built-in roles are admin, contributor, reader, ai_user, ai_reader, backup_operator \
+                 (holdfast role definitions lists the custom ones too)",
+                role.as_str()
+            )))
+        }
+    }
+
+    /// Every role: the built-in ones, then the custom ones by name.
+    pub async fn list_roles(&self, caller: &Caller) -> Result<RoleDefinitionList> {
+        caller.require(Action::KeysManage, "/")?;
+        let custom = self.control.call(control::list_roles).await.map_err(Error::from)?;
+        let mut data: Vec<RoleDefinition> = Role::BUILT_IN.iter().filter_map(built_in_definition).collect();
+        for (name, json) in custom {
+            let def = serde_json::from_str(&json)
+                .map_err(|e| Error::internal(format!("custom role {name:?} is unreadable: {e}")))?;
+            data.push(def);
+        }
+        Ok(RoleDefinitionList { data })
+    }
+
+    /// `holdfast role create --file role.json`: defines a custom role.
+    pub async fn create_role(&self, caller: &Caller, mut def: RoleDefinition) -> Result<RoleDefinition> {
+        caller.require(Action::KeysManage, "/")?;
+        def.built_in = false;
+        validate_definition(&def)?;
+        let json = serde_json::to_string(&def).map_err(|e| Error::internal(e.to_string()))?;
+        let name = def.name.clone();
+        let _serial = self.keys_update.lock().await;
+        let made = self.control.call(move |c| control::insert_role(c, &name, &json)).await.map_err(Error::from)?;
+        if !made {
+            return Err(Error::conflict(format!("a role named {:?} exists already", def.name)));
+        }
+        self.reload_keys().await?;
+        Ok(def)
+    }
+
+    /// Removes a custom role; refused while any assignment holds it.
+    pub async fn delete_role(&self, caller: &Caller, name: &str) -> Result<()> {
+        caller.require(Action::KeysManage, "/")?;
+        if Role::parse(name).is_built_in() {
+            return Err(Error::invalid(format!("{name:?} is a built-in role and cannot be removed")));
+        }
+        let target = name.to_owned();
+        let _serial = self.keys_update.lock().await;
+        let outcome = self
+            .control
+            .call(move |c| {
+                let held = control::role_assignment_count(c, &target)?;
+                if held > 0 {
+                    return Ok(Err(held));
+                }
+                control::delete_role(c, &target).map(Ok)
+            })
+            .await
+            .map_err(Error::from)?;
+        match outcome {
+            Err(held) => Err(Error::conflict(format!(
+                "role {name:?} is held by {held} assignment(s); unassign them first (holdfast role list)"
+            ))),
+            Ok(false) => Err(Error::not_found(format!("no custom role named {name:?}"))),
+            Ok(true) => self.reload_keys().await,
+        }
     }
 }

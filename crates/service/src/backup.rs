@@ -172,7 +172,8 @@ impl Service {
                 return;
             }
         };
-        for entry in entries.into_iter().filter(|e| e.active) {
+        // Soft-deleted projects too: their deletion mark is a change like any other.
+        for entry in entries.into_iter().filter(|e| !e.creating()) {
             // The store first, with no archive lock held: opening a project whose delete a crash
             // cut off ships its last changes (`archive_final`), which takes that lock.
             let Ok(store) = self.store(&entry).await else { continue };

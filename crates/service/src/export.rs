@@ -551,6 +551,7 @@ impl Service {
                     display_name: Some(p.display_name.clone()),
                     description: Some(p.description.clone()),
                     tags: p.tags.clone(),
+                    ..Default::default()
                 })
                 .await?;
                 self.project_store(project).await?

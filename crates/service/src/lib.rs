@@ -10,6 +10,7 @@ pub mod backup;
 pub mod data;
 pub mod export;
 pub mod history;
+mod identities;
 mod locks;
 mod projects;
 pub mod restore;
@@ -21,7 +22,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-pub use auth::{Action, Caller, Principal, role_allows};
+pub use auth::{Action, Caller, Grant, Principal, role_allows};
 use holdfast_blob::BlobStore;
 use holdfast_store::ProjectStore;
 use holdfast_store::control::{self, ControlStore};
@@ -202,8 +203,8 @@ impl Service {
         self.project_dir(id).join("state.db")
     }
 
-    /// Deleted projects' directories are moved here, not erased, until soft delete with a
-    /// retention period exists.
+    /// Purged projects' directories are moved here (an operator empties it; nothing in it is
+    /// read again).
     fn trash_dir(&self) -> PathBuf {
         self.data_dir.join("trash")
     }
@@ -213,12 +214,13 @@ impl Service {
     /// forgot the project) is moved to the trash.
     fn recover(&self) -> Result<()> {
         let entries = self.control.call_blocking(control::all_projects).map_err(Error::from)?;
-        for entry in entries.iter().filter(|e| !e.active) {
+        for entry in entries.iter().filter(|e| e.creating()) {
             tracing::warn!(project = %entry.name, id = %entry.id, "rolling back a create interrupted by a crash");
             remove_dir_if_exists(&self.project_dir(&entry.id))?;
             self.control.call_blocking(|c| control::remove_project(c, &entry.id)).map_err(Error::from)?;
         }
-        let known: Vec<_> = entries.iter().filter(|e| e.active).map(|e| e.id.as_str().to_owned()).collect();
+        self.control.call_blocking(|c| control::remove_system_identities(c, None)).map_err(Error::from)?;
+        let known: Vec<_> = entries.iter().filter(|e| !e.creating()).map(|e| e.id.as_str().to_owned()).collect();
         let dir = self.data_dir.join("projects");
         let listing = std::fs::read_dir(&dir)
             .map_err(|e| Error::internal(format!("cannot list {}: {e}", dir.display())))?;

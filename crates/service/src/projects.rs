@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use holdfast_store::control::{self, CatalogEntry};
 use holdfast_store::{ProjectStore, Resource, StateView, StoreError};
-use holdfast_types::api::{JournalPage, Page, Project, ProjectCreate, ProjectPage, ProjectUpdate};
-use holdfast_types::{Error, ErrorKind, Kind, Lsn, Op, ProjectId, rfc3339};
+use holdfast_types::api::{JournalPage, Page, Project, ProjectCreate, ProjectIdentity, ProjectPage, ProjectUpdate};
+use holdfast_types::{Error, ErrorKind, Kind, Lsn, Micros, Op, ProjectId, now_micros, rfc3339};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -21,13 +21,55 @@ pub const DEFAULT_JOURNAL_PAGE: usize = 100;
 pub const MAX_JOURNAL_PAGE: usize = 1000;
 pub const MAX_JOURNAL_WAIT: Duration = Duration::from_secs(30);
 
-/// The body of a project's own resource (`kind = project`, `id = proj_…`).
+/// How long a deleted project is kept when its create named no retention, and the range a
+/// project may choose.
+pub const DEFAULT_RETENTION_DAYS: u32 = 14;
+pub const RETENTION_DAYS: std::ops::RangeInclusive<u32> = 7..=90;
+const DAY_US: Micros = 86_400_000_000;
+
+/// The body of a project's own resource (`kind = project`, `id = proj_…`). Fields added after
+/// the first format are left out while they hold their default, so older bodies read the same.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ProjectBody {
     name: String,
     display_name: String,
     description: String,
     tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    soft_delete_retention_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    purge_protection: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<ProjectIdentity>,
+    /// Set while the project is soft-deleted (µs since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deleted_us: Option<Micros>,
+}
+
+impl ProjectBody {
+    fn retention_days(&self) -> u32 {
+        self.soft_delete_retention_days.unwrap_or(DEFAULT_RETENTION_DAYS)
+    }
+}
+
+fn retention(days: u32) -> Result<()> {
+    if RETENTION_DAYS.contains(&days) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "soft_delete_retention_days must be {} to {}, got {days}",
+            RETENTION_DAYS.start(),
+            RETENTION_DAYS.end()
+        )))
+    }
+}
+
+fn read_body(view: &StateView<'_>, id: &ProjectId) -> Result<Option<(ProjectBody, Resource)>, StoreError> {
+    let Some(resource) = view.get(Kind::Project, id.as_str())? else {
+        return Ok(None);
+    };
+    let body: ProjectBody = serde_json::from_value(resource.body.clone())?;
+    Ok(Some((body, resource)))
 }
 
 fn scope(name: &str) -> String {
@@ -44,11 +86,10 @@ fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize>
 
 /// Reads the project's own record; `None` once the project's delete is journaled.
 fn read_project(view: &StateView<'_>, id: &ProjectId) -> Result<Option<Project>, StoreError> {
-    let Some(resource) = view.get(Kind::Project, id.as_str())? else {
+    let Some((body, Resource { created_us, updated_us, .. })) = read_body(view, id)? else {
         return Ok(None);
     };
-    let Resource { body, created_us, updated_us, .. } = resource;
-    let body: ProjectBody = serde_json::from_value(body)?;
+    let retention_days = body.retention_days();
     Ok(Some(Project {
         id: id.clone(),
         name: body.name,
@@ -59,6 +100,11 @@ fn read_project(view: &StateView<'_>, id: &ProjectId) -> Result<Option<Project>,
         updated_at: rfc3339(updated_us),
         lsn: view.last_lsn()?,
         epoch: view.epoch()?,
+        soft_delete_retention_days: retention_days,
+        purge_protection: body.purge_protection,
+        identity: body.identity,
+        deleted_at: body.deleted_us.map(rfc3339),
+        purge_after: body.deleted_us.map(|at| rfc3339(at + i64::from(retention_days) * DAY_US)),
     }))
 }
 
@@ -112,18 +158,37 @@ impl Service {
             .write(system.principal.id.as_str(), system.request_id.as_str(), crate::data::responses::fail_interrupted())
             .await
             .map_err(Error::from)?;
+        if entry.active {
+            // A soft delete journals its mark before the catalog hides the project; a crash in
+            // between is finished here, before any request sees the project.
+            let id = entry.id.clone();
+            let body = store.read(move |view| read_body(view, &id)).await.map_err(Error::from)?;
+            if let Some((body, _)) = body.filter(|(b, _)| b.deleted_us.is_some()) {
+                tracing::warn!(project = %entry.name, "finishing a soft delete interrupted by a crash");
+                self.mark_soft_deleted(entry, &body).await?;
+                return Err(not_found(&entry.name));
+            }
+        }
         open.insert(entry.id.clone(), store.clone());
         Ok(store)
     }
 
-    /// Drops a deleted project from the catalog, with the role assignments at its scope, so a
-    /// later project of that name starts with none.
+    async fn mark_soft_deleted(&self, entry: &CatalogEntry, body: &ProjectBody) -> Result<()> {
+        let at = body.deleted_us.unwrap_or_else(now_micros);
+        let purge_after = at + i64::from(body.retention_days()) * DAY_US;
+        let id = entry.id.clone();
+        self.control.call(move |c| control::mark_deleted(c, &id, at, purge_after)).await.map_err(Error::from)
+    }
+
+    /// Drops a purged project from the catalog, with the role assignments at its scope (so a
+    /// later project of that name starts with none) and its system-assigned identity.
     async fn forget_project(&self, entry: &CatalogEntry) -> Result<()> {
         let (cid, scope) = (entry.id.clone(), format!("/projects/{}", entry.name));
         self.control
             .call(move |c| {
                 control::remove_project(c, &cid)?;
-                control::remove_scope_assignments(c, &scope)
+                control::remove_scope_assignments(c, &scope)?;
+                control::remove_system_identities(c, Some(&cid))
             })
             .await
             .map_err(Error::from)?;
@@ -139,11 +204,25 @@ impl Service {
     pub async fn create_project(&self, caller: &Caller, req: ProjectCreate) -> Result<Project> {
         caller.require(Action::ProjectsWrite, "/")?;
         validate::project_name(&req.name)?;
-        let body = ProjectBody {
+        if let Some(days) = req.soft_delete_retention_days {
+            retention(days)?;
+        }
+        if req.identity.is_some() && req.system_identity {
+            return Err(Error::invalid("give either identity (a user-assigned one) or system_identity, not both"));
+        }
+        let user_identity = match &req.identity {
+            Some(name) => Some(self.user_identity(name).await?),
+            None => None,
+        };
+        let mut body = ProjectBody {
             display_name: req.display_name.unwrap_or_else(|| req.name.clone()),
             description: req.description.unwrap_or_default(),
             tags: req.tags,
             name: req.name,
+            soft_delete_retention_days: req.soft_delete_retention_days,
+            purge_protection: req.purge_protection,
+            identity: user_identity,
+            deleted_us: None,
         };
         validate::display_name(&body.display_name)?;
         validate::description(&body.description)?;
@@ -158,7 +237,19 @@ impl Service {
             .await
             .map_err(Error::from)?;
         if !reserved {
-            return Err(Error::conflict(format!("a project named {name:?} exists already")));
+            return Err(self.name_taken(&name).await);
+        }
+        if req.system_identity {
+            // Made after the name is reserved; a crash before the create finishes leaves an
+            // identity whose project the catalog does not know, removed at start-up.
+            match self.create_system_identity(&id, &name).await {
+                Ok(identity) => body.identity = Some(identity),
+                Err(e) => {
+                    let cid = id.clone();
+                    let _ = self.control.call(move |c| control::remove_project(c, &cid)).await;
+                    return Err(e);
+                }
+            }
         }
         match self.initialise_project(caller, &id, body).await {
             Ok(store) => {
@@ -177,7 +268,13 @@ impl Service {
                 tracing::error!(project = %name, error = %e, "project create failed; rolling back");
                 let _ = std::fs::remove_dir_all(self.project_dir(&id));
                 let cid = id.clone();
-                let _ = self.control.call(move |c| control::remove_project(c, &cid)).await;
+                let _ = self
+                    .control
+                    .call(move |c| {
+                        control::remove_project(c, &cid)?;
+                        control::remove_system_identities(c, Some(&cid))
+                    })
+                    .await;
                 Err(e)
             }
         }
@@ -208,11 +305,31 @@ impl Service {
     }
 
     pub async fn list_projects(&self, caller: &Caller, after: Option<String>, limit: Option<usize>) -> Result<ProjectPage> {
+        self.list_catalog(caller, after, limit, false).await
+    }
+
+    /// Soft-deleted projects, with when each was deleted and will be purged.
+    pub async fn list_deleted_projects(
+        &self,
+        caller: &Caller,
+        after: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<ProjectPage> {
+        self.list_catalog(caller, after, limit, true).await
+    }
+
+    async fn list_catalog(
+        &self,
+        caller: &Caller,
+        after: Option<String>,
+        limit: Option<usize>,
+        deleted: bool,
+    ) -> Result<ProjectPage> {
         caller.require(Action::ProjectsRead, "/")?;
         let limit = page_limit(limit, DEFAULT_PAGE, MAX_PAGE)?;
         let entries = self
             .control
-            .call(move |c| control::list_projects(c, after.as_deref(), limit + 1))
+            .call(move |c| control::list_projects(c, after.as_deref(), limit + 1, deleted))
             .await
             .map_err(Error::from)?;
         let has_more = entries.len() > limit;
@@ -249,6 +366,9 @@ impl Service {
         }
         if let Some(v) = &req.description {
             validate::description(v)?;
+        }
+        if let Some(days) = req.soft_delete_retention_days {
+            retention(days)?;
         }
         let entry = self.entry(name).await?;
         let store = self.store(&entry).await?;
@@ -287,6 +407,18 @@ impl Service {
                             patch.insert("tags".into(), serde_json::Value::Object(tag_patch));
                         }
                     }
+                    if let Some(days) = req.soft_delete_retention_days.filter(|d| *d != current.soft_delete_retention_days) {
+                        patch.insert("soft_delete_retention_days".into(), json!(days));
+                    }
+                    match req.purge_protection {
+                        Some(false) if current.purge_protection => {
+                            return Err(Error::invalid("purge protection, once on, cannot be turned off"));
+                        }
+                        Some(true) if !current.purge_protection => {
+                            patch.insert("purge_protection".into(), json!(true));
+                        }
+                        _ => {}
+                    }
                     if patch.is_empty() {
                         return Ok(Vec::new()); // nothing changes, nothing is journaled
                     }
@@ -298,14 +430,161 @@ impl Service {
         store.read(move |view| read_project(view, &id)).await.map_err(Error::from)?.ok_or_else(|| not_found(name))
     }
 
-    /// Deletes a project: journals the deletion of its record, then removes it from the catalog
-    /// and moves its directory to the trash.
+    /// Soft-deletes a project: journals the deletion mark on its record, then the catalog
+    /// hides it and keeps its name for the retention period. Its data stays where it is; it is
+    /// recovered with [`recover_project`](Self::recover_project) or purged with
+    /// [`purge_project`](Self::purge_project) (or by the purger once the retention has passed).
     pub async fn delete_project(&self, caller: &Caller, name: &str) -> Result<()> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
         let entry = self.entry(name).await?;
         self.check_project_locks(&entry.name, true)?;
         let store = self.store(&entry).await?;
-        let (id, missing) = (entry.id.as_str().to_owned(), not_found(name));
+        let (id, missing) = (entry.id.clone(), not_found(name));
+        let plan_id = id.clone();
+        let now = now_micros();
+        store
+            .write(
+                caller.principal.id.as_str(),
+                caller.request_id.as_str(),
+                Box::new(move |view| {
+                    read_body(view, &plan_id).map_err(Error::from)?.ok_or(missing)?;
+                    Ok(vec![Op::Patch {
+                        kind: Kind::Project,
+                        id: plan_id.as_str().to_owned(),
+                        patch: json!({ "deleted_us": now }),
+                    }])
+                }),
+            )
+            .await
+            .map_err(Error::from)?;
+        let body = store.read(move |view| read_body(view, &id)).await.map_err(Error::from)?;
+        let (body, _) = body.ok_or_else(|| not_found(name))?;
+        // The store stays open (a second writer on one database must never exist); requests
+        // cannot reach it, since only active projects resolve.
+        self.mark_soft_deleted(&entry, &body).await
+    }
+
+    /// A soft-deleted project's catalog entry, by name or id.
+    async fn deleted_entry(&self, name: &str) -> Result<CatalogEntry> {
+        let key = name.to_owned();
+        self.control
+            .call(move |c| control::find_project(c, &key))
+            .await
+            .map_err(Error::from)?
+            .filter(|e| e.deleted.is_some())
+            .ok_or_else(|| Error::not_found(format!("no deleted project {name:?} (holdfast project list --deleted)")))
+    }
+
+    /// Why a create could not reserve `name`.
+    async fn name_taken(&self, name: &str) -> Error {
+        let key = name.to_owned();
+        let found = self.control.call(move |c| control::find_project(c, &key)).await.ok().flatten();
+        match found.and_then(|e| e.deleted) {
+            Some((_, purge_after)) => Error::conflict(format!(
+                "a deleted project named {name:?} holds the name until {}: recover it (holdfast project recover {name}) \
+                 or purge it (holdfast project purge {name})",
+                rfc3339(purge_after)
+            )),
+            None => Error::conflict(format!("a project named {name:?} exists already")),
+        }
+    }
+
+    /// `holdfast project recover`: brings a soft-deleted project back as it was.
+    pub async fn recover_project(&self, caller: &Caller, name: &str) -> Result<Project> {
+        caller.require(Action::ProjectsWrite, &scope(name))?;
+        let entry = self.deleted_entry(name).await?;
+        let store = self.store(&entry).await?;
+        let (id, plan_id) = (entry.id.clone(), entry.id.clone());
+        // The record first, then the catalog: a crash in between leaves the project deleted in
+        // the catalog with a clean record, and recovering again finishes it.
+        store
+            .write(
+                caller.principal.id.as_str(),
+                caller.request_id.as_str(),
+                Box::new(move |view| {
+                    let deleted = read_body(view, &plan_id).map_err(Error::from)?.is_some_and(|(b, _)| b.deleted_us.is_some());
+                    Ok(if deleted {
+                        vec![Op::Patch {
+                            kind: Kind::Project,
+                            id: plan_id.as_str().to_owned(),
+                            patch: json!({ "deleted_us": null }),
+                        }]
+                    } else {
+                        Vec::new()
+                    })
+                }),
+            )
+            .await
+            .map_err(Error::from)?;
+        let cid = entry.id.clone();
+        self.control.call(move |c| control::mark_recovered(c, &cid)).await.map_err(Error::from)?;
+        store.read(move |view| read_project(view, &id)).await.map_err(Error::from)?.ok_or_else(|| not_found(name))
+    }
+
+    /// `holdfast project purge`: removes a soft-deleted project for good (its data goes to the
+    /// trash, its name is free). Refused while purge protection is on and the retention has
+    /// not passed.
+    pub async fn purge_project(&self, caller: &Caller, name: &str) -> Result<()> {
+        caller.require(Action::ProjectsPurge, &scope(name))?;
+        let entry = self.deleted_entry(name).await?;
+        let store = self.store(&entry).await?;
+        let id = entry.id.clone();
+        let body = store.read(move |view| read_body(view, &id)).await.map_err(Error::from)?;
+        let purge_after = entry.deleted.map_or(0, |(_, after)| after);
+        if body.is_some_and(|(b, _)| b.purge_protection) && now_micros() < purge_after {
+            return Err(Error::conflict(format!(
+                "project {name:?} has purge protection: it can be purged after {} (or recovered now)",
+                rfc3339(purge_after)
+            )));
+        }
+        self.check_project_locks(&entry.name, true)?;
+        self.purge(caller, &entry, store).await
+    }
+
+    /// Purges every soft-deleted project whose retention ended before `now`; the purger's pass.
+    /// Returns the names purged. A project that cannot be purged (a lock) is left and logged.
+    pub async fn purge_expired(&self, now: Micros) -> Result<Vec<String>> {
+        let entries = self.control.call(control::all_projects).await.map_err(Error::from)?;
+        let mut purged = Vec::new();
+        for entry in entries.into_iter().filter(|e| e.deleted.is_some_and(|(_, after)| after <= now)) {
+            let outcome = async {
+                self.check_project_locks(&entry.name, true)?;
+                let store = self.store(&entry).await?;
+                self.purge(&Caller::system(), &entry, store).await
+            };
+            match outcome.await {
+                Ok(()) => {
+                    tracing::info!(project = %entry.name, "purged a deleted project whose retention ended");
+                    purged.push(entry.name);
+                }
+                Err(e) => tracing::warn!(project = %entry.name, error = %e, "cannot purge a deleted project"),
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Runs [`purge_expired`](Self::purge_expired) now and then every `every`, until the
+    /// service stops.
+    pub fn spawn_purger(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut stopping = service.stopping.subscribe();
+            loop {
+                if let Err(e) = service.purge_expired(now_micros()).await {
+                    tracing::warn!(error = %e, "purger cannot read the catalog");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
+            }
+        })
+    }
+
+    /// The end of a project: journals the deletion of its record, ships the journal's tail to
+    /// the archive, removes it from the catalog and moves its directory to the trash.
+    async fn purge(&self, caller: &Caller, entry: &CatalogEntry, store: Arc<ProjectStore>) -> Result<()> {
+        let (id, missing) = (entry.id.as_str().to_owned(), not_found(&entry.name));
         store
             .write(
                 caller.principal.id.as_str(),
@@ -319,12 +598,13 @@ impl Service {
             .map_err(Error::from)?;
         // The writer now refuses every write (nothing follows a project's deletion in its
         // journal). The archive gets every change up to and including the deletion, so the
-        // project can be restored from it after its directory is gone. The catalog forgets the project, then the store is closed as deleted, so
-        // requests still holding it answer "not found" (and start-up recovery trashes the
-        // directory if we crash before moving it). The open-stores lock is held until the
-        // directory has moved, so no request reopens the store in between.
-        self.archive_final(&entry, &store).await;
-        self.forget_project(&entry).await?;
+        // project can be restored from it after its directory is gone. The catalog forgets the
+        // project, then the store is closed as deleted, so requests still holding it answer
+        // "not found" (and start-up recovery trashes the directory if we crash before moving
+        // it). The open-stores lock is held until the directory has moved, so no request
+        // reopens the store in between.
+        self.archive_final(entry, &store).await;
+        self.forget_project(entry).await?;
         let mut open = self.projects.lock().await;
         open.remove(&entry.id);
         let closing = store.clone();

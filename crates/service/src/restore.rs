@@ -303,6 +303,10 @@ fn adopt(mut replayer: Replayer, source: &ProjectId, id: &ProjectId, name: &str,
     };
     let mut body = record.body;
     body["name"] = serde_json::Value::String(name.to_owned());
+    // A restored project is a live one, even when the point restored was after a soft delete.
+    if let Some(fields) = body.as_object_mut() {
+        fields.remove("deleted_us");
+    }
     let change = Change {
         v: CHANGE_FORMAT_VERSION,
         lsn: last.next(),

@@ -31,6 +31,30 @@ pub fn project_name(name: &str) -> Result<()> {
     }
 }
 
+/// Custom role and identity names: 1 to 64 of `a-z`, `0-9`, `-` and `_`, starting with a letter
+/// (they appear in paths and on command lines).
+pub fn role_name(name: &str) -> Result<()> {
+    identifier("role", name)
+}
+
+pub fn identity_name(name: &str) -> Result<()> {
+    identifier("identity", name)
+}
+
+fn identifier(what: &str, name: &str) -> Result<()> {
+    let bytes = name.as_bytes();
+    let ok = (1..=64).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid {what} name {name:?}: use 1 to 64 lowercase letters, digits, '-' and '_', starting with a letter"
+        )))
+    }
+}
+
 pub fn principal_name(name: &str) -> Result<()> {
     text("name", name, 1, 128)
 }

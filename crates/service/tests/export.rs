@@ -92,7 +92,7 @@ async fn run(steps: Vec<Step>) {
     let (a_dir, b_dir) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
     let (a, b) = (open(a_dir.path()), open(b_dir.path()));
     let caller = admin(&a);
-    let req = ProjectCreate { name: "src".into(), display_name: None, description: None, tags: Default::default() };
+    let req = ProjectCreate { name: "src".into(), ..Default::default() };
     a.create_project(&caller, req).await.expect("project");
     let mut conversations: Vec<String> = Vec::new();
     let message = |i: usize| json!({"type": "message", "role": "user", "content": format!("m{i}")});
@@ -150,7 +150,7 @@ async fn only_admins_import_and_readers_do_not_export() {
     let dir = tempfile::tempdir().expect("dir");
     let service = open(dir.path());
     let caller = admin(&service);
-    let req = ProjectCreate { name: "src".into(), display_name: None, description: None, tags: Default::default() };
+    let req = ProjectCreate { name: "src".into(), ..Default::default() };
     service.create_project(&caller, req).await.expect("project");
     let as_role = |role: Role| {
         let service = &service;

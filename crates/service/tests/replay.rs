@@ -245,6 +245,7 @@ impl Invalid {
             display_name: update.display_name.clone(),
             description: update.description.clone(),
             tags: valid_tags(update),
+            ..Default::default()
         }
     }
 }
@@ -335,7 +336,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         )
             .prop_map(|(name, display_name, description, tags)| Step::Update {
                 name,
-                update: ProjectUpdate { display_name, description, tags },
+                update: ProjectUpdate { display_name, description, tags, ..Default::default() },
             }),
         3 => (any::<usize>(), invalid_strategy()).prop_map(|(target, how)| Step::UpdateInvalid { target, how }),
         3 => (any::<usize>(), tag_changes_strategy()).prop_map(|(target, tags)| Step::ConcurrentTags { target, tags }),
@@ -370,6 +371,7 @@ async fn run_case(steps: Vec<Step>, page: usize) -> Result<(), TestCaseError> {
                     display_name: display_name.clone(),
                     description: description.clone(),
                     tags: tags.clone(),
+                    ..Default::default()
                 };
                 let result = service.create_project(&c, req).await;
                 if let Some(existing) = model.get(name) {
@@ -494,11 +496,13 @@ async fn run_case(steps: Vec<Step>, page: usize) -> Result<(), TestCaseError> {
                     // Its journal goes with it: check it while it is there.
                     verify_replay(&service, name, page, scratch.path()).await?;
                 }
+                // A soft delete, then its purge: the name is free again, as the model has it.
                 let result = service.delete_project(&admin(&service), name).await;
                 match model.remove(name) {
                     None => expect_err(result, ErrorKind::NotFound, &format!("delete of missing {name}"))?,
                     Some(_) => {
                         result.map_err(|e| fail(format!("delete {name}: {e}")))?;
+                        service.purge_project(&admin(&service), name).await.map_err(|e| fail(format!("purge {name}: {e}")))?;
                         expect_err(
                             service.get_project(&admin(&service), name).await,
                             ErrorKind::NotFound,
@@ -611,6 +615,7 @@ async fn bad_input_leaves_no_journal_entry() {
                 display_name: Some("proj-1".into()),
                 description: Some(String::new()),
                 tags: Some(tags),
+                ..Default::default()
             },
         )
         .await
@@ -662,8 +667,13 @@ async fn project_names_are_validated_and_unique() {
     assert_eq!(service.get_project(&admin(&service), "dup").await.expect("get"), first);
     assert_eq!(last_lsn(&service, "dup").await, Lsn(1));
 
-    // A deleted project's name can be taken again, by a project with a new id and a new journal.
+    // A deleted project's name is reserved until it is purged; then it can be taken again, by a
+    // project with a new id and a new journal.
     service.delete_project(&admin(&service), "dup").await.expect("delete");
+    let err = service.create_project(&admin(&service), create_req("dup")).await.expect_err("name reserved");
+    assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+    assert!(err.message.contains("holdfast project recover dup"), "{err}");
+    service.purge_project(&admin(&service), "dup").await.expect("purge");
     let second = service.create_project(&admin(&service), create_req("dup")).await.expect("create again");
     assert_ne!(second.id, first.id);
     assert_eq!(second.lsn, Lsn(1));

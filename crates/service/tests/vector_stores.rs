@@ -37,7 +37,7 @@ fn admin(service: &Service) -> Caller {
 }
 
 async fn project(service: &Service) {
-    let req = ProjectCreate { name: PROJECT.into(), display_name: None, description: None, tags: Default::default() };
+    let req = ProjectCreate { name: PROJECT.into(), ..Default::default() };
     service.create_project(&admin(service), req).await.expect("create project");
 }
 

@@ -12,7 +12,7 @@ use holdfast_types::now_micros;
 use crate::sqlite;
 
 /// Schema version of the control database (`PRAGMA user_version`).
-pub const CONTROL_SCHEMA_VERSION: i64 = 2;
+pub const CONTROL_SCHEMA_VERSION: i64 = 3;
 
 /// Version 2 adds resource locks and the audit log.
 const V2_SCHEMA: &str = "
@@ -44,6 +44,35 @@ CREATE TABLE locks (
     created_by TEXT NOT NULL,
     created_us INTEGER NOT NULL
 ) WITHOUT ROWID;
+";
+
+/// Version 3: soft-deleted projects (a `deleted` state with its purge time), custom roles, and
+/// managed identities (a principal's kind, and the project a system-assigned one belongs to).
+const V3_SCHEMA: &str = "
+CREATE TABLE projects_v3 (
+    id             TEXT PRIMARY KEY,
+    name           TEXT NOT NULL UNIQUE,
+    -- 'creating' until the project's database holds its first change; removed at start-up if a
+    -- crash left it so (the create was never acknowledged). 'deleted': soft-deleted, hidden,
+    -- its name reserved, purged at purge_after_us.
+    state          TEXT NOT NULL CHECK (state IN ('creating', 'active', 'deleted')),
+    created_us     INTEGER NOT NULL,
+    deleted_us     INTEGER,
+    purge_after_us INTEGER
+) WITHOUT ROWID;
+INSERT INTO projects_v3 (id, name, state, created_us) SELECT id, name, state, created_us FROM projects;
+DROP TABLE projects;
+ALTER TABLE projects_v3 RENAME TO projects;
+CREATE TABLE roles (
+    name       TEXT PRIMARY KEY,
+    -- the RoleDefinition as JSON
+    definition TEXT NOT NULL,
+    created_us INTEGER NOT NULL
+) WITHOUT ROWID;
+-- 'key' (made with an API key), 'user_assigned' or 'system_assigned' (a managed identity).
+ALTER TABLE principals ADD COLUMN kind TEXT NOT NULL DEFAULT 'key';
+-- The project a system-assigned identity lives and dies with.
+ALTER TABLE principals ADD COLUMN project_id TEXT;
 ";
 
 const CONTROL_SCHEMA: &str = "
@@ -85,6 +114,15 @@ pub struct CatalogEntry {
     pub name: String,
     pub active: bool,
     pub created_us: Micros,
+    /// Set while the project is soft-deleted: when it was deleted and when it may be purged.
+    pub deleted: Option<(Micros, Micros)>,
+}
+
+impl CatalogEntry {
+    /// Reserved by a create that has not finished (rolled back at start-up).
+    pub fn creating(&self) -> bool {
+        !self.active && self.deleted.is_none()
+    }
 }
 
 /// A live key with the principal it authenticates and that principal's role at `/`.
@@ -115,10 +153,16 @@ impl ControlStore {
         let conn = sqlite::open(path, true)?;
         match sqlite::user_version(&conn)? {
             0 => {
-                conn.execute_batch(&format!("BEGIN; {CONTROL_SCHEMA} {V2_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                // Each older version is brought forward by the later versions' steps, in one transaction.
+            conn.execute_batch(&format!(
+                "BEGIN; {CONTROL_SCHEMA} {V2_SCHEMA} {V3_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"
+            ))?;
             }
             1 => {
-                conn.execute_batch(&format!("BEGIN; {V2_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V2_SCHEMA} {V3_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+            }
+            2 => {
+                conn.execute_batch(&format!("BEGIN; {V3_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             CONTROL_SCHEMA_VERSION => {}
             v => {
@@ -180,31 +224,50 @@ pub fn remove_project(conn: &Connection, id: &ProjectId) -> Result<()> {
     Ok(())
 }
 
+/// Soft-deletes an active project: hidden from then on, its name kept, purgeable at `purge_after`.
+pub fn mark_deleted(conn: &Connection, id: &ProjectId, deleted_us: Micros, purge_after_us: Micros) -> Result<()> {
+    conn.execute(
+        "UPDATE projects SET state = 'deleted', deleted_us = ?2, purge_after_us = ?3 WHERE id = ?1",
+        params![id.as_str(), deleted_us, purge_after_us],
+    )?;
+    Ok(())
+}
+
+/// Brings a soft-deleted project back.
+pub fn mark_recovered(conn: &Connection, id: &ProjectId) -> Result<()> {
+    conn.execute(
+        "UPDATE projects SET state = 'active', deleted_us = NULL, purge_after_us = NULL WHERE id = ?1",
+        [id.as_str()],
+    )?;
+    Ok(())
+}
+
 /// Looks a project up by name or by id (`proj_…`); names never contain `_`, so the two never
 /// collide.
 pub fn find_project(conn: &Connection, name_or_id: &str) -> Result<Option<CatalogEntry>> {
     Ok(conn
         .prepare_cached(
-            "SELECT id, name, state, created_us FROM projects WHERE name = ?1 OR id = ?1",
+            "SELECT id, name, state, created_us, deleted_us, purge_after_us FROM projects WHERE name = ?1 OR id = ?1",
         )?
         .query_row([name_or_id], entry_from_row)
         .optional()?
         .transpose()?)
 }
 
-/// Active projects ordered by name, after `after`.
-pub fn list_projects(conn: &Connection, after: Option<&str>, limit: usize) -> Result<Vec<CatalogEntry>> {
+/// Active projects (or, with `deleted`, soft-deleted ones) ordered by name, after `after`.
+pub fn list_projects(conn: &Connection, after: Option<&str>, limit: usize, deleted: bool) -> Result<Vec<CatalogEntry>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, name, state, created_us FROM projects
-         WHERE state = 'active' AND name > ?1 ORDER BY name LIMIT ?2",
+        "SELECT id, name, state, created_us, deleted_us, purge_after_us FROM projects
+         WHERE state = ?3 AND name > ?1 ORDER BY name LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![after.unwrap_or(""), limit as i64], entry_from_row)?;
+    let state = if deleted { "deleted" } else { "active" };
+    let rows = stmt.query_map(params![after.unwrap_or(""), limit as i64, state], entry_from_row)?;
     rows.map(|r| r?).collect()
 }
 
 /// Every catalog entry, whatever its state; for start-up recovery.
 pub fn all_projects(conn: &Connection) -> Result<Vec<CatalogEntry>> {
-    let mut stmt = conn.prepare("SELECT id, name, state, created_us FROM projects ORDER BY name")?;
+    let mut stmt = conn.prepare("SELECT id, name, state, created_us, deleted_us, purge_after_us FROM projects ORDER BY name")?;
     let rows = stmt.query_map([], entry_from_row)?;
     rows.map(|r| r?).collect()
 }
@@ -218,6 +281,10 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CatalogEntry
             name: r.get(1)?,
             active: state == "active",
             created_us: r.get(3)?,
+            deleted: match (state.as_str(), r.get::<_, Option<Micros>>(4)?, r.get::<_, Option<Micros>>(5)?) {
+                ("deleted", Some(at), Some(purge)) => Some((at, purge)),
+                _ => None,
+            },
         }),
         None => Err(StoreError::Corrupt(format!("bad project id {id:?} in catalog"))),
     })
@@ -318,10 +385,12 @@ pub fn key_exists(conn: &Connection, key_or_principal: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Every key and every role assignment, read together.
+/// Every key, every role assignment and every custom role, read together.
 #[allow(clippy::type_complexity)]
-pub fn keys_and_assignments(conn: &Connection) -> Result<(Vec<KeyRecord>, Vec<(String, String, String)>)> {
-    Ok((list_keys(conn)?, list_assignments(conn)?))
+pub fn keys_and_assignments(
+    conn: &Connection,
+) -> Result<(Vec<KeyRecord>, Vec<(String, String, String)>, Vec<(String, String)>)> {
+    Ok((list_keys(conn)?, list_assignments(conn)?, list_roles(conn)?))
 }
 
 /// Every role assignment: (principal id, role, scope).
@@ -358,6 +427,141 @@ pub fn unassign_role(conn: &Connection, principal: &str, role: &str, scope: &str
         "DELETE FROM role_assignments WHERE principal_id = ?1 AND role = ?2 AND scope = ?3",
         params![principal, role, scope],
     )? == 1)
+}
+
+// Custom roles ----------------------------------------------------------------------------------
+
+/// Stores a custom role's definition (JSON); `false` when a role of that name exists.
+pub fn insert_role(conn: &Connection, name: &str, definition: &str) -> Result<bool> {
+    Ok(conn.execute(
+        "INSERT INTO roles (name, definition, created_us) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+        params![name, definition, now_micros()],
+    )? == 1)
+}
+
+/// Every custom role: (name, definition JSON), by name.
+pub fn list_roles(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached("SELECT name, definition FROM roles ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// How many assignments hold `role`.
+pub fn role_assignment_count(conn: &Connection, role: &str) -> Result<usize> {
+    Ok(conn.query_row("SELECT count(*) FROM role_assignments WHERE role = ?1", [role], |r| r.get::<_, i64>(0))? as usize)
+}
+
+/// Removes a custom role; `false` when there is none of that name.
+pub fn delete_role(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn.execute("DELETE FROM roles WHERE name = ?1", [name])? == 1)
+}
+
+// Managed identities ----------------------------------------------------------------------------
+
+/// A managed identity: a principal that no person holds, for a project's workloads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityRecord {
+    pub id: PrincipalId,
+    pub name: String,
+    /// `user_assigned` or `system_assigned`.
+    pub kind: String,
+    /// The project a system-assigned identity belongs to.
+    pub project_id: Option<String>,
+    pub created_us: Micros,
+}
+
+/// Creates an identity; `false` when a live identity has that name already.
+pub fn insert_identity(conn: &Connection, identity: &IdentityRecord) -> Result<bool> {
+    let taken = conn
+        .query_row(
+            "SELECT 1 FROM principals WHERE name = ?1 AND kind IN ('user_assigned', 'system_assigned')",
+            [&identity.name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if taken {
+        return Ok(false);
+    }
+    conn.execute(
+        "INSERT INTO principals (id, name, created_us, kind, project_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![identity.id.as_str(), identity.name, identity.created_us, identity.kind, identity.project_id],
+    )?;
+    Ok(true)
+}
+
+fn identity_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<IdentityRecord>> {
+    let id: String = r.get(0)?;
+    Ok(match PrincipalId::parse(&id) {
+        Some(pid) => Ok(IdentityRecord {
+            id: pid,
+            name: r.get(1)?,
+            kind: r.get(2)?,
+            project_id: r.get(3)?,
+            created_us: r.get(4)?,
+        }),
+        None => Err(StoreError::Corrupt(format!("bad principal id {id:?}"))),
+    })
+}
+
+/// Every live identity, by name.
+pub fn list_identities(conn: &Connection) -> Result<Vec<IdentityRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, kind, project_id, created_us FROM principals
+         WHERE kind IN ('user_assigned', 'system_assigned') ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], identity_from_row)?;
+    rows.map(|r| r?).collect()
+}
+
+/// A live identity by name or principal id.
+pub fn find_identity(conn: &Connection, name_or_id: &str) -> Result<Option<IdentityRecord>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, name, kind, project_id, created_us FROM principals
+             WHERE (name = ?1 OR id = ?1) AND kind IN ('user_assigned', 'system_assigned')",
+        )?
+        .query_row([name_or_id], identity_from_row)
+        .optional()?
+        .transpose()?)
+}
+
+/// Ends an identity: its keys are revoked, its role assignments removed, and it is no longer
+/// listed (the principal's row stays, so audit entries and journals still name a known id).
+pub fn remove_identity(conn: &Connection, id: &PrincipalId) -> Result<()> {
+    revoke_keys(conn, id.as_str())?;
+    conn.execute("DELETE FROM role_assignments WHERE principal_id = ?1", [id.as_str()])?;
+    conn.execute("UPDATE principals SET kind = 'removed_identity' WHERE id = ?1", [id.as_str()])?;
+    Ok(())
+}
+
+/// Removes system-assigned identities: those of `project`, or (with `None`) those whose project
+/// the catalog does not hold (a create a crash cut off).
+pub fn remove_system_identities(conn: &Connection, project: Option<&ProjectId>) -> Result<()> {
+    let known: Vec<String> = all_projects(conn)?.into_iter().map(|e| e.id.as_str().to_owned()).collect();
+    for identity in list_identities(conn)? {
+        let Some(owner) = identity.project_id.as_deref().filter(|_| identity.kind == "system_assigned") else {
+            continue;
+        };
+        let ends = match project {
+            Some(p) => owner == p.as_str(),
+            None => !known.iter().any(|k| k == owner),
+        };
+        if ends {
+            remove_identity(conn, &identity.id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds a key for an existing principal (an identity), without any role of its own.
+pub fn insert_principal_key(conn: &Connection, key: &NewKey<'_>) -> Result<()> {
+    conn.execute(
+        "INSERT INTO api_keys (id, principal_id, hash, prefix, source, created_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![key.key_id.as_str(), key.principal_id.as_str(), key.hash, key.prefix, key.source, now_micros()],
+    )?;
+    Ok(())
 }
 
 // Locks -----------------------------------------------------------------------------------------

@@ -22,6 +22,52 @@ pub struct Project {
     /// The last LSN of the project's journal.
     pub lsn: Lsn,
     pub epoch: Epoch,
+    /// How long a deleted project is kept (recoverable, its name reserved) before it is purged.
+    pub soft_delete_retention_days: u32,
+    /// When on, a deleted project cannot be purged before its retention has passed; once on,
+    /// it cannot be turned off.
+    pub purge_protection: bool,
+    /// The managed identity the project's workloads act as, if it has one.
+    pub identity: Option<ProjectIdentity>,
+    /// Set on a soft-deleted project (`GET /v1/deleted-projects`): when it was deleted…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+    /// …and when it will be purged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_after: Option<String>,
+}
+
+/// A project's managed identity: a principal its workloads authenticate as (with keys issued
+/// by `holdfast identity key`), holding roles like any other principal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectIdentity {
+    pub principal_id: PrincipalId,
+    pub name: String,
+    /// `user_assigned` (exists on its own, outlives the project) or `system_assigned` (made
+    /// with the project, removed when it is purged).
+    pub kind: String,
+}
+
+/// A managed identity (`holdfast identity create NAME`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Identity {
+    pub principal_id: PrincipalId,
+    pub name: String,
+    pub kind: String,
+    /// The project a system-assigned identity belongs to.
+    pub project_id: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityCreate {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct IdentityList {
+    pub data: Vec<Identity>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -34,6 +80,17 @@ pub struct ProjectCreate {
     pub description: Option<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Days a deleted project is kept before it is purged: 7 to 90, default 14.
+    #[serde(default)]
+    pub soft_delete_retention_days: Option<u32>,
+    #[serde(default)]
+    pub purge_protection: bool,
+    /// A user-assigned identity (by name or principal id) for the project's workloads.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Make a system-assigned identity that lives and dies with the project.
+    #[serde(default)]
+    pub system_identity: bool,
 }
 
 /// A partial update: absent fields stay as they are. In `tags`, a key mapped to `null` is removed
@@ -47,6 +104,11 @@ pub struct ProjectUpdate {
     pub description: Option<String>,
     #[serde(default)]
     pub tags: Option<BTreeMap<String, Option<String>>>,
+    #[serde(default)]
+    pub soft_delete_retention_days: Option<u32>,
+    /// `true` turns purge protection on; it cannot be turned off again.
+    #[serde(default)]
+    pub purge_protection: Option<bool>,
 }
 
 /// One page of a list. Pass `next_after` back as `after` for the next page; it is null on the
@@ -78,9 +140,9 @@ pub struct Info {
     pub journal_format: u32,
 }
 
-/// A built-in role: what a principal may do at the scope it is assigned at.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
+/// A role: one of the built-in roles, or a custom role defined with `POST /v1/roles`. On the
+/// wire it is its name (`admin`, `ai_user`, `my-auditor`…).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Role {
     /// The Owner: everything, including keys, role assignments, locks and journals.
     Admin,
@@ -96,10 +158,16 @@ pub enum Role {
     AiReader,
     /// Backup, restore and export; read projects; no deletes, no contents.
     BackupOperator,
+    /// A custom role, by name (see [`RoleDefinition`]).
+    Custom(String),
 }
 
 impl Role {
-    pub fn as_str(self) -> &'static str {
+    /// The built-in roles, most powerful first.
+    pub const BUILT_IN: [Role; 6] =
+        [Role::Admin, Role::Contributor, Role::Reader, Role::AiUser, Role::AiReader, Role::BackupOperator];
+
+    pub fn as_str(&self) -> &str {
         match self {
             Role::Admin => "admin",
             Role::Contributor => "contributor",
@@ -107,20 +175,78 @@ impl Role {
             Role::AiUser => "ai_user",
             Role::AiReader => "ai_reader",
             Role::BackupOperator => "backup_operator",
+            Role::Custom(name) => name,
         }
     }
 
-    pub fn parse(s: &str) -> Option<Role> {
+    /// A role by name: a built-in one (also by its platform name: `Owner`, `AI User`…), else a
+    /// custom role of that name (whether it exists is the server's question).
+    pub fn parse(s: &str) -> Role {
         match s {
-            "admin" => Some(Role::Admin),
-            "contributor" => Some(Role::Contributor),
-            "reader" => Some(Role::Reader),
-            "ai_user" => Some(Role::AiUser),
-            "ai_reader" => Some(Role::AiReader),
-            "backup_operator" => Some(Role::BackupOperator),
-            _ => None,
+            "admin" | "Owner" => Role::Admin,
+            "contributor" | "Contributor" => Role::Contributor,
+            "reader" | "Reader" => Role::Reader,
+            "ai_user" | "AI User" => Role::AiUser,
+            "ai_reader" | "AI Reader" => Role::AiReader,
+            "backup_operator" | "Backup Operator" => Role::BackupOperator,
+            other => Role::Custom(other.to_owned()),
         }
     }
+
+    pub fn is_built_in(&self) -> bool {
+        !matches!(self, Role::Custom(_))
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Role::parse(&String::deserialize(d)?))
+    }
+}
+
+impl utoipa::PartialSchema for Role {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("admin, contributor, reader, ai_user, ai_reader, backup_operator, or a custom role's name"))
+            .into()
+    }
+}
+
+impl ToSchema for Role {}
+
+/// A custom role (`holdfast role create --file role.json`): what it allows, as action patterns
+/// where `*` stands for any run of characters. An action is allowed when a pattern of `actions`
+/// (control plane) or `data_actions` (a project's contents) matches it and no pattern of the
+/// matching `not_…` list does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleDefinition {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub actions: Vec<String>,
+    #[serde(default)]
+    pub not_actions: Vec<String>,
+    #[serde(default)]
+    pub data_actions: Vec<String>,
+    #[serde(default)]
+    pub not_data_actions: Vec<String>,
+    /// Set by the server: whether this is one of the built-in roles.
+    #[serde(default)]
+    pub built_in: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoleDefinitionList {
+    pub data: Vec<RoleDefinition>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]

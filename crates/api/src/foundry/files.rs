@@ -198,7 +198,7 @@ mod tests {
             config.max_file_bytes = 100_000;
             let service = Arc::new(Service::open(config).expect("open").service);
             let caller = Caller { principal: service.authenticate(Some(KEY)).expect("auth"), request_id: RequestId::generate() };
-            let req = ProjectCreate { name: "demo".into(), display_name: None, description: None, tags: Default::default() };
+            let req = ProjectCreate { name: "demo".into(), ..Default::default() };
             service.create_project(&caller, req).await.expect("project");
             let app = app(AppState { service: service.clone(), metrics: None }, HttpLimits { max_body_bytes: 1024 });
             Self { _dir: dir, service, app }
