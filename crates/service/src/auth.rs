@@ -391,12 +391,8 @@ impl Service {
         self.reload_keys().await
     }
 
-    /// [`reload_principals`](Self::reload_principals) for a caller already holding `keys_update`.
-    pub(crate) async fn reload_principals_locked(&self) -> Result<()> {
-        self.reload_keys().await
-    }
-
-    async fn reload_keys(&self) -> Result<()> {
+    /// Reloads keys and assignments; the caller holds `keys_update`.
+    pub(crate) async fn reload_keys(&self) -> Result<()> {
         let loaded = self.control.call(control::keys_and_assignments).await.map_err(Error::from)?;
         self.install_keys(loaded);
         Ok(())

@@ -104,7 +104,7 @@ impl Service {
         }
         let _serial = self.keys_update.lock().await;
         self.control.call(move |c| control::remove_identity(c, &record.id)).await.map_err(Error::from)?;
-        self.reload_principals_locked().await
+        self.reload_keys().await
     }
 
     /// `holdfast identity key NAME`: a key that authenticates as the identity, with the roles
@@ -131,7 +131,7 @@ impl Service {
             })
             .await
             .map_err(Error::from)?;
-        self.reload_principals_locked().await?;
+        self.reload_keys().await?;
         Ok(KeyCreated { key, key_id, principal_id: record.id, name: record.name, role: Role::Custom(String::new()) })
     }
 }
