@@ -36,10 +36,12 @@ pub enum Need {
     /// This action, at a scope only the operation knows (it is in the request body or in the
     /// object named): the gate authenticates, the operation checks the action.
     ActionInBody(Action),
+    /// Another region of the cluster: the cluster secret in `x-holdfast-cluster-secret`.
+    Cluster,
 }
 
 use Action::*;
-use Need::{ActionInBody, Authenticated, Public};
+use Need::{ActionInBody, Authenticated, Cluster, Public};
 
 const fn act(a: Action) -> Need {
     Need::Action(a)
@@ -98,6 +100,20 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", "/v1/projects/{project}/backup/verify", act(BackupWrite)),
     // The target of a restore is in the body: the operation checks it too.
     ("POST", "/v1/projects/{project}/restore", act(Restore)),
+    // Replication.
+    ("POST", "/v1/projects/{project}/replicas", act(ProjectsWrite)),
+    ("DELETE", "/v1/projects/{project}/replicas/{region}", act(ProjectsWrite)),
+    ("POST", "/v1/projects/{project}/failover", act(Failover)),
+    ("GET", "/v1/status", act(ProjectsRead)),
+    // Between regions: the cluster secret, never a user's key.
+    ("GET", "/internal/v1/projects/{id}/journal", Cluster),
+    ("GET", "/internal/v1/projects/{id}/snapshot", Cluster),
+    ("GET", "/internal/v1/projects/{id}/blobs/{hash}", Cluster),
+    ("POST", "/internal/v1/projects/{id}/promote", Cluster),
+    ("POST", "/internal/v1/replicas", Cluster),
+    ("DELETE", "/internal/v1/replicas/{id}", Cluster),
+    // The readiness review; `?project=` narrows it, and the operation checks that scope too.
+    ("GET", "/v1/check", act(ProjectsRead)),
     // Foundry Agent Service.
     ("GET", const_concat::AGENTS, act(DataRead)),
     ("GET", const_concat::AGENT, act(DataRead)),
@@ -227,6 +243,13 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     let scope = scope_of(&template, parts.uri.path());
     let action = match need {
         Public => return next.run(Request::from_parts(parts, body)).await,
+        Cluster => {
+            let secret = parts.headers.get(holdfast_service::replication::CLUSTER_SECRET_HEADER).and_then(|v| v.to_str().ok());
+            return match state.service.admit_peer(secret) {
+                Ok(()) => next.run(Request::from_parts(parts, body)).await,
+                Err(e) => refuse(e),
+            };
+        }
         Authenticated => None,
         ActionInBody(action) | Need::Action(action) => Some(action),
     };

@@ -8,6 +8,7 @@
 mod audit;
 pub mod authz;
 mod backup;
+mod check;
 mod control;
 pub mod error;
 mod export;
@@ -17,6 +18,7 @@ mod history;
 mod identities;
 mod locks;
 mod middleware;
+mod replication;
 mod roles;
 pub mod telemetry;
 
@@ -70,7 +72,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(locks::routes()).merge(roles::routes()).merge(identities::routes()).merge(audit::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(check::routes()).merge(locks::routes()).merge(roles::routes()).merge(identities::routes()).merge(audit::routes()).merge(replication::routes())
 }
 
 /// The OpenAPI document of every route, built once.

@@ -16,6 +16,7 @@
 //! that no longer names them is stored, so a crash at any point leaves a manifest whose every
 //! object exists (stray objects are swept later).
 
+pub mod audit;
 pub mod manifest;
 mod restore;
 pub mod segment;
@@ -29,6 +30,7 @@ use holdfast_store::SnapshotInfo;
 use holdfast_types::{Change, Error, ErrorKind, ProjectId};
 use sha2::{Digest, Sha256};
 
+pub use audit::{AuditManifest, AuditSegmentMeta};
 pub use manifest::{Manifest, Point, RestorePlan, SnapshotMeta, Target, Verification};
 pub use restore::{Progress, Restored, apply_until, restore};
 pub use segment::{SegmentMeta, SegmentWriter};
@@ -235,6 +237,66 @@ impl Archive {
             )));
         }
         Ok(())
+    }
+
+    /// The archived audit log's manifest; `None` before anything was shipped.
+    pub async fn audit_manifest(&self, region: &str) -> Result<Option<AuditManifest>> {
+        match self.objects.get(&Self::audit_path(region, audit::AUDIT_MANIFEST_KEY)).await? {
+            None => Ok(None),
+            Some(bytes) => AuditManifest::parse(&bytes).map(Some),
+        }
+    }
+
+    pub async fn save_audit_manifest(&self, region: &str, manifest: &AuditManifest) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(manifest)?;
+        self.objects.put(&Self::audit_path(region, audit::AUDIT_MANIFEST_KEY), bytes.into()).await?;
+        Ok(())
+    }
+
+    fn audit_path(region: &str, key: &str) -> Path {
+        Path::from(format!("{}/{key}", audit::prefix(region)))
+    }
+
+    pub async fn put_audit_segment(&self, region: &str, meta: &AuditSegmentMeta, bytes: Vec<u8>) -> Result<()> {
+        self.objects.put(&Self::audit_path(region, &meta.key()), bytes.into()).await?;
+        Ok(())
+    }
+
+    /// An archived audit segment's entries, its object and range checked ([`audit::decode`]).
+    pub async fn read_audit_segment(
+        &self,
+        region: &str,
+        meta: &AuditSegmentMeta,
+    ) -> Result<Vec<holdfast_store::control::AuditRecord>> {
+        let path = Self::audit_path(region, &meta.key());
+        let bytes = self
+            .objects
+            .get(&path)
+            .await?
+            .ok_or_else(|| ArchiveError::Corrupt { object: path.to_string(), message: "missing".into() })?;
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || audit::decode(&path.to_string(), &meta, &bytes))
+            .await
+            .map_err(|e| ArchiveError::Invalid(format!("decode task failed: {e}")))?
+    }
+
+    /// Removes an audit segment (after a manifest that no longer names it is stored).
+    pub async fn delete_audit_segment(&self, region: &str, meta: &AuditSegmentMeta) -> Result<()> {
+        Ok(self.objects.delete(&Self::audit_path(region, &meta.key())).await?)
+    }
+
+    /// Removes audit segments the manifest does not name (a crash between object and manifest).
+    pub async fn sweep_audit(&self, region: &str, manifest: &AuditManifest) -> Result<usize> {
+        let keep: std::collections::HashSet<String> =
+            manifest.segments.iter().map(|s| Self::audit_path(region, &s.key()).to_string()).collect();
+        let mut removed = 0;
+        for object in self.objects.list(&Self::audit_path(region, audit::AUDIT_SEGMENTS_DIR)).await? {
+            if !keep.contains(object.as_ref()) {
+                self.objects.delete(&object).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes segment and snapshot objects the manifest does not name: left by a crash between

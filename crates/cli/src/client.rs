@@ -49,6 +49,11 @@ impl Client {
         self.send::<(), Value>(Method::DELETE, path, None).await.map(|_| ())
     }
 
+    /// A DELETE whose answer has a body.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Exit> {
+        self.send::<(), T>(Method::DELETE, path, None).await
+    }
+
     /// Sends a request whose body `body` makes (once per endpoint tried), with no overall
     /// time limit (exports and imports may be large); an error status is decoded as usual.
     pub async fn stream(

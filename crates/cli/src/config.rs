@@ -28,6 +28,29 @@ pub struct FileConfig {
     pub upstream: FileUpstream,
     #[serde(default)]
     pub archive: FileArchive,
+    /// Peer regions: `[[peers]] region = "b", url = "http://…"`.
+    #[serde(default)]
+    pub peers: Vec<FilePeer>,
+    /// Shared by every region of the cluster; required for replication. Prefer the environment
+    /// (`HOLDFAST_CLUSTER_SECRET`) to keep it out of files.
+    pub cluster_secret: Option<String>,
+    #[serde(default)]
+    pub replication: FileReplication,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePeer {
+    pub region: String,
+    pub url: String,
+}
+
+/// `[replication]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReplication {
+    /// How long a write under sync commit waits for its replica before it fails (default 5000).
+    pub sync_timeout_ms: Option<u64>,
 }
 
 /// `[archive]`: continuous backup to object storage.
@@ -87,6 +110,7 @@ pub struct ServeConfig {
     pub upstream_timeout_secs: u64,
     pub log: String,
     pub archive: Option<holdfast_service::backup::ArchiveConfig>,
+    pub cluster: holdfast_service::replication::ClusterConfig,
 }
 
 /// Values from flags or environment (clap reads both; flags win).
@@ -99,6 +123,13 @@ pub struct Overrides {
     pub upstream_timeout_secs: Option<u64>,
     pub log: Option<String>,
     pub archive: Option<String>,
+    /// `--peer REGION=URL`, added to (and overriding) the file's peers.
+    pub peers: Vec<String>,
+    pub cluster_secret: Option<String>,
+}
+
+fn valid_region(region: &str) -> bool {
+    !region.is_empty() && region.len() <= 63 && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl ServeConfig {
@@ -108,10 +139,33 @@ impl ServeConfig {
             .parse()
             .with_context(|| format!("invalid listen address {listen:?}: expected IP:PORT such as {DEFAULT_LISTEN}"))?;
         let region = over.region.or(file.region).unwrap_or_else(|| DEFAULT_REGION.to_owned());
-        let region_ok = !region.is_empty()
-            && region.len() <= 63
-            && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        anyhow::ensure!(region_ok, "invalid region {region:?}: use 1 to 63 lowercase letters, digits and '-'");
+        anyhow::ensure!(valid_region(&region), "invalid region {region:?}: use 1 to 63 lowercase letters, digits and '-'");
+        let mut peers = std::collections::BTreeMap::new();
+        let flag_peers = over.peers.iter().map(|p| {
+            p.split_once('=')
+                .map(|(r, u)| (r.to_owned(), u.to_owned()))
+                .with_context(|| format!("invalid --peer {p:?}: expected REGION=URL"))
+        });
+        let file_peers = file.peers.iter().map(|p| Ok((p.region.clone(), p.url.clone())));
+        for peer in file_peers.chain(flag_peers) {
+            let (peer_region, url) = peer?;
+            anyhow::ensure!(valid_region(&peer_region), "invalid peer region {peer_region:?}");
+            anyhow::ensure!(peer_region != region, "peer {peer_region:?} is this server's own region");
+            let parsed = reqwest::Url::parse(&url).with_context(|| format!("invalid URL {url:?} for peer {peer_region}"))?;
+            anyhow::ensure!(matches!(parsed.scheme(), "http" | "https"), "peer {peer_region}: URL must be http(s), got {url:?}");
+            peers.insert(peer_region, url);
+        }
+        let secret = over.cluster_secret.or(file.cluster_secret).filter(|s| !s.is_empty());
+        if let Some(secret) = &secret {
+            anyhow::ensure!(secret.len() >= 16, "the cluster secret must be at least 16 characters");
+        }
+        let sync_timeout_ms = file.replication.sync_timeout_ms.unwrap_or(5000);
+        anyhow::ensure!((10..=600_000).contains(&sync_timeout_ms), "replication sync_timeout_ms must be 10 to 600000");
+        let cluster = holdfast_service::replication::ClusterConfig {
+            peers,
+            secret,
+            sync_timeout: std::time::Duration::from_millis(sync_timeout_ms),
+        };
         let max_body_bytes = over.max_body_bytes.or(file.limits.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES);
         anyhow::ensure!(max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
         let max_file_bytes = over
@@ -130,6 +184,7 @@ impl ServeConfig {
             Some(url) => Some(archive_config(url, &file.archive)?),
         };
         Ok(Self {
+            cluster,
             archive,
             data: over.data.or(file.data).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
             listen,
@@ -185,6 +240,8 @@ mod tests {
             upstream_timeout_secs: None,
             log: None,
             archive: None,
+            peers: Vec::new(),
+            cluster_secret: None,
         }
     }
 
@@ -204,5 +261,14 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("lsten = \"x\"").is_err());
         assert!(ServeConfig::resolve(FileConfig::default(), Overrides { listen: Some("nope".into()), ..none() }).is_err());
         assert!(ServeConfig::resolve(FileConfig::default(), Overrides { region: Some("Bad Region".into()), ..none() }).is_err());
+        let peer = |p: &str| Overrides { peers: vec![p.into()], ..none() };
+        assert!(ServeConfig::resolve(FileConfig::default(), peer("b")).is_err(), "no URL");
+        assert!(ServeConfig::resolve(FileConfig::default(), peer("local=http://x")).is_err(), "own region");
+        assert!(ServeConfig::resolve(FileConfig::default(), peer("b=ftp://x")).is_err(), "scheme");
+        let short = Overrides { cluster_secret: Some("short".into()), ..none() };
+        assert!(ServeConfig::resolve(FileConfig::default(), short).is_err(), "short secret");
+        let file: FileConfig = toml::from_str("[[peers]]\nregion = \"b\"\nurl = \"http://127.0.0.1:1\"\n").expect("parse");
+        let c = ServeConfig::resolve(file, peer("c=http://127.0.0.1:2")).expect("resolve");
+        assert_eq!(c.cluster.peers.keys().collect::<Vec<_>>(), ["b", "c"]);
     }
 }

@@ -2,6 +2,7 @@
 
 mod backup;
 mod bench;
+mod check;
 mod client;
 mod config;
 mod context;
@@ -20,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use holdfast_types::api::{
     Info, JournalPage, KeyCreate, KeyCreated, KeyPage, Lock, LockCreate, LockKind, LockList, Project, ProjectCreate,
     ProjectPage, ProjectUpdate, Role, RoleAssignment, RoleAssignmentList, RoleDefinition, RoleDefinitionList, AuditPage,
-    AuditVerify, Identity, IdentityCreate, IdentityList,
+    AuditVerify, Identity, IdentityCreate, IdentityList, ProjectStatus,
 };
 
 fn parse_role(role: &str) -> Result<Role, Exit> {
@@ -136,6 +137,24 @@ enum Command {
     /// Resource locks: CanNotDelete or ReadOnly at a scope, inherited downward.
     #[command(subcommand)]
     Lock(LockCmd),
+    /// Review each project against the practices of docs/DR.md (delete lock, continuous backup,
+    /// replica, identity, standing delete rights, restore drill, purge protection): every finding
+    /// with its severity and the command that fixes it. Exits 6 when a high-severity check fails
+    /// for any project, so it can gate a pipeline (other errors keep their usual codes).
+    Check(check::CheckArgs),
+    /// Move a project's primary to the region of one of its replicas (planned: no acknowledged
+    /// write is lost). Send it to the current primary's region.
+    Failover {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Replication status: per project its primary region, epoch, LSN, replicas and their lag.
+    Status {
+        #[arg(long)]
+        project: Option<String>,
+    },
     /// Show the server's version and region.
     Info,
     /// Measure performance.
@@ -172,6 +191,13 @@ struct ServeArgs {
     /// Log filter, e.g. `info` or `holdfast_store=debug,info` [default: info].
     #[arg(long, env = "HOLDFAST_LOG")]
     log: Option<String>,
+    /// A peer region as REGION=URL; repeatable (adds to `[[peers]]`).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Secret shared by every region of the cluster (at least 16 characters); required for
+    /// replication.
+    #[arg(long, env = "HOLDFAST_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -239,6 +265,26 @@ enum ProjectCmd {
     Recover { name: String },
     /// Remove a soft-deleted project for good (admin; refused under purge protection).
     Purge { name: String },
+    /// Replicate a project to a peer region: hot (serves reads there) or warm (serves after a
+    /// failover), with async or sync commit.
+    Replicate {
+        #[arg(long)]
+        project: String,
+        /// The peer region.
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_parser = ["hot", "warm"])]
+        mode: String,
+        #[arg(long, value_parser = ["async", "sync"], default_value = "async")]
+        commit: String,
+    },
+    /// Stop a project's replica in a region and remove that region's copy.
+    Unreplicate {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        region: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -340,7 +386,8 @@ struct AuditArgs {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Check the hash chain; exits 1 when an entry was changed or removed.
+    /// Check the hash chain, and the archived copy when the server archives; exits 1 when an
+    /// entry was changed or removed.
     Verify,
 }
 
@@ -499,6 +546,8 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 upstream_timeout_secs: args.upstream_timeout_secs,
                 log: args.log,
                 archive: args.archive,
+                peers: args.peers,
+                cluster_secret: args.cluster_secret,
             })?;
             init_tracing(Some(&config.log), true);
             serve::run(config).await
@@ -533,11 +582,25 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
     const PROJECT_COLUMNS: &[&str] = &["name", "display_name", "lsn", "created_at", "tags"];
     match command {
         Command::Info => print(format, &client.get::<Info>("/v1/info").await?, &[])?,
+        Command::Failover { project, to } => {
+            let status: ProjectStatus =
+                client.post(&format!("/v1/projects/{}/failover", seg(&project)), &json!({ "to": to })).await?;
+            print(format, &status, &[])?;
+        }
+        Command::Status { project } => {
+            let path = match &project {
+                Some(p) => format!("/v1/status?project={}", seg(p)),
+                None => "/v1/status".to_owned(),
+            };
+            let all: Vec<ProjectStatus> = client.get(&path).await?;
+            print(format, &all, &["project", "region", "role", "primary_region", "epoch", "lsn", "replicas", "replica"])?;
+        }
         Command::Export(args) => export::export(client, args, format).await?,
         Command::Import(args) => export::import(client, args, format).await?,
         Command::History(args) => history::history(client, args, format).await?,
         Command::Undelete(args) => history::undelete(client, args, format).await?,
         Command::Backup(cmd) => backup::backup(client, cmd, format).await?,
+        Command::Check(args) => check::check(client, args, format).await?,
         Command::Restore(args) => backup::restore(client, args, format).await?,
         Command::Project(cmd) => match cmd {
             ProjectCmd::Create { name, display_name, description, tags, retention_days, purge_protection, identity, system_identity } => {
@@ -599,6 +662,16 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
                 client.delete(&format!("/v1/deleted-projects/{}", seg(&name))).await?;
                 done(format, "purged", &name)?;
             }
+            ProjectCmd::Replicate { project, to, mode, commit } => {
+                let body = json!({ "region": to, "mode": mode, "commit": commit });
+                let p: Project = client.post(&format!("/v1/projects/{}/replicas", seg(&project)), &body).await?;
+                print(format, &p, &[])?;
+            }
+            ProjectCmd::Unreplicate { project, region } => {
+                let path = format!("/v1/projects/{}/replicas/{}", seg(&project), seg(&region));
+                let p: Project = client.delete_json(&path).await?;
+                print(format, &p, &[])?;
+            }
         },
         Command::Connection(cmd) => match cmd {
             ConnectionCmd::Create { project, name, kind, target, api_key } => {
@@ -657,7 +730,8 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
                 let report: AuditVerify = client.get("/v1/audit/verify").await?;
                 print(format, &report, &["ok", "entries", "first_bad_seq", "message"])?;
                 if !report.ok {
-                    return Err(Exit::error(anyhow!("{}", report.message)));
+                    let archived = report.archive.as_ref().filter(|a| !a.ok).map(|a| format!("; archive: {}", a.message));
+                    return Err(Exit::error(anyhow!("{}{}", report.message, archived.unwrap_or_default())));
                 }
                 return Ok(());
             }

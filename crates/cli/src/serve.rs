@@ -18,6 +18,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         max_file_bytes: config.max_file_bytes,
         upstream_timeout: std::time::Duration::from_secs(config.upstream_timeout_secs),
         archive: config.archive.clone(),
+        cluster: config.cluster.clone(),
         ..ServiceConfig::new(config.data.clone(), &config.region, admin_key)
     };
     let opened = tokio::task::spawn_blocking(move || Service::open(service_config))
@@ -55,6 +56,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         "holdfast is serving"
     );
     let archiver = service.spawn_archiver();
+    service.spawn_replicators().map_err(|e| Exit::error(anyhow::anyhow!("cannot start replication: {e}")))?;
     // Soft-deleted projects whose retention has passed are purged within the hour.
     let purger = service.spawn_purger(std::time::Duration::from_secs(3600));
     if let Some(archive) = &config.archive {

@@ -12,8 +12,11 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use holdfast_store::control::{self, AuditFilter, AuditRecord, ControlStore};
-use holdfast_types::api::{AuditEntry, AuditPage, AuditVerify};
+use std::time::{Duration, Instant};
+
+use holdfast_archive::{AuditManifest, audit as archived};
+use holdfast_store::control::{self, AuditChain, AuditFilter, AuditRecord, ControlStore};
+use holdfast_types::api::{AuditArchiveCheck, AuditEntry, AuditPage, AuditVerify};
 use holdfast_types::{Error, now_micros, parse_rfc3339, rfc3339};
 
 use crate::auth::{Action, Caller};
@@ -23,6 +26,10 @@ use crate::{Result, Service};
 const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 /// Most entries one page returns.
 const MAX_PAGE: usize = 1000;
+/// Most entries one archived segment holds.
+const SEGMENT_ENTRIES: usize = 10_000;
+/// Longest wait between retries when shipping the audit log fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A request as the gate saw it, to be audited.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +86,15 @@ impl AuditLog {
             let _ = writer.join();
         }
     }
+}
+
+/// What the archiver remembers of the audit log between passes.
+#[derive(Default)]
+pub(crate) struct AuditShipping {
+    manifest: Option<AuditManifest>,
+    swept: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
 }
 
 fn outcome(status: u16) -> &'static str {
@@ -167,7 +183,9 @@ impl Service {
         Ok(AuditPage { data: rows.into_iter().map(entry).collect(), next_after })
     }
 
-    /// `holdfast audit-log verify`: walks the hash chain from the first entry.
+    /// `holdfast audit-log verify`: walks the hash chain from the first entry and, when the
+    /// server archives, the archived copy's chain, and checks that the local log still holds
+    /// what was archived (so removing the newest entries is found too).
     pub async fn audit_verify(&self, caller: &Caller) -> Result<AuditVerify> {
         caller.require(Action::AuditRead, "/")?;
         let (entries, bad) = self.control.call(control::verify_audit).await.map_err(Error::from)?;
@@ -175,6 +193,135 @@ impl Service {
             None => format!("{entries} entries, the chain is intact"),
             Some(seq) => format!("entry {seq} does not match its hash or its predecessor: the log was changed there"),
         };
-        Ok(AuditVerify { ok: bad.is_none(), entries, first_bad_seq: bad, message })
+        let archive = match &self.archiver {
+            Some(archiver) => Some(self.check_archived_audit(&archiver.archive).await?),
+            None => None,
+        };
+        let ok = bad.is_none() && archive.as_ref().is_none_or(|a| a.ok);
+        Ok(AuditVerify { ok, entries, first_bad_seq: bad, message, archive })
+    }
+
+    /// Walks the archived audit log's chain, then compares its newest entry with the local one.
+    async fn check_archived_audit(&self, archive: &holdfast_archive::Archive) -> Result<AuditArchiveCheck> {
+        let failed = |entries, message: String| AuditArchiveCheck { ok: false, url: archive.url().to_owned(), entries, message };
+        let manifest = match archive.audit_manifest(&self.region).await {
+            Ok(m) => m.unwrap_or_default(),
+            Err(e) => return Ok(failed(0, format!("cannot read the archived audit log: {e}"))),
+        };
+        let mut chain = AuditChain::default();
+        for segment in &manifest.segments {
+            let records = match archive.read_audit_segment(&self.region, segment).await {
+                Ok(records) => records,
+                Err(e) => return Ok(failed(chain.count, e.to_string())),
+            };
+            if let Some(r) = records.iter().find(|r| !chain.push(r)) {
+                return Ok(failed(chain.count, format!("archived entry {} does not match its hash or its predecessor", r.seq)));
+            }
+        }
+        if chain.count as i64 != manifest.shipped_seq || chain.last_hash() != manifest.last_hash {
+            return Ok(failed(
+                chain.count,
+                format!("the archived segments end at entry {}, the audit manifest says {}", chain.count, manifest.shipped_seq),
+            ));
+        }
+        if manifest.shipped_seq == 0 {
+            return Ok(AuditArchiveCheck { ok: true, url: archive.url().to_owned(), entries: 0, message: "nothing archived yet".into() });
+        }
+        // The chain makes one comparison enough: a local entry with the archived hash at the
+        // archived end proves every entry before it equal too.
+        let shipped = manifest.shipped_seq;
+        let filter = AuditFilter { after_seq: shipped - 1, limit: 1, ..AuditFilter::default() };
+        let local = self.control.call(move |c| control::list_audit(c, &filter)).await.map_err(Error::from)?;
+        let message = match local.first() {
+            Some(r) if r.seq == shipped && r.hash == manifest.last_hash => {
+                return Ok(AuditArchiveCheck {
+                    ok: true,
+                    url: archive.url().to_owned(),
+                    entries: chain.count,
+                    message: format!("{} archived entries, the chain is intact and the local log holds them all", chain.count),
+                });
+            }
+            Some(r) if r.seq == shipped => format!("local entry {shipped} differs from the archived one: the local log was changed"),
+            _ => format!("the archive holds {shipped} entries but the local log lacks entry {shipped}: entries were removed"),
+        };
+        Ok(failed(chain.count, message))
+    }
+
+    /// Ships the audit log's new entries to the archive (called by every archiver pass), then
+    /// merges closed hours. Failures back off and are logged; the log itself is untouched.
+    pub(crate) async fn ship_audit(&self, archiver: &crate::backup::Archiver) {
+        let mut shipping = archiver.audit.lock().await;
+        if shipping.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        match self.ship_audit_step(&archiver.archive, &mut shipping).await {
+            Ok(()) => {
+                shipping.failures = 0;
+                shipping.retry_at = None;
+            }
+            Err(e) => {
+                shipping.failures += 1;
+                let backoff = Duration::from_secs(1 << shipping.failures.min(5)).min(MAX_BACKOFF);
+                shipping.retry_at = Some(Instant::now() + backoff);
+                shipping.manifest = None;
+                tracing::warn!(error = %e, retry_in = ?backoff, "archiving the audit log failed");
+                metrics::counter!("holdfast_audit_archive_failures_total").increment(1);
+            }
+        }
+    }
+
+    async fn ship_audit_step(&self, archive: &holdfast_archive::Archive, shipping: &mut AuditShipping) -> Result<()> {
+        if shipping.manifest.is_none() {
+            shipping.manifest = Some(archive.audit_manifest(&self.region).await.map_err(Error::from)?.unwrap_or_default());
+        }
+        let manifest = shipping.manifest.as_mut().ok_or_else(|| Error::internal("audit manifest vanished"))?;
+        if !shipping.swept {
+            archive.sweep_audit(&self.region, manifest).await.map_err(Error::from)?;
+            shipping.swept = true;
+        }
+        loop {
+            let filter = AuditFilter { after_seq: manifest.shipped_seq, limit: SEGMENT_ENTRIES, ..AuditFilter::default() };
+            let records = self.control.call(move |c| control::list_audit(c, &filter)).await.map_err(Error::from)?;
+            if records.is_empty() {
+                break;
+            }
+            // Ship only a log that continues what was archived: a changed local log is for
+            // `audit-log verify` to report, not for the archive to take in.
+            let mut chain = AuditChain::after(manifest.shipped_seq, &manifest.last_hash);
+            if let Some(r) = records.iter().find(|r| !chain.push(r)) {
+                return Err(Error::internal(format!(
+                    "local audit entry {} does not continue the archived log: the log was changed; run `holdfast audit-log verify`",
+                    r.seq
+                )));
+            }
+            let last_hash = chain.last_hash().to_owned();
+            let (meta, bytes) = tokio::task::spawn_blocking(move || archived::encode(&records))
+                .await
+                .map_err(|e| Error::internal(format!("audit segment task failed: {e}")))?
+                .map_err(Error::from)?;
+            archive.put_audit_segment(&self.region, &meta, bytes).await.map_err(Error::from)?;
+            manifest.shipped_seq = meta.last_seq;
+            manifest.last_hash = last_hash;
+            manifest.segments.push(meta);
+            archive.save_audit_manifest(&self.region, manifest).await.map_err(Error::from)?;
+        }
+        while let Some(range) = manifest.next_merge() {
+            let run = manifest.segments[range.clone()].to_vec();
+            let mut records = Vec::new();
+            for segment in &run {
+                records.extend(archive.read_audit_segment(&self.region, segment).await.map_err(Error::from)?);
+            }
+            let (merged, bytes) = tokio::task::spawn_blocking(move || archived::encode(&records))
+                .await
+                .map_err(|e| Error::internal(format!("audit segment task failed: {e}")))?
+                .map_err(Error::from)?;
+            archive.put_audit_segment(&self.region, &merged, bytes).await.map_err(Error::from)?;
+            manifest.segments.splice(range, [merged]);
+            archive.save_audit_manifest(&self.region, manifest).await.map_err(Error::from)?;
+            for old in &run {
+                archive.delete_audit_segment(&self.region, old).await.map_err(Error::from)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -53,6 +53,8 @@ pub enum Action {
     AuditRead,
     /// Purging a soft-deleted project before or after its retention (Owners only).
     ProjectsPurge,
+    /// Moving a project's primary to another region (Owners only).
+    Failover,
 }
 
 impl Action {
@@ -74,11 +76,12 @@ impl Action {
             Action::LocksManage => "locks/manage",
             Action::AuditRead => "audit/read",
             Action::ProjectsPurge => "projects/purge",
+            Action::Failover => "projects/failover",
         }
     }
 
     /// Every action, for validating role patterns and listing.
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::ProjectsRead,
         Action::ProjectsWrite,
         Action::JournalRead,
@@ -95,6 +98,7 @@ impl Action {
         Action::LocksManage,
         Action::AuditRead,
         Action::ProjectsPurge,
+        Action::Failover,
     ];
 
     /// Whether this acts on a project's contents (a role's `data_actions`) rather than the

@@ -68,6 +68,8 @@ pub(crate) struct Archiver {
     /// Woken when a project has a full segment's worth of changes to ship, so a busy project
     /// does not wait for the interval.
     wake: Arc<tokio::sync::Notify>,
+    /// The audit log's shipping state (`crate::audit`).
+    pub(crate) audit: tokio::sync::Mutex<crate::audit::AuditShipping>,
 }
 
 /// What the archiver remembers of one project between passes.
@@ -92,7 +94,14 @@ impl Archiver {
         let archive = Archive::open(&config.url).map_err(Error::from)?;
         std::fs::create_dir_all(&scratch)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", scratch.display())))?;
-        Ok(Self { archive, config, scratch, projects: std::sync::Mutex::new(HashMap::new()), wake: Arc::default() })
+        Ok(Self {
+            archive,
+            config,
+            scratch,
+            projects: std::sync::Mutex::new(HashMap::new()),
+            wake: Arc::default(),
+            audit: Default::default(),
+        })
     }
 
     fn tracked(&self, id: &ProjectId) -> Arc<tokio::sync::Mutex<Tracked>> {
@@ -173,7 +182,8 @@ impl Service {
             }
         };
         // Soft-deleted projects too: their deletion mark is a change like any other.
-        for entry in entries.into_iter().filter(|e| !e.creating()) {
+        // A replica's archive is its primary's business (they may share one archive).
+        for entry in entries.into_iter().filter(|e| !e.creating() && !self.replication.is_replica(&e.id)) {
             // The store first, with no archive lock held: opening a project whose delete a crash
             // cut off ships its last changes (`archive_final`), which takes that lock.
             let Ok(store) = self.store(&entry).await else { continue };
@@ -190,6 +200,7 @@ impl Service {
                 let _ = lag(&entry, &store, manifest.archived_lsn).await;
             }
         }
+        self.ship_audit(archiver).await;
     }
 
     /// One project's archiving step: ship, compact, expire, snapshot.

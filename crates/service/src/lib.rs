@@ -13,6 +13,8 @@ pub mod history;
 mod identities;
 mod locks;
 mod projects;
+pub mod readiness;
+pub mod replication;
 pub mod restore;
 mod validate;
 
@@ -47,6 +49,8 @@ pub struct ServiceConfig {
     pub upstream_timeout: std::time::Duration,
     /// Continuous backup, when configured.
     pub archive: Option<backup::ArchiveConfig>,
+    /// Peer regions and the cluster secret.
+    pub cluster: replication::ClusterConfig,
 }
 
 impl ServiceConfig {
@@ -61,6 +65,7 @@ impl ServiceConfig {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             archive: None,
+            cluster: replication::ClusterConfig { sync_timeout: replication::DEFAULT_SYNC_TIMEOUT, ..Default::default() },
         }
     }
 }
@@ -95,6 +100,8 @@ pub struct Service {
     archiver: Option<Arc<backup::Archiver>>,
     /// Long-running operations (restores), by id.
     operations: std::sync::Mutex<HashMap<String, Arc<restore::OperationState>>>,
+    /// Replicas held here and replicas of the primaries here.
+    replication: replication::Replication,
     /// Set when the server begins to shut down, so long polls return at once.
     stopping: tokio::sync::watch::Sender<bool>,
     /// Held for the life of the service: one server per data directory.
@@ -132,7 +139,9 @@ impl Service {
             Some(archive) => Some(Arc::new(backup::Archiver::open(archive, data.join("tmp"))?)),
             None => None,
         };
+        let replication = replication::Replication::new(config.cluster.clone())?;
         let service = Service {
+            replication,
             archiver,
             operations: std::sync::Mutex::new(HashMap::new()),
             max_file_bytes: config.max_file_bytes,

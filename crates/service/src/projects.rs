@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use holdfast_store::control::{self, CatalogEntry};
 use holdfast_store::{ProjectStore, Resource, StateView, StoreError};
-use holdfast_types::api::{JournalPage, Page, Project, ProjectCreate, ProjectIdentity, ProjectPage, ProjectUpdate};
+use holdfast_types::api::{
+    JournalPage, Page, Project, ProjectCreate, ProjectIdentity, ProjectPage, ProjectUpdate, ReplicaMode, ReplicaSpec,
+};
 use holdfast_types::{Error, ErrorKind, Kind, Lsn, Micros, Op, ProjectId, now_micros, rfc3339};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -44,6 +46,34 @@ struct ProjectBody {
     /// Set while the project is soft-deleted (µs since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     deleted_us: Option<Micros>,
+    /// The region whose copy takes writes; set when the project is first replicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    primary_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replicas: Vec<ReplicaSpec>,
+}
+
+/// The project's primary region (when replicated) and its replicas, from its record.
+pub(crate) fn topology(view: &StateView<'_>, id: &ProjectId) -> Result<(Option<String>, Vec<ReplicaSpec>), StoreError> {
+    Ok(read_body(view, id)?.map(|(b, _)| (b.primary_region, b.replicas)).unwrap_or_default())
+}
+
+/// The first change of a new epoch: `region` is the primary, and the old primary a replica in
+/// the mode `region` had.
+pub(crate) fn promotion_ops(
+    view: &StateView<'_>,
+    id: &ProjectId,
+    region: &str,
+    old_primary: &str,
+    mode: ReplicaMode,
+) -> Result<Vec<Op>> {
+    let (mut body, _) = read_body(view, id).map_err(Error::from)?.ok_or_else(|| not_found(id.as_str()))?;
+    let commit = body.replicas.iter().find(|r| r.region == region).map(|r| r.commit).unwrap_or_default();
+    body.replicas.retain(|r| r.region != region && r.region != old_primary);
+    body.replicas.push(ReplicaSpec { region: old_primary.to_owned(), mode, commit });
+    body.primary_region = Some(region.to_owned());
+    let topology = json!({ "primary_region": body.primary_region, "replicas": body.replicas });
+    Ok(vec![Op::Patch { kind: Kind::Project, id: id.as_str().to_owned(), patch: topology }])
 }
 
 impl ProjectBody {
@@ -103,6 +133,8 @@ fn read_project(view: &StateView<'_>, id: &ProjectId) -> Result<Option<Project>,
         soft_delete_retention_days: retention_days,
         purge_protection: body.purge_protection,
         identity: body.identity,
+        primary_region: body.primary_region,
+        replicas: body.replicas,
         deleted_at: body.deleted_us.map(rfc3339),
         purge_after: body.deleted_us.map(|at| rfc3339(at + i64::from(retention_days) * DAY_US)),
     }))
@@ -115,6 +147,13 @@ fn not_found(name: &str) -> Error {
 impl Service {
     /// The catalog entry of an active project, by name or id.
     pub(crate) async fn entry(&self, name: &str) -> Result<CatalogEntry> {
+        let entry = self.entry_any(name).await?;
+        self.check_serving(&entry)?;
+        Ok(entry)
+    }
+
+    /// [`Service::entry`], also for a project this region holds as a warm replica.
+    pub(crate) async fn entry_any(&self, name: &str) -> Result<CatalogEntry> {
         let key = name.to_owned();
         self.control
             .call(move |c| control::find_project(c, &key))
@@ -141,6 +180,13 @@ impl Service {
             .map_err(|e| Error::internal(format!("open task failed: {e}")))?
             .map_err(Error::from)?;
         let store = Arc::new(store);
+        let role = self.role_here(&entry.id);
+        store.set_role(role);
+        if role != holdfast_store::Role::Primary {
+            // A replica's copy changes only by its primary's journal.
+            open.insert(entry.id.clone(), store.clone());
+            return Ok(store);
+        }
         if store.is_deleted() {
             // A delete journaled before a crash (or a failure) kept the catalog from forgetting
             // the project: finish it now, so the name is free again.
@@ -169,6 +215,7 @@ impl Service {
                 return Err(not_found(&entry.name));
             }
         }
+        self.apply_sync_setting(&store).await?;
         open.insert(entry.id.clone(), store.clone());
         Ok(store)
     }
@@ -223,6 +270,8 @@ impl Service {
             purge_protection: req.purge_protection,
             identity: user_identity,
             deleted_us: None,
+            primary_region: None,
+            replicas: Vec::new(),
         };
         validate::display_name(&body.display_name)?;
         validate::description(&body.description)?;
@@ -642,5 +691,30 @@ impl Service {
             .read(move |view| Ok(JournalPage { changes: view.journal(after, limit)?, last_lsn: view.last_lsn()? }))
             .await
             .map_err(Error::from)
+    }
+}
+
+impl Service {
+    /// Journals a change of the project's topology (primary region, replicas) made by `f`.
+    pub(crate) async fn update_topology(
+        &self,
+        caller: &Caller,
+        entry: &CatalogEntry,
+        store: &ProjectStore,
+        f: impl FnOnce(&mut Option<String>, &mut Vec<ReplicaSpec>) + Send + 'static,
+    ) -> Result<()> {
+        let id = entry.id.clone();
+        let plan: holdfast_store::Plan = Box::new(move |view| {
+            let (mut body, _) = read_body(view, &id).map_err(Error::from)?.ok_or_else(|| not_found(id.as_str()))?;
+            let before = (body.primary_region.clone(), body.replicas.clone());
+            f(&mut body.primary_region, &mut body.replicas);
+            if (body.primary_region.clone(), body.replicas.clone()) == before {
+                return Ok(Vec::new());
+            }
+            let topology = json!({ "primary_region": body.primary_region, "replicas": body.replicas });
+            Ok(vec![Op::Patch { kind: Kind::Project, id: id.as_str().to_owned(), patch: topology }])
+        });
+        store.write(caller.principal.id.as_str(), caller.request_id.as_str(), plan).await.map_err(Error::from)?;
+        Ok(())
     }
 }

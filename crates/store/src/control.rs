@@ -12,7 +12,7 @@ use holdfast_types::now_micros;
 use crate::sqlite;
 
 /// Schema version of the control database (`PRAGMA user_version`).
-pub const CONTROL_SCHEMA_VERSION: i64 = 3;
+pub const CONTROL_SCHEMA_VERSION: i64 = 4;
 
 /// Version 2 adds resource locks and the audit log.
 const V2_SCHEMA: &str = "
@@ -73,6 +73,16 @@ CREATE TABLE roles (
 ALTER TABLE principals ADD COLUMN kind TEXT NOT NULL DEFAULT 'key';
 -- The project a system-assigned identity lives and dies with.
 ALTER TABLE principals ADD COLUMN project_id TEXT;
+";
+
+/// Version 4: the projects this region holds as a replica of another region's primary.
+const V4_SCHEMA: &str = "
+CREATE TABLE replicas (
+    project_id    TEXT PRIMARY KEY,
+    source_region TEXT NOT NULL,
+    mode          TEXT NOT NULL CHECK (mode IN ('hot', 'warm')),
+    created_us    INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 const CONTROL_SCHEMA: &str = "
@@ -155,14 +165,17 @@ impl ControlStore {
             0 => {
                 // Each older version is brought forward by the later versions' steps, in one transaction.
             conn.execute_batch(&format!(
-                "BEGIN; {CONTROL_SCHEMA} {V2_SCHEMA} {V3_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {CONTROL_SCHEMA} {V2_SCHEMA} {V3_SCHEMA} {V4_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"
             ))?;
             }
             1 => {
-                conn.execute_batch(&format!("BEGIN; {V2_SCHEMA} {V3_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V2_SCHEMA} {V3_SCHEMA} {V4_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             2 => {
-                conn.execute_batch(&format!("BEGIN; {V3_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V3_SCHEMA} {V4_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+            }
+            3 => {
+                conn.execute_batch(&format!("BEGIN; {V4_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             CONTROL_SCHEMA_VERSION => {}
             v => {
@@ -611,10 +624,49 @@ pub fn delete_lock(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn.execute("DELETE FROM locks WHERE id = ?1", [id])? == 1)
 }
 
+// Replicas --------------------------------------------------------------------------------------
+
+/// A project this region holds as a replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaRecord {
+    pub project_id: ProjectId,
+    pub source_region: String,
+    /// `hot` or `warm`.
+    pub mode: String,
+}
+
+/// Records (or updates) that this region replicates a project from `source_region`.
+pub fn put_replica(conn: &Connection, r: &ReplicaRecord) -> Result<()> {
+    conn.execute(
+        "INSERT INTO replicas (project_id, source_region, mode, created_us) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (project_id) DO UPDATE SET source_region = excluded.source_region, mode = excluded.mode",
+        params![r.project_id.as_str(), r.source_region, r.mode, now_micros()],
+    )?;
+    Ok(())
+}
+
+/// This region no longer replicates the project (promoted, or the replica was removed).
+pub fn remove_replica(conn: &Connection, project: &ProjectId) -> Result<()> {
+    conn.execute("DELETE FROM replicas WHERE project_id = ?1", [project.as_str()])?;
+    Ok(())
+}
+
+pub fn list_replicas(conn: &Connection) -> Result<Vec<ReplicaRecord>> {
+    let mut stmt = conn.prepare("SELECT project_id, source_region, mode FROM replicas ORDER BY project_id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, source_region, mode) = row?;
+        let project_id = ProjectId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("bad project id {id:?} in replicas")))?;
+        out.push(ReplicaRecord { project_id, source_region, mode });
+    }
+    Ok(out)
+}
+
 // Audit log -------------------------------------------------------------------------------------
 
-/// One audited request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One audited request (also the line format of the archived audit log).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     pub seq: i64,
     pub ts_us: Micros,
@@ -725,21 +777,57 @@ pub fn list_audit(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRe
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Follows a run of audit entries from the first: each must follow its predecessor in `seq`,
+/// link to its hash, and hash to what it says. Used on `control.db` and on the archived copy.
+#[derive(Clone, Debug)]
+pub struct AuditChain {
+    prev: String,
+    next_seq: i64,
+    /// Entries accepted so far.
+    pub count: u64,
+}
+
+impl Default for AuditChain {
+    fn default() -> Self {
+        Self { prev: AUDIT_GENESIS.to_owned(), next_seq: 1, count: 0 }
+    }
+}
+
+impl AuditChain {
+    /// A chain that continues after entry `seq`, whose hash is `hash`.
+    pub fn after(seq: i64, hash: &str) -> Self {
+        Self { prev: hash.to_owned(), next_seq: seq + 1, count: 0 }
+    }
+
+    /// Takes the next entry; `false` (and nothing changes) when it breaks the chain.
+    pub fn push(&mut self, r: &AuditRecord) -> bool {
+        if r.seq != self.next_seq || r.prev_hash != self.prev || audit_hash(&r.prev_hash, r) != r.hash {
+            return false;
+        }
+        self.prev.clone_from(&r.hash);
+        self.next_seq += 1;
+        self.count += 1;
+        true
+    }
+
+    /// The hash of the last accepted entry (the genesis hash before any).
+    pub fn last_hash(&self) -> &str {
+        &self.prev
+    }
+}
+
 /// Walks the whole chain: the number of entries, and the first whose hash or link is wrong.
 pub fn verify_audit(conn: &Connection) -> Result<(u64, Option<i64>)> {
     let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
-    let (mut prev, mut expected_seq, mut count) = (AUDIT_GENESIS.to_owned(), 1, 0);
+    let mut chain = AuditChain::default();
     while let Some(row) = rows.next()? {
         let r = audit_from_row(row)?;
-        count += 1;
-        if r.seq != expected_seq || r.prev_hash != prev || audit_hash(&r.prev_hash, &r) != r.hash {
-            return Ok((count, Some(r.seq)));
+        if !chain.push(&r) {
+            return Ok((chain.count + 1, Some(r.seq)));
         }
-        prev = r.hash;
-        expected_seq += 1;
     }
-    Ok((count, None))
+    Ok((chain.count, None))
 }
 
 #[cfg(test)]

@@ -22,6 +22,14 @@ pub enum StoreError {
     /// The project was deleted: its record's deletion is journaled and nothing more is taken.
     #[error("project was deleted")]
     Deleted,
+    /// This store is not the project's primary (a replica, or a primary fenced for a
+    /// failover): it takes no local writes.
+    #[error("this copy of the project is {0}: it takes no writes")]
+    NotPrimary(&'static str),
+    /// Sync commit: the write is committed on the primary, but its sync replica did not confirm
+    /// it in time, so it is not acknowledged.
+    #[error("change {lsn} is committed on the primary but its sync replica in {regions} did not confirm it within {timeout:?}")]
+    SyncTimeout { lsn: holdfast_types::Lsn, regions: String, timeout: std::time::Duration },
 }
 
 impl From<StoreError> for Error {
@@ -30,6 +38,14 @@ impl From<StoreError> for Error {
             StoreError::Rejected(e) => e,
             StoreError::Closed => Error::new(ErrorKind::Unavailable, "project store is closed; retry"),
             StoreError::Deleted => Error::new(ErrorKind::NotFound, "project was deleted"),
+            e @ StoreError::SyncTimeout { .. } => Error::new(
+                ErrorKind::Unavailable,
+                format!("{e}; it is not acknowledged: check the replica (holdfast status) and retry"),
+            ),
+            StoreError::NotPrimary(role) => Error::new(
+                ErrorKind::Unavailable,
+                format!("this copy of the project is {role}: it takes no writes; send them to the project's primary region"),
+            ),
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
                 if matches!(f.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::DatabaseBusy) =>
             {

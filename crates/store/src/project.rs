@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -44,12 +44,54 @@ struct WriteRequest {
     reply: oneshot::Sender<Result<Committed>>,
 }
 
+/// What the writer thread is asked to do, in queue order.
+enum Message {
+    /// A local write (taken only while the store is the primary).
+    Write(WriteRequest),
+    /// Changes another region committed, applied as they are (taken only by a replica).
+    Replicate { changes: Vec<Change>, reply: oneshot::Sender<Result<Lsn>> },
+    /// Answered once everything queued before it is done.
+    Barrier(oneshot::Sender<()>),
+    /// Turns the store into the primary at `epoch` and commits `request` as the first change of
+    /// that epoch.
+    Promote { epoch: Epoch, request: WriteRequest },
+}
+
+/// What a copy of a project is in this region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Takes local writes.
+    Primary,
+    /// Applies the primary's changes; takes no local writes.
+    Replica,
+    /// A primary that stopped taking writes for a failover.
+    Fenced,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "a replica",
+            Role::Fenced => "fenced for a failover",
+        }
+    }
+
+    fn from_u8(v: u8) -> Role {
+        match v {
+            0 => Role::Primary,
+            1 => Role::Replica,
+            _ => Role::Fenced,
+        }
+    }
+}
+
 pub struct ProjectStore {
     /// The project's name (names never change), for logs and scopes.
     name: String,
     id: ProjectId,
     path: PathBuf,
-    tx: Mutex<Option<mpsc::UnboundedSender<WriteRequest>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Message>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     lsn: watch::Receiver<Lsn>,
@@ -59,6 +101,23 @@ pub struct ProjectStore {
     /// The lowest timestamp the writer may still give an uncommitted change (`i64::MAX` while
     /// it is idle); see [`ProjectStore::settled`].
     planning: std::sync::Arc<AtomicI64>,
+    /// [`Role`] as a number, shared with the writer, which checks it for every write it plans.
+    role: std::sync::Arc<AtomicU8>,
+    /// The project's epoch, as the writer last committed it.
+    epoch: std::sync::Arc<AtomicU64>,
+    /// Sync commit: which replicas must have applied a write before it is acknowledged, and
+    /// how long a write waits for them.
+    sync: Mutex<Option<SyncCommit>>,
+    /// The highest LSN every sync replica has applied.
+    acked: watch::Sender<Lsn>,
+}
+
+/// A project's sync-commit setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncCommit {
+    /// Regions whose replica must confirm a write.
+    pub regions: Vec<String>,
+    pub timeout: std::time::Duration,
 }
 
 impl ProjectStore {
@@ -97,6 +156,8 @@ impl ProjectStore {
         metrics::gauge!("holdfast_project_lsn", "project" => label.clone()).set(last.0 as f64);
         let deleted = std::sync::Arc::new(AtomicBool::new(gone));
         let planning = std::sync::Arc::new(AtomicI64::new(i64::MAX));
+        let role = std::sync::Arc::new(AtomicU8::new(Role::Primary as u8));
+        let shared_epoch = std::sync::Arc::new(AtomicU64::new(epoch.0));
         let writer = Writer {
             conn,
             project: id.clone(),
@@ -107,6 +168,8 @@ impl ProjectStore {
             lsn: lsn_tx,
             deleted: deleted.clone(),
             planning: planning.clone(),
+            role: role.clone(),
+            shared_epoch: shared_epoch.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("writer-{id}"))
@@ -121,7 +184,81 @@ impl ProjectStore {
             lsn: lsn_rx,
             deleted,
             planning,
+            role,
+            epoch: shared_epoch,
+            sync: Mutex::new(None),
+            acked: watch::Sender::new(Lsn::ZERO),
         })
+    }
+
+    /// Turns sync commit on (or off with `None`).
+    pub fn set_sync(&self, sync: Option<SyncCommit>) {
+        if let Ok(mut s) = self.sync.lock() {
+            *s = sync;
+        }
+    }
+
+    /// A replica in `region` has durably applied everything up to `lsn`.
+    pub fn acknowledge(&self, region: &str, lsn: Lsn) {
+        let counts = self.sync.lock().ok().is_some_and(|s| s.as_ref().is_some_and(|s| s.regions.iter().any(|r| r == region)));
+        if counts {
+            self.acked.send_if_modified(|acked| {
+                let newer = lsn > *acked;
+                if newer {
+                    *acked = lsn;
+                }
+                newer
+            });
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::SeqCst))
+    }
+
+    /// Makes this copy a replica (or a primary again after a failed failover); see also
+    /// [`ProjectStore::fence`] and [`ProjectStore::promote`].
+    pub fn set_role(&self, role: Role) {
+        self.role.store(role as u8, Ordering::SeqCst);
+    }
+
+    /// The project's epoch as last committed here.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::SeqCst))
+    }
+
+    fn send(&self, message: Message) -> Result<()> {
+        let tx = self.tx.lock().map_err(|_| StoreError::Closed)?;
+        tx.as_ref().ok_or(StoreError::Closed)?.send(message).map_err(|_| StoreError::Closed)
+    }
+
+    /// Stops taking writes: writes queued before this call commit, later ones are refused.
+    /// Returns the last LSN, which nothing will follow until the store is promoted again or
+    /// turned back into the primary.
+    pub async fn fence(&self) -> Result<Lsn> {
+        self.set_role(Role::Fenced);
+        let (reply, done) = oneshot::channel();
+        self.send(Message::Barrier(reply))?;
+        done.await.map_err(|_| StoreError::Closed)?;
+        Ok(self.last_lsn())
+    }
+
+    /// Applies changes the primary committed, in one transaction; they must follow the last
+    /// LSN densely and not come from an older epoch (`apply_change` checks both). Returns the
+    /// new last LSN.
+    pub async fn apply_replicated(&self, changes: Vec<Change>) -> Result<Lsn> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Message::Replicate { changes, reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Makes this replica the primary at `epoch` (which must be newer than its own): `plan`'s
+    /// ops become the first change of the new epoch, and local writes are taken from then on.
+    pub async fn promote(&self, epoch: Epoch, actor: &str, request_id: &str, plan: Plan) -> Result<Committed> {
+        let (reply, rx) = oneshot::channel();
+        let request = WriteRequest { actor: actor.to_owned(), request_id: request_id.to_owned(), plan, reply };
+        self.send(Message::Promote { epoch, request })?;
+        rx.await.map_err(|_| StoreError::Closed)?.map_err(|e| self.explain(e))
     }
 
     pub fn id(&self) -> &ProjectId {
@@ -156,14 +293,25 @@ impl ProjectStore {
     /// Queues a write and waits until it is durable (or refused).
     pub async fn write(&self, actor: &str, request_id: &str, plan: Plan) -> Result<Committed> {
         self.check_live()?;
+        let role = self.role();
+        if role != Role::Primary {
+            return Err(StoreError::NotPrimary(role.as_str()));
+        }
         let (reply, rx) = oneshot::channel();
         let request =
             WriteRequest { actor: actor.to_owned(), request_id: request_id.to_owned(), plan, reply };
-        {
-            let tx = self.tx.lock().map_err(|_| StoreError::Closed)?;
-            tx.as_ref().ok_or(StoreError::Closed)?.send(request).map_err(|_| StoreError::Closed)?;
+        self.send(Message::Write(request))?;
+        let committed = rx.await.map_err(|_| StoreError::Closed)?.map_err(|e| self.explain(e))?;
+        let sync = self.sync.lock().ok().and_then(|s| s.clone());
+        if let (Some(lsn), Some(sync)) = (committed.lsn, sync) {
+            let mut acked = self.acked.subscribe();
+            let confirmed = tokio::time::timeout(sync.timeout, acked.wait_for(|a| *a >= lsn)).await;
+            if !matches!(confirmed, Ok(Ok(_))) {
+                metrics::counter!("holdfast_sync_commit_timeouts_total", "project" => self.name.clone()).increment(1);
+                return Err(StoreError::SyncTimeout { lsn, regions: sync.regions.join(", "), timeout: sync.timeout });
+            }
         }
-        rx.await.map_err(|_| StoreError::Closed)?.map_err(|e| self.explain(e))
+        Ok(committed)
     }
 
     fn check_live(&self) -> Result<()> {
@@ -173,7 +321,7 @@ impl ProjectStore {
     /// A storage error on a deleted project (its files moved away mid-request) is "deleted".
     fn explain(&self, e: StoreError) -> StoreError {
         match e {
-            StoreError::Rejected(_) => e,
+            StoreError::Rejected(_) | StoreError::NotPrimary(_) | StoreError::SyncTimeout { .. } => e,
             _ if self.deleted.load(Ordering::Acquire) => StoreError::Deleted,
             e => e,
         }
@@ -293,16 +441,29 @@ struct Writer {
     deleted: std::sync::Arc<AtomicBool>,
     /// Shared with the store: no change of the batch being planned gets an earlier timestamp.
     planning: std::sync::Arc<AtomicI64>,
+    /// Shared with the store: a write is planned only while this says primary.
+    role: std::sync::Arc<AtomicU8>,
+    shared_epoch: std::sync::Arc<AtomicU64>,
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<WriteRequest>) {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.blocking_recv() {
+        let mut next = None;
+        while let Some(first) = next.take().or_else(|| rx.blocking_recv()) {
+            let Message::Write(first) = first else {
+                self.handle(first);
+                continue;
+            };
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(request) => batch.push(request),
+                    Ok(Message::Write(request)) => batch.push(request),
+                    // Anything else waits until the writes queued before it are committed.
+                    Ok(other) => {
+                        next = Some(other);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
@@ -313,6 +474,65 @@ impl Writer {
         if let Err(e) = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
             tracing::warn!(project = %self.label, error = %e, "checkpoint on close failed");
         }
+    }
+
+    fn handle(&mut self, message: Message) {
+        match message {
+            Message::Write(request) => self.commit_batch(&mut vec![request]),
+            Message::Barrier(reply) => {
+                let _ = reply.send(());
+            }
+            Message::Replicate { changes, reply } => {
+                let _ = reply.send(self.replicate(&changes));
+            }
+            Message::Promote { epoch, request } => {
+                let WriteRequest { actor, request_id, plan, reply } = request;
+                if epoch <= self.epoch {
+                    let refused = format!("cannot promote to epoch {epoch}: the project is at epoch {} already", self.epoch);
+                    let _ = reply.send(Err(StoreError::Rejected(Error::new(holdfast_types::ErrorKind::Conflict, refused))));
+                    return;
+                }
+                let (role_before, epoch_before) = (self.role.load(Ordering::SeqCst), self.epoch);
+                self.role.store(Role::Primary as u8, Ordering::SeqCst);
+                self.epoch = epoch;
+                let (inner, rx) = oneshot::channel();
+                self.commit_batch(&mut vec![WriteRequest { actor, request_id, plan, reply: inner }]);
+                let result = rx.blocking_recv().unwrap_or(Err(StoreError::Closed));
+                if !matches!(result, Ok(Committed { lsn: Some(_), .. })) {
+                    // Nothing of the new epoch was committed: stay what we were.
+                    self.role.store(role_before, Ordering::SeqCst);
+                    self.epoch = epoch_before;
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Applies a primary's changes in one transaction (see [`ProjectStore::apply_replicated`]).
+    fn replicate(&mut self, changes: &[Change]) -> Result<Lsn> {
+        let role = Role::from_u8(self.role.load(Ordering::SeqCst));
+        if role == Role::Primary {
+            return Err(StoreError::Corrupt("the primary applies no replicated changes".into()));
+        }
+        let started = Instant::now();
+        let (mut last, mut last_ts, mut epoch) = (self.last, self.last_ts, self.epoch);
+        let mut deleted = false;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for change in changes {
+            apply_change(&tx, last, change)?;
+            (last, last_ts, epoch) = (change.lsn, change.ts, change.epoch.max(epoch));
+            deleted |= deletes_project(change, &self.project);
+        }
+        tx.commit()?;
+        (self.last, self.last_ts, self.epoch) = (last, last_ts, epoch);
+        self.shared_epoch.store(epoch.0, Ordering::SeqCst);
+        if deleted {
+            self.deleted.store(true, Ordering::Release);
+        }
+        metrics::histogram!("holdfast_replica_apply_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("holdfast_project_lsn", "project" => self.label.clone()).set(self.last.0 as f64);
+        self.lsn.send_replace(self.last);
+        Ok(self.last)
     }
 
     /// Plans and applies every request of the batch in one transaction, each in a savepoint of
@@ -331,9 +551,12 @@ impl Writer {
                 let WriteRequest { actor, request_id, plan, reply } = request;
                 let ts = now_micros().max(self.last_ts).max(floor);
                 let sp = tx.savepoint()?;
+                let role = Role::from_u8(self.role.load(Ordering::SeqCst));
                 let planned = if deleted {
                     // Nothing follows the project's deletion in its journal.
                     Err(StoreError::Deleted)
+                } else if role != Role::Primary {
+                    Err(StoreError::NotPrimary(role.as_str()))
                 } else {
                     plan(&StateView::new(&sp)).map_err(StoreError::Rejected)
                 };
@@ -378,6 +601,7 @@ impl Writer {
                 metrics::histogram!("holdfast_commit_batch_size").record(size as f64);
                 metrics::gauge!("holdfast_project_lsn", "project" => self.label.clone()).set(self.last.0 as f64);
                 self.lsn.send_replace(self.last);
+                self.shared_epoch.store(self.epoch.0, Ordering::SeqCst);
                 self.planning.store(i64::MAX, Ordering::SeqCst);
                 for (reply, result) in answers {
                     let _ = reply.send(result);

@@ -29,6 +29,12 @@ pub struct Project {
     pub purge_protection: bool,
     /// The managed identity the project's workloads act as, if it has one.
     pub identity: Option<ProjectIdentity>,
+    /// The region whose copy takes writes, once the project is replicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_region: Option<String>,
+    /// The project's replicas in other regions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaSpec>,
     /// Set on a soft-deleted project (`GET /v1/deleted-projects`): when it was deleted…
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<String>,
@@ -454,6 +460,47 @@ pub struct LockList {
     pub data: Vec<Lock>,
 }
 
+/// How one readiness check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    Fail,
+    /// The capability the check looks for is not built yet: never counted as a pass.
+    NotAvailable,
+}
+
+/// How much a failing check matters; a failing `high` one makes a project not ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    High,
+    Medium,
+    Low,
+}
+
+/// One practice of docs/DR.md, checked for one project.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Finding {
+    /// A stable id: `delete_lock`, `data_plane_lock`, `continuous_backup`, `replica`,
+    /// `identity`, `standing_delete_rights`, `restore_drill`, `purge_protection`.
+    pub check: String,
+    pub status: CheckStatus,
+    pub severity: Severity,
+    pub message: String,
+    /// The holdfast command that fixes it; empty when nothing is to be done.
+    pub fix: String,
+}
+
+/// `holdfast check`: a project's readiness review.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    pub project: String,
+    /// No high-severity check fails.
+    pub ok: bool,
+    pub findings: Vec<Finding>,
+}
+
 /// A role held by a principal at a scope (`/` or `/projects/{name}`), inherited downward.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -504,4 +551,144 @@ pub struct AuditVerify {
     /// The first entry whose hash or link to its predecessor is wrong.
     pub first_bad_seq: Option<i64>,
     pub message: String,
+    /// The archived copy, when the server archives: its own chain, and whether the local log
+    /// still holds every archived entry unchanged. `ok` is false when this is.
+    pub archive: Option<AuditArchiveCheck>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditArchiveCheck {
+    pub ok: bool,
+    /// The archive's URL.
+    pub url: String,
+    /// Archived entries whose chain verified.
+    pub entries: u64,
+    pub message: String,
+}
+
+// Replication ------------------------------------------------------------------------------------
+
+/// How a replica region holds a project (docs/DR.md §Recovery modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaMode {
+    /// Applies the journal and serves the project's reads; writes go to the primary.
+    Hot,
+    /// Applies the journal; serves the project only once promoted.
+    Warm,
+}
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitMode {
+    /// Once the primary has it durably; the replica follows within its lag.
+    #[default]
+    Async,
+    /// Once the replica has applied it durably too.
+    Sync,
+}
+
+/// One replica of a project, as the project's record lists it (journaled, so every copy knows
+/// the project's topology).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaSpec {
+    pub region: String,
+    pub mode: ReplicaMode,
+    #[serde(default)]
+    pub commit: CommitMode,
+}
+
+/// `POST /v1/projects/{project}/replicas`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaCreate {
+    /// A peer region (`[[peers]]` / `--peer`).
+    pub region: String,
+    pub mode: ReplicaMode,
+    #[serde(default)]
+    pub commit: CommitMode,
+}
+
+/// `POST /internal/v1/replicas`: the primary asks a peer to hold a replica.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaStart {
+    pub project_id: ProjectId,
+    pub name: String,
+    /// The region to pull from (the primary).
+    pub source_region: String,
+    pub mode: ReplicaMode,
+}
+
+/// `GET /internal/v1/projects/{id}/journal`: changes after `after`, and where the primary is.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JournalBatch {
+    #[schema(value_type = Vec<Object>)]
+    pub changes: Vec<crate::Change>,
+    /// The primary's last LSN and epoch when it answered.
+    pub last_lsn: Lsn,
+    pub epoch: Epoch,
+    /// Timestamp of the primary's last change (µs).
+    pub last_ts: i64,
+}
+
+/// A replica as its primary sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaStatus {
+    pub region: String,
+    pub mode: ReplicaMode,
+    pub commit: CommitMode,
+    /// What the replica has durably applied (it asks for changes after it).
+    pub applied_lsn: Lsn,
+    pub lag_changes: u64,
+    /// Age of the oldest change the replica lacks; 0 when caught up.
+    pub lag_ms: u64,
+    /// When the replica last pulled (RFC 3339), if ever since this server started.
+    pub last_contact: Option<String>,
+}
+
+/// `GET /v1/status`: one project as this region sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProjectStatus {
+    pub project: String,
+    pub project_id: ProjectId,
+    /// This server's region.
+    pub region: String,
+    /// `primary`, `replica` or `fenced`.
+    pub role: String,
+    pub primary_region: String,
+    pub epoch: Epoch,
+    pub lsn: Lsn,
+    /// On the primary: each replica's progress. On a replica: empty (see `source`).
+    pub replicas: Vec<ReplicaStatus>,
+    /// On a replica: its mode, what it has applied of the primary, and when it last heard from it.
+    pub replica: Option<ReplicaProgress>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaProgress {
+    pub mode: ReplicaMode,
+    pub source_region: String,
+    pub applied_lsn: Lsn,
+    /// The primary's last LSN when last heard from.
+    pub primary_lsn: Lsn,
+    pub lag_changes: u64,
+    pub lag_ms: u64,
+    pub last_contact: Option<String>,
+    /// Why the last pull failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// `POST /internal/v1/projects/{id}/promote`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// The fenced primary's last LSN: the target promotes once it has applied exactly this.
+    pub until_lsn: Lsn,
+    /// The new epoch.
+    pub epoch: Epoch,
+    /// The region giving up the primary; it becomes a replica of the target.
+    pub old_primary: String,
+    pub old_primary_mode: ReplicaMode,
 }

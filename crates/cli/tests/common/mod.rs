@@ -106,11 +106,14 @@ pub struct Opts {
     /// A `holdfast.toml` to start with (`--config`), in which `{port}` is replaced by the port
     /// chosen; `--listen` is then not passed, so the file's `listen` must use `{port}`.
     pub config: Option<String>,
+    /// Listen on this port (chosen with [`free_port`] beforehand, so other servers can be told
+    /// it) instead of one picked at start.
+    pub port: Option<u16>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { admin_key: Some(ADMIN_KEY.to_owned()), args: Vec::new(), env: Vec::new(), config: None }
+        Opts { admin_key: Some(ADMIN_KEY.to_owned()), args: Vec::new(), env: Vec::new(), config: None, port: None }
     }
 }
 
@@ -183,9 +186,9 @@ impl Server {
     /// chosen one was taken in the meantime.
     pub fn start_with(data: &Path, opts: Opts) -> Server {
         let logs = Arc::new(tempfile::tempdir().expect("log dir"));
-        let attempts = PORT_ATTEMPTS;
+        let attempts = if opts.port.is_some() { 1 } else { PORT_ATTEMPTS };
         for attempt in 1..=attempts {
-            let port = free_port();
+            let port = opts.port.unwrap_or_else(free_port);
             let (child, stdout, stderr) = spawn_serve(data, &opts, port, logs.path());
             let mut server = Server {
                 child: Some(child),

@@ -1,0 +1,176 @@
+//! Replication between regions. Users: `POST|DELETE /v1/projects/{project}/replicas[/{region}]`,
+//! `POST /v1/projects/{project}/failover`, `GET /v1/status`. Peers (`/internal/v1/…`, admitted
+//! by the cluster secret in the gate): a replica's snapshot, journal pulls and blobs from the
+//! primary, and the primary's requests to start, stop and promote a replica.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use holdfast_types::api::{
+    ErrorBody, JournalBatch, Project, ProjectStatus, PromoteRequest, ReplicaCreate, ReplicaStart,
+};
+use holdfast_types::Lsn;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::error::ApiResult;
+use crate::extract::{ApiJson, ApiQuery, Authed};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(replicate))
+        .routes(routes!(unreplicate))
+        .routes(routes!(failover))
+        .routes(routes!(status))
+        .routes(routes!(pull_journal))
+        .routes(routes!(snapshot))
+        .routes(routes!(blob))
+        .routes(routes!(start_replica))
+        .routes(routes!(stop_replica))
+        .routes(routes!(promote))
+}
+
+/// Starts a replica of the project in a peer region (hot or warm, async or sync commit).
+#[utoipa::path(post, path = "/v1/projects/{project}/replicas", tag = "replication", request_body = ReplicaCreate,
+    params(("project" = String, Path, description = "project name or id")),
+    responses((status = 200, body = Project), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "peer unreachable", body = ErrorBody)))]
+async fn replicate(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path(project): Path<String>,
+    ApiJson(request): ApiJson<ReplicaCreate>,
+) -> ApiResult<Json<Project>> {
+    Ok(Json(state.service.replicate(&caller, &project, request).await?))
+}
+
+/// Stops the project's replica in a region and removes that region's copy.
+#[utoipa::path(delete, path = "/v1/projects/{project}/replicas/{region}", tag = "replication",
+    params(("project" = String, Path), ("region" = String, Path)),
+    responses((status = 200, body = Project), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn unreplicate(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path((project, region)): Path<(String, String)>,
+) -> ApiResult<Json<Project>> {
+    Ok(Json(state.service.unreplicate(&caller, &project, &region).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct FailoverRequest {
+    /// The region to move the primary to; it must hold a replica.
+    to: String,
+}
+
+/// Planned failover: fences this region's primary, the target applies the last change and takes
+/// the next epoch; this region then follows it as a replica. No acknowledged write is lost.
+#[utoipa::path(post, path = "/v1/projects/{project}/failover", tag = "replication", request_body = FailoverRequest,
+    params(("project" = String, Path)),
+    responses((status = 200, body = ProjectStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn failover(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path(project): Path<String>,
+    ApiJson(request): ApiJson<FailoverRequest>,
+) -> ApiResult<Json<ProjectStatus>> {
+    Ok(Json(state.service.failover(&caller, &project, &request.to).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    project: Option<String>,
+}
+
+/// Each project as this region sees it: primary region, epoch, LSN, replicas and their lag.
+#[utoipa::path(get, path = "/v1/status", tag = "replication", params(("project" = Option<String>, Query)),
+    responses((status = 200, body = Vec<ProjectStatus>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn status(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    ApiQuery(query): ApiQuery<StatusQuery>,
+) -> ApiResult<Json<Vec<ProjectStatus>>> {
+    Ok(Json(state.service.status(&caller, query.project.as_deref()).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullQuery {
+    after: u64,
+    limit: Option<usize>,
+    wait_ms: Option<u64>,
+    /// The pulling replica's region.
+    region: String,
+}
+
+/// Peers: changes after `after`, waiting up to `wait_ms` (at most 30 s) for some.
+#[utoipa::path(get, path = "/internal/v1/projects/{id}/journal", tag = "internal",
+    params(("id" = String, Path), ("after" = u64, Query), ("limit" = Option<usize>, Query), ("wait_ms" = Option<u64>, Query),
+        ("region" = String, Query)),
+    responses((status = 200, body = JournalBatch), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn pull_journal(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<PullQuery>,
+) -> ApiResult<Json<JournalBatch>> {
+    let wait = std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
+    let batch = state.service.journal_for_replica(&id, Lsn(q.after), q.limit.unwrap_or(1000), wait, &q.region).await?;
+    Ok(Json(batch))
+}
+
+/// Peers: a consistent copy of the project's database (SQLite), to bootstrap a replica.
+#[utoipa::path(get, path = "/internal/v1/projects/{id}/snapshot", tag = "internal", params(("id" = String, Path)),
+    responses((status = 200, description = "the database file", content_type = "application/octet-stream"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn snapshot(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let (lsn, bytes) = state.service.snapshot_for_replica(&id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::HeaderName::from_static("x-holdfast-lsn"), lsn.0.to_string())], Body::from(bytes))
+        .into_response())
+}
+
+/// Peers: one of the project's blobs.
+#[utoipa::path(get, path = "/internal/v1/projects/{id}/blobs/{hash}", tag = "internal",
+    params(("id" = String, Path), ("hash" = String, Path)),
+    responses((status = 200, description = "the blob's bytes", content_type = "application/octet-stream"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn blob(State(state): State<AppState>, Path((id, hash)): Path<(String, String)>) -> ApiResult<Response> {
+    let bytes = state.service.blob_for_replica(&id, &hash).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from(bytes)).into_response())
+}
+
+/// Peers: the primary asks this region to hold a replica (bootstraps, then follows).
+#[utoipa::path(post, path = "/internal/v1/replicas", tag = "internal", request_body = ReplicaStart,
+    responses((status = 200, description = "replicating"), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn start_replica(State(state): State<AppState>, ApiJson(start): ApiJson<ReplicaStart>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(state.service.start_replica(start).await?))
+}
+
+/// Peers: stop following the project and remove this region's copy.
+#[utoipa::path(delete, path = "/internal/v1/replicas/{id}", tag = "internal", params(("id" = String, Path)),
+    responses((status = 200, description = "removed"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn stop_replica(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(state.service.stop_replica(&id).await?))
+}
+
+/// Peers: a planned failover's target applies up to `until_lsn`, then takes the new epoch.
+#[utoipa::path(post, path = "/internal/v1/projects/{id}/promote", tag = "internal", request_body = PromoteRequest,
+    params(("id" = String, Path)),
+    responses((status = 200, description = "promoted"), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn promote(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<PromoteRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(state.service.promote(&id, request).await?))
+}

@@ -1,0 +1,239 @@
+//! Replication between two real servers on loopback (regions `a` and `b`): a replica bootstraps
+//! from a snapshot with the blobs it names, follows the journal, refuses service while warm and
+//! serves reads while hot; peers without the cluster secret are refused; a planned failover
+//! under a steady write load loses no acknowledged write, the old primary follows the new one,
+//! and a failback moves the project home.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::{Api, Opts, Server, free_port};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const SECRET: &str = "test-cluster-secret-0123456789";
+const BOUNDARY: &str = "holdfast-replication-boundary";
+/// Bound on every wait for a replica to catch up.
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn oa(project: &str, rest: &str) -> String {
+    format!("/api/projects/{project}/openai/v1{rest}")
+}
+
+/// Regions `a` and `b`, each knowing the other.
+fn pair() -> (Server, Server, tempfile::TempDir, tempfile::TempDir) {
+    let (da, db) = (tempfile::tempdir().expect("data a"), tempfile::tempdir().expect("data b"));
+    let (pa, pb) = (free_port(), free_port());
+    let opts = |region: &str, port: u16, peer: &str, peer_port: u16| Opts {
+        port: Some(port),
+        ..Opts::default()
+            .arg("--region")
+            .arg(region)
+            .arg("--peer")
+            .arg(format!("{peer}=http://127.0.0.1:{peer_port}"))
+            .env("HOLDFAST_CLUSTER_SECRET", SECRET)
+    };
+    let a = Server::start_with(da.path(), opts("a", pa, "b", pb));
+    let b = Server::start_with(db.path(), opts("b", pb, "a", pa));
+    (a, b, da, db)
+}
+
+fn status(api: &Api, project: &str) -> Value {
+    let all = api.get(&format!("/v1/status?project={project}")).ok(200);
+    all[0].clone()
+}
+
+/// Waits until `replica`'s copy of `project` holds `lsn`.
+fn wait_applied(replica: &Api, project: &str, lsn: u64) -> Value {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let s = status(replica, project);
+        if s["lsn"].as_u64() == Some(lsn) || Instant::now() > deadline {
+            assert_eq!(s["lsn"].as_u64(), Some(lsn), "the replica did not catch up: {s:#}");
+            return s;
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+fn multipart(filename: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nassistants\r\n").bytes());
+    body.extend(
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: text/plain\r\n\r\n")
+            .bytes(),
+    );
+    body.extend(bytes);
+    body.extend(format!("\r\n--{BOUNDARY}--\r\n").bytes());
+    body
+}
+
+#[test]
+fn replicas_follow_and_a_planned_failover_loses_no_acknowledged_write() {
+    let (a, b, _da, _db) = pair();
+    let (api_a, api_b) = (a.admin(), b.admin());
+    let project = api_a.create_project("repl");
+    let id = project["id"].as_str().expect("id").to_owned();
+    let conv = api_a.post(&oa("repl", "/conversations"), &json!({"items": [{"role": "user", "content": "first"}]})).ok(200);
+    let conv = conv["id"].as_str().expect("conversation id").to_owned();
+    let file = api_a.send_raw(
+        Method::POST,
+        &oa("repl", "/files"),
+        Some(&format!("multipart/form-data; boundary={BOUNDARY}")),
+        multipart("notes.txt", b"bytes that must reach the replica before the change naming them"),
+    );
+    let file = file.ok(200)["id"].as_str().expect("file id").to_owned();
+
+    // Bad input changes nothing: an unknown region, this server's own region.
+    api_a.post("/v1/projects/repl/replicas", &json!({"region": "nowhere", "mode": "warm"})).err(400, "invalid_input");
+    api_a.post("/v1/projects/repl/replicas", &json!({"region": "a", "mode": "warm"})).err(400, "invalid_input");
+    let replicated = api_a.post("/v1/projects/repl/replicas", &json!({"region": "b", "mode": "warm"})).ok(200);
+    assert_eq!(replicated["primary_region"], "a", "{replicated:#}");
+    assert_eq!(replicated["replicas"], json!([{"region": "b", "mode": "warm", "commit": "async"}]), "{replicated:#}");
+
+    // The replica holds the journal, and the file's bytes (a blob) before the change naming it.
+    let lsn = status(&api_a, "repl")["lsn"].as_u64().expect("lsn");
+    let s = wait_applied(&api_b, "repl", lsn);
+    assert_eq!((s["role"].as_str(), s["replica"]["mode"].as_str()), (Some("replica"), Some("warm")), "{s:#}");
+    let journal_a = api_a.journal("repl");
+    let blob_files: Vec<_> = walk(&b.data.join("blobs")).into_iter().filter(|p| p.is_file()).collect();
+    assert_eq!(blob_files.len(), 1, "the replica stored the file's blob: {blob_files:?}");
+    // Warm: nothing served until promoted.
+    let refused = api_b.get("/v1/projects/repl").err(503, "unavailable");
+    assert!(refused.contains("warm replica"), "{refused}");
+    // Peers must prove the cluster secret.
+    let pull = format!("/internal/v1/projects/{id}/journal?after=0&region=x");
+    api_b.get(&pull).err(401, "unauthenticated");
+    let forged = api_a.send(Method::GET, &pull, None, &[("x-holdfast-cluster-secret", "wrong-secret-0123456789")]);
+    assert_eq!(forged.status, 401, "{}", forged.text);
+
+    // A steady write load at the primary; a writer refused there (fenced, then a replica) tries
+    // the other region, as a client with both endpoints does.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, conv) = (stop.clone(), conv.clone());
+        let endpoints = [Api::new(&a.base, Some(common::ADMIN_KEY)), Api::new(&b.base, Some(common::ADMIN_KEY))];
+        std::thread::spawn(move || {
+            let (mut acked, mut refused, mut n) = (Vec::new(), 0, 0);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                n += 1;
+                let body = json!({"items": [{"role": "user", "content": format!("write {n}")}]});
+                let sent = endpoints.iter().map(|api| api.post(&oa("repl", &format!("/conversations/{conv}/items")), &body)).find(|r| r.status == 200);
+                match sent {
+                    Some(r) => acked.push(r.json()["data"][0]["id"].as_str().expect("item id").to_owned()),
+                    None => refused += 1,
+                }
+            }
+            (acked, refused)
+        })
+    };
+    sleep(Duration::from_millis(400));
+    let started = Instant::now();
+    let moved = api_a.post("/v1/projects/repl/failover", &json!({"to": "b"})).ok(200);
+    let took = started.elapsed();
+    sleep(Duration::from_millis(400));
+    stop.store(true, Ordering::SeqCst);
+    let (acked, refused) = writer.join().expect("writer");
+    eprintln!("planned failover took {took:?}; {} writes acknowledged, {refused} refused by both regions", acked.len());
+    assert!(acked.len() > 10, "the load ran: {}", acked.len());
+    assert_eq!(moved["role"], "replica", "the old primary follows the new one: {moved:#}");
+
+    // Every acknowledged write is on the new primary, at the next epoch.
+    let s = status(&api_b, "repl");
+    assert_eq!((s["role"].as_str(), s["epoch"].as_u64()), (Some("primary"), Some(2)), "{s:#}");
+    for item in &acked {
+        api_b.get(&oa("repl", &format!("/conversations/{conv}/items/{item}"))).ok(200);
+    }
+    let content = api_b.get(&oa("repl", &format!("/files/{file}/content")));
+    assert_eq!((content.status, content.text.as_str()), (200, "bytes that must reach the replica before the change naming them"));
+    let project_b = api_b.get("/v1/projects/repl").ok(200);
+    assert_eq!(project_b["primary_region"], "b", "{project_b:#}");
+    assert_eq!(project_b["replicas"], json!([{"region": "a", "mode": "warm", "commit": "async"}]), "{project_b:#}");
+    // The journal before the failover is the same in both regions (same LSNs, same changes).
+    let journal_b = api_b.journal("repl");
+    assert_eq!(journal_b[..journal_a.len()], journal_a[..], "replica journal equals the primary's");
+
+    // The old primary follows; the writes go to b now and reach a.
+    api_b.post(&oa("repl", &format!("/conversations/{conv}/items")), &json!({"items": [{"role": "user", "content": "after"}]})).ok(200);
+    let lsn_b = status(&api_b, "repl")["lsn"].as_u64().expect("lsn");
+    wait_applied(&api_a, "repl", lsn_b);
+    api_a.post(&oa("repl", &format!("/conversations/{conv}/items")), &json!({"items": [{"role": "user", "content": "x"}]}));
+    assert_eq!(api_a.get("/v1/projects/repl").status, 503, "a warm replica again");
+
+    // Failback.
+    let back = api_b.post("/v1/projects/repl/failover", &json!({"to": "a"})).ok(200);
+    assert_eq!(back["role"], "replica", "{back:#}");
+    let s = status(&api_a, "repl");
+    assert_eq!((s["role"].as_str(), s["epoch"].as_u64(), s["primary_region"].as_str()), (Some("primary"), Some(3), Some("a")), "{s:#}");
+    api_a.post(&oa("repl", &format!("/conversations/{conv}/items")), &json!({"items": [{"role": "user", "content": "home"}]})).ok(200);
+
+    // A failover to a region without a replica changes nothing.
+    api_a.post("/v1/projects/repl/failover", &json!({"to": "c"})).err(400, "invalid_input");
+    assert_eq!(status(&api_a, "repl")["role"], "primary");
+}
+
+#[test]
+fn a_hot_replica_serves_reads_and_resumes_after_a_restart() {
+    let (a, b, _da, db) = pair();
+    let (api_a, api_b) = (a.admin(), b.admin());
+    api_a.create_project("hot");
+    let conv = api_a.post(&oa("hot", "/conversations"), &json!({"items": [{"role": "user", "content": "one"}]})).ok(200);
+    let conv = conv["id"].as_str().expect("conversation id").to_owned();
+    api_a.post("/v1/projects/hot/replicas", &json!({"region": "b", "mode": "hot"})).ok(200);
+    let lsn = status(&api_a, "hot")["lsn"].as_u64().expect("lsn");
+    wait_applied(&api_b, "hot", lsn);
+    // Reads are served from b's copy; b takes no local writes.
+    api_b.get(&oa("hot", &format!("/conversations/{conv}"))).ok(200);
+    let write = api_b.post(&oa("hot", &format!("/conversations/{conv}/items")), &json!({"items": [{"role": "user", "content": "x"}]}));
+    assert_eq!(write.status, 503, "{}", write.text);
+
+    // The replica is killed; the primary keeps writing; the restarted replica resumes from its
+    // own last LSN and catches up with no gap and no duplicate.
+    let b_port = b.port;
+    assert!(!b.kill9().success());
+    for i in 0..20 {
+        api_a.post(&oa("hot", &format!("/conversations/{conv}/items")), &json!({"items": [{"role": "user", "content": format!("m{i}")}]})).ok(200);
+    }
+    let b = Server::start_with(
+        db.path(),
+        Opts {
+            port: Some(b_port),
+            ..Opts::default()
+                .arg("--region")
+                .arg("b")
+                .arg("--peer")
+                .arg(format!("a=http://127.0.0.1:{}", a.port))
+                .env("HOLDFAST_CLUSTER_SECRET", SECRET)
+        },
+    );
+    let api_b = b.admin();
+    let lsn = status(&api_a, "hot")["lsn"].as_u64().expect("lsn");
+    wait_applied(&api_b, "hot", lsn);
+    assert_eq!(api_b.journal("hot"), api_a.journal("hot"), "the same journal in both regions");
+    let primary_view = status(&api_a, "hot");
+    assert_eq!(primary_view["replicas"][0]["applied_lsn"].as_u64(), Some(lsn), "{primary_view:#}");
+
+    // Unreplicate removes b's copy.
+    api_a.delete("/v1/projects/hot/replicas/b").ok(200);
+    api_b.get("/v1/projects/hot").err(404, "not_found");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,740 @@
+//! Replication between regions (docs/formats/replication.md): a project's primary region ships
+//! its journal to replicas in peer regions, which apply it as it is (`ProjectStore::
+//! apply_replicated`), so every copy is the same journal (invariant 1) at the same LSNs
+//! (invariant 2). A planned failover fences the primary, lets the target apply the last LSN and
+//! promotes it at the next epoch (invariant 4: `apply_change` refuses an older epoch).
+//!
+//! The replica pulls: it bootstraps from a snapshot of the primary's database (fetching every
+//! blob the snapshot references first, invariant 3), then long-polls the primary's journal after
+//! its own last LSN, fetching the blobs a change references before applying it. Its position is
+//! its own database's last LSN, so it resumes from there after any restart or outage; each pull
+//! also tells the primary what the replica has durably applied (the primary's view of the lag,
+//! and the acknowledgement a sync commit waits for).
+//!
+//! Peers authenticate each other with the cluster secret (`x-holdfast-cluster-secret`), checked
+//! by the API gate for every `/internal` route.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use holdfast_blob::{BlobHash, referenced_by};
+use holdfast_store::control::{self, CatalogEntry, ReplicaRecord};
+use holdfast_store::{ProjectStore, Role as StoreRole, SyncCommit};
+use holdfast_types::api::{
+    CommitMode, JournalBatch, Project, ProjectStatus, ReplicaCreate, ReplicaMode, ReplicaProgress, ReplicaSpec,
+    PromoteRequest, ReplicaStart, ReplicaStatus,
+};
+use holdfast_types::{Change, Epoch, Error, ErrorKind, Lsn, Micros, Op, ProjectId, now_micros, rfc3339};
+
+use crate::auth::{Action, Caller};
+use crate::{Result, Service};
+
+/// The header peers prove the cluster secret with.
+pub const CLUSTER_SECRET_HEADER: &str = "x-holdfast-cluster-secret";
+/// How long a replica's pull waits on the primary for new changes.
+const PULL_WAIT: Duration = Duration::from_secs(5);
+/// Most changes one pull returns.
+const PULL_LIMIT: usize = 1000;
+/// Longest pause between failed pulls.
+const MAX_RETRY: Duration = Duration::from_secs(2);
+/// How long a planned failover waits for the target to apply the primary's last LSN.
+const CATCH_UP: Duration = Duration::from_secs(30);
+/// How long a sync-commit write waits for its replica by default.
+pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `[[peers]]` and the cluster secret.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterConfig {
+    /// Peer regions by name: the base URL of their server.
+    pub peers: BTreeMap<String, String>,
+    /// Required of every call between regions; without it `/internal` routes refuse everything.
+    pub secret: Option<String>,
+    /// How long a write under sync commit waits for its replica before it fails.
+    pub sync_timeout: Duration,
+}
+
+/// Replication state of this server.
+pub(crate) struct Replication {
+    config: ClusterConfig,
+    http: reqwest::Client,
+    /// Projects this region holds as replicas, by id.
+    replicas: Mutex<HashMap<ProjectId, Arc<ReplicaState>>>,
+    /// What each replica of this region's primaries has applied: project → region → follower.
+    followers: Mutex<HashMap<ProjectId, BTreeMap<String, Follower>>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Follower {
+    applied: Lsn,
+    last_contact: Micros,
+}
+
+/// One project replicated into this region.
+pub(crate) struct ReplicaState {
+    mode: ReplicaMode,
+    source_region: Mutex<String>,
+    progress: Mutex<Progress>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    primary_lsn: Lsn,
+    last_contact: Option<Micros>,
+    /// When the replica last had everything the primary had.
+    caught_up_at: Option<Micros>,
+    last_error: Option<String>,
+}
+
+impl Replication {
+    pub(crate) fn new(config: ClusterConfig) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| Error::internal(format!("cannot build the peer client: {e}")))?;
+        Ok(Self { config, http, replicas: Mutex::default(), followers: Mutex::default() })
+    }
+
+    /// Whether `secret` is the cluster secret (compared in constant time).
+    pub(crate) fn admits(&self, secret: Option<&str>) -> Result<()> {
+        let given = secret.ok_or_else(|| Error::unauthenticated(format!("{CLUSTER_SECRET_HEADER} is required")))?;
+        let Some(expected) = &self.config.secret else {
+            return Err(Error::forbidden("traffic between regions is off on this server: start it with --cluster-secret"));
+        };
+        let same = given.len() == expected.len()
+            && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if same { Ok(()) } else { Err(Error::unauthenticated("wrong cluster secret")) }
+    }
+
+    fn peer(&self, region: &str) -> Result<&str> {
+        self.config.peers.get(region).map(String::as_str).ok_or_else(|| {
+            let known: Vec<&str> = self.config.peers.keys().map(String::as_str).collect();
+            Error::invalid(format!(
+                "{region:?} is not a peer region of this server; peers: {}",
+                if known.is_empty() { "none (configure [[peers]] or --peer REGION=URL)".to_owned() } else { known.join(", ") }
+            ))
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, region: &str, path: &str) -> Result<reqwest::RequestBuilder> {
+        let base = self.peer(region)?;
+        let secret = self.config.secret.as_deref().ok_or_else(|| {
+            Error::invalid("this server has no cluster secret: start it with --cluster-secret to talk to other regions")
+        })?;
+        Ok(self.http.request(method, format!("{}{path}", base.trim_end_matches('/'))).header(CLUSTER_SECRET_HEADER, secret))
+    }
+
+    pub(crate) fn replica(&self, id: &ProjectId) -> Option<Arc<ReplicaState>> {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    pub(crate) fn is_replica(&self, id: &ProjectId) -> bool {
+        self.replica(id).is_some()
+    }
+}
+
+/// Sends a request to a peer and decodes its JSON answer; a peer's error keeps its kind.
+async fn call<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder, what: &str) -> Result<T> {
+    let response = request.send().await.map_err(|e| Error::unavailable(format!("{what}: {e}")))?;
+    let status = response.status();
+    if status.is_success() {
+        return response.json().await.map_err(|e| Error::unavailable(format!("{what}: bad answer: {e}")));
+    }
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let message = body["error"]["message"].as_str().unwrap_or("no message").to_owned();
+    let kind = match status.as_u16() {
+        400 => ErrorKind::InvalidInput,
+        401 | 403 => ErrorKind::Forbidden,
+        404 => ErrorKind::NotFound,
+        409 => ErrorKind::Conflict,
+        _ => ErrorKind::Unavailable,
+    };
+    Err(Error::new(kind, format!("{what}: the peer answered {status}: {message}")))
+}
+
+async fn bytes_of(request: reqwest::RequestBuilder, what: &str) -> Result<Bytes> {
+    let response = request.send().await.map_err(|e| Error::unavailable(format!("{what}: {e}")))?;
+    if !response.status().is_success() {
+        return Err(Error::unavailable(format!("{what}: the peer answered {}", response.status())));
+    }
+    response.bytes().await.map_err(|e| Error::unavailable(format!("{what}: {e}")))
+}
+
+fn mode_str(mode: ReplicaMode) -> &'static str {
+    match mode {
+        ReplicaMode::Hot => "hot",
+        ReplicaMode::Warm => "warm",
+    }
+}
+
+fn blobs_of(changes: &[Change]) -> Vec<BlobHash> {
+    let mut out = Vec::new();
+    for change in changes {
+        for op in &change.ops {
+            if let Op::Put { body, .. } = op
+                && let Some(hash) = referenced_by(body)
+                && !out.contains(&hash)
+            {
+                out.push(hash);
+            }
+        }
+    }
+    out
+}
+
+impl Service {
+    fn replication(&self) -> &Replication {
+        &self.replication
+    }
+
+    /// Checks a peer's cluster secret (the API gate calls it for every `/internal` route).
+    pub fn admit_peer(&self, secret: Option<&str>) -> Result<()> {
+        self.replication.admits(secret)
+    }
+
+    /// Loads the replicas this region holds and starts following their primaries.
+    pub fn spawn_replicators(self: &Arc<Self>) -> Result<()> {
+        let records = self.control.call_blocking(control::list_replicas).map_err(Error::from)?;
+        for record in records {
+            let mode = if record.mode == "hot" { ReplicaMode::Hot } else { ReplicaMode::Warm };
+            let state = self.register_replica(&record.project_id, &record.source_region, mode);
+            self.spawn_replicator(record.project_id.clone(), state);
+        }
+        Ok(())
+    }
+
+    fn register_replica(&self, id: &ProjectId, source: &str, mode: ReplicaMode) -> Arc<ReplicaState> {
+        let mut replicas = self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner());
+        replicas
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(ReplicaState {
+                    mode,
+                    source_region: Mutex::new(source.to_owned()),
+                    progress: Mutex::default(),
+                    stop: tokio::sync::watch::Sender::new(false),
+                })
+            })
+            .clone()
+    }
+
+    /// What a copy opened here must be: a replica when this region replicates the project.
+    pub(crate) fn role_here(&self, id: &ProjectId) -> StoreRole {
+        if self.replication().is_replica(id) { StoreRole::Replica } else { StoreRole::Primary }
+    }
+
+    /// Refuses user requests for a project this region holds as a warm replica (it serves only
+    /// once promoted); hot replicas serve reads.
+    pub(crate) fn check_serving(&self, entry: &CatalogEntry) -> Result<()> {
+        match self.replication().replica(&entry.id) {
+            Some(r) if r.mode == ReplicaMode::Warm => Err(Error::unavailable(format!(
+                "project {:?} is a warm replica in region {}: it serves only after a failover to this region \
+                 (holdfast failover --project {} --to {})",
+                entry.name, self.region, entry.name, self.region
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where writes for a hot replica's project go: the primary region's base URL.
+    pub fn primary_url(&self, project: &str) -> Option<String> {
+        let replicas = self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, state) = replicas.iter().find(|(id, _)| id.as_str() == project || self.name_of(id).as_deref() == Some(project))?;
+        let region = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.replication().config.peers.get(&region).cloned()
+    }
+
+    fn name_of(&self, id: &ProjectId) -> Option<String> {
+        self.control.call_blocking(|c| control::find_project(c, id.as_str())).ok().flatten().map(|e| e.name)
+    }
+
+    // Primary side ------------------------------------------------------------------------------
+
+    /// `holdfast project replicate`: asks `region` to hold a replica, then lists it in the
+    /// project's record (journaled, so every copy knows the topology).
+    pub async fn replicate(&self, caller: &Caller, project: &str, request: ReplicaCreate) -> Result<Project> {
+        caller.require(Action::ProjectsWrite, &format!("/projects/{project}"))?;
+        if request.region == self.region {
+            return Err(Error::invalid(format!("{} is this server's own region; name a peer region", request.region)));
+        }
+        self.replication().peer(&request.region)?;
+        let entry = self.entry(project).await?;
+        let store = self.store(&entry).await?;
+        if store.role() != StoreRole::Primary {
+            return Err(Error::conflict(format!("project {project:?} is not primary in region {}", self.region)));
+        }
+        let start = ReplicaStart {
+            project_id: entry.id.clone(),
+            name: entry.name.clone(),
+            source_region: self.region.clone(),
+            mode: request.mode,
+        };
+        let peer = self.replication().request(reqwest::Method::POST, &request.region, "/internal/v1/replicas")?;
+        let _: serde_json::Value = call(peer.json(&start), &format!("starting the replica in {}", request.region)).await?;
+        let spec = ReplicaSpec { region: request.region.clone(), mode: request.mode, commit: request.commit };
+        let region = self.region.clone();
+        self.update_topology(caller, &entry, &store, move |primary, replicas| {
+            primary.get_or_insert(region);
+            replicas.retain(|r| r.region != spec.region);
+            replicas.push(spec);
+        })
+        .await?;
+        self.apply_sync_setting(&store).await?;
+        self.get_project(caller, project).await
+    }
+
+    /// `holdfast project unreplicate`: stops the replica in `region` and removes its copy there.
+    pub async fn unreplicate(&self, caller: &Caller, project: &str, region: &str) -> Result<Project> {
+        caller.require(Action::ProjectsWrite, &format!("/projects/{project}"))?;
+        let entry = self.entry(project).await?;
+        let store = self.store(&entry).await?;
+        let peer = self.replication().request(reqwest::Method::DELETE, region, &format!("/internal/v1/replicas/{}", entry.id))?;
+        let _: serde_json::Value = call(peer, &format!("removing the replica in {region}")).await?;
+        let region = region.to_owned();
+        let gone = region.clone();
+        self.update_topology(caller, &entry, &store, move |_, replicas| replicas.retain(|r| r.region != region)).await?;
+        self.replication().followers.lock().unwrap_or_else(|e| e.into_inner()).entry(entry.id.clone()).or_default().remove(&gone);
+        self.apply_sync_setting(&store).await?;
+        self.get_project(caller, project).await
+    }
+
+    /// Sets the store's sync-commit wait from the project's record: on while any replica is sync.
+    pub(crate) async fn apply_sync_setting(&self, store: &ProjectStore) -> Result<()> {
+        let id = store.id().clone();
+        let (_, replicas) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
+        let regions: Vec<String> = replicas.iter().filter(|r| r.commit == CommitMode::Sync).map(|r| r.region.clone()).collect();
+        let timeout = self.replication().config.sync_timeout;
+        store.set_sync((!regions.is_empty()).then_some(SyncCommit { regions, timeout }));
+        Ok(())
+    }
+
+    /// `GET /internal/v1/projects/{id}/journal`: changes after `after` for a replica in
+    /// `region`, waiting up to `wait` for some; records that the replica has applied `after`.
+    pub async fn journal_for_replica(&self, id: &str, after: Lsn, limit: usize, wait: Duration, region: &str) -> Result<JournalBatch> {
+        let entry = self.entry_by_id(id).await?;
+        let store = self.store(&entry).await?;
+        {
+            let mut followers = self.replication().followers.lock().unwrap_or_else(|e| e.into_inner());
+            followers.entry(entry.id.clone()).or_default().insert(region.to_owned(), Follower { applied: after, last_contact: now_micros() });
+        }
+        store.acknowledge(region, after);
+        if store.last_lsn() <= after && !wait.is_zero() {
+            let mut lsn = store.subscribe();
+            let mut stopping = self.stopping.subscribe();
+            let _ = tokio::time::timeout(wait, async {
+                tokio::select! {
+                    _ = lsn.wait_for(|l| *l > after) => {}
+                    _ = stopping.wait_for(|s| *s) => {}
+                }
+            })
+            .await;
+        }
+        let changes = store.journal(after, limit.clamp(1, PULL_LIMIT)).await.map_err(Error::from)?;
+        let last = store.read(|view| Ok((view.last_lsn()?, view.last_change()?.map_or(0, |c| c.ts)))).await.map_err(Error::from)?;
+        Ok(JournalBatch { changes, last_lsn: last.0, epoch: store.epoch(), last_ts: last.1 })
+    }
+
+    /// `GET /internal/v1/projects/{id}/snapshot`: a consistent copy of the project's database.
+    pub async fn snapshot_for_replica(&self, id: &str) -> Result<(Lsn, Vec<u8>)> {
+        let entry = self.entry_by_id(id).await?;
+        let store = self.store(&entry).await?;
+        let path = self.scratch_path("replica-snapshot");
+        let result = async {
+            let info = store.snapshot_into(&path).await.map_err(Error::from)?;
+            let bytes = tokio::fs::read(&path).await.map_err(|e| Error::internal(format!("cannot read the snapshot: {e}")))?;
+            Ok((info.lsn, bytes))
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    /// `GET /internal/v1/projects/{id}/blobs/{hash}`.
+    pub async fn blob_for_replica(&self, id: &str, hash: &str) -> Result<Bytes> {
+        let entry = self.entry_by_id(id).await?;
+        let hash = BlobHash::parse(hash).map_err(|e| Error::invalid(format!("bad blob hash: {e}")))?;
+        self.blobs.get(&entry.id, &hash).await.map_err(|e| Error::not_found(format!("blob {hash}: {e}")))
+    }
+
+    async fn entry_by_id(&self, id: &str) -> Result<CatalogEntry> {
+        let key = id.to_owned();
+        self.control
+            .call(move |c| control::find_project(c, &key))
+            .await
+            .map_err(Error::from)?
+            .filter(|e| e.active && e.id.as_str() == id)
+            .ok_or_else(|| Error::not_found(format!("no project with id {id} here")))
+    }
+
+    fn scratch_path(&self, what: &str) -> std::path::PathBuf {
+        let dir = self.data_dir.join("tmp");
+        let _ = std::fs::create_dir_all(&dir);
+        dir.join(format!("{what}-{}.db", ulid::Ulid::generate().to_string().to_lowercase()))
+    }
+
+    // Replica side ------------------------------------------------------------------------------
+
+    /// `POST /internal/v1/replicas`: bootstraps a replica from the primary's snapshot (and the
+    /// blobs it references) and starts following the primary's journal. Idempotent.
+    pub async fn start_replica(self: &Arc<Self>, start: ReplicaStart) -> Result<serde_json::Value> {
+        let existing = self.control.call({
+            let id = start.project_id.clone();
+            move |c| control::find_project(c, id.as_str())
+        });
+        let existing = existing.await.map_err(Error::from)?;
+        if let Some(entry) = existing.filter(|e| e.id == start.project_id) {
+            if !self.replication().is_replica(&entry.id) {
+                return Err(Error::conflict(format!("project {} is primary in region {}, not a replica", entry.name, self.region)));
+            }
+            return Ok(serde_json::json!({ "project_id": entry.id, "status": "replicating" }));
+        }
+        let (id, name) = (start.project_id.clone(), start.name.clone());
+        let reserved = self.control.call({
+            let (id, name) = (id.clone(), name.clone());
+            move |c| control::insert_creating(c, &id, &name)
+        });
+        if !reserved.await.map_err(Error::from)? {
+            return Err(Error::conflict(format!("region {} has another project named {name:?}", self.region)));
+        }
+        match self.bootstrap(&start).await {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(self.project_dir(&id));
+                let id = id.clone();
+                let _ = self.control.call(move |c| control::remove_project(c, &id)).await;
+                return Err(e);
+            }
+        }
+        let record = ReplicaRecord { project_id: id.clone(), source_region: start.source_region.clone(), mode: mode_str(start.mode).into() };
+        let state = self.register_replica(&id, &start.source_region, start.mode);
+        self.control
+            .call(move |c| {
+                control::put_replica(c, &record)?;
+                control::mark_active(c, &record.project_id)
+            })
+            .await
+            .map_err(Error::from)?;
+        tracing::info!(project = %name, source = %start.source_region, mode = mode_str(start.mode), "replica bootstrapped");
+        self.spawn_replicator(id.clone(), state);
+        Ok(serde_json::json!({ "project_id": id, "status": "replicating" }))
+    }
+
+    /// Fetches the primary's snapshot and every blob it references into the project's directory.
+    async fn bootstrap(&self, start: &ReplicaStart) -> Result<()> {
+        let id = &start.project_id;
+        let request = self.replication().request(reqwest::Method::GET, &start.source_region, &format!("/internal/v1/projects/{id}/snapshot"))?;
+        let bytes = bytes_of(request, "fetching the snapshot").await?;
+        let dir = self.project_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
+        let staged = dir.join("state.db.partial");
+        tokio::fs::write(&staged, &bytes).await.map_err(|e| Error::internal(format!("cannot write the snapshot: {e}")))?;
+        let check = staged.clone();
+        let info = tokio::task::spawn_blocking(move || holdfast_store::describe(&check))
+            .await
+            .map_err(|e| Error::internal(format!("snapshot check failed: {e}")))?
+            .map_err(|e| Error::unavailable(format!("the snapshot from {} is unusable: {e}", start.source_region)))?;
+        if &info.project != id {
+            return Err(Error::internal(format!("the snapshot holds project {}, not {id}", info.project)));
+        }
+        // Blobs first: every file the snapshot's state names is stored before the copy opens.
+        let label = start.name.clone();
+        let store = tokio::task::spawn_blocking({
+            let staged = staged.clone();
+            move || ProjectStore::open(&staged, &label)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("open task failed: {e}")))?
+        .map_err(Error::from)?;
+        store.set_role(StoreRole::Replica);
+        let resources = store.read(|view| view.all()).await.map_err(Error::from)?;
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        let mut hashes: Vec<BlobHash> = resources.iter().filter_map(|r| referenced_by(&r.body)).collect();
+        hashes.sort_by_key(|h| h.to_string());
+        hashes.dedup();
+        self.fetch_blobs(&start.source_region, id, &hashes).await?;
+        std::fs::rename(&staged, self.project_db(id)).map_err(|e| Error::internal(format!("cannot place the snapshot: {e}")))?;
+        Ok(())
+    }
+
+    async fn fetch_blobs(&self, source: &str, id: &ProjectId, hashes: &[BlobHash]) -> Result<()> {
+        for hash in hashes {
+            if self.blobs.exists(id, hash).await.unwrap_or(false) {
+                continue;
+            }
+            let request = self.replication().request(reqwest::Method::GET, source, &format!("/internal/v1/projects/{id}/blobs/{hash}"))?;
+            let bytes = bytes_of(request, &format!("fetching blob {hash}")).await?;
+            let stored = self.blobs.put(id, bytes).await.map_err(|e| Error::internal(format!("blob {hash}: {e}")))?;
+            if &stored != hash {
+                return Err(Error::unavailable(format!("blob {hash} arrived with other bytes ({stored})")));
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_replicator(self: &Arc<Self>, id: ProjectId, state: Arc<ReplicaState>) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut stop = state.stop.subscribe();
+            let mut stopping = service.stopping.subscribe();
+            let mut retry = Duration::from_millis(100);
+            loop {
+                if *stop.borrow() || *stopping.borrow() {
+                    break;
+                }
+                let step = tokio::select! {
+                    step = service.replicate_step(&id, &state) => step,
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stopping.wait_for(|s| *s) => break,
+                };
+                match step {
+                    Ok(()) => retry = Duration::from_millis(100),
+                    Err(e) => {
+                        let source = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        tracing::warn!(project = %id, source = %source, error = %e, "replication pull failed; retrying");
+                        state.progress.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.message);
+                        metrics::counter!("holdfast_replica_pull_failures_total").increment(1);
+                        tokio::select! {
+                            _ = tokio::time::sleep(retry) => {}
+                            _ = stop.wait_for(|s| *s) => break,
+                            _ = stopping.wait_for(|s| *s) => break,
+                        }
+                        retry = (retry * 2).min(MAX_RETRY);
+                    }
+                }
+            }
+        });
+    }
+
+    /// One pull: the changes after what this copy has, their blobs, then the changes.
+    async fn replicate_step(&self, id: &ProjectId, state: &ReplicaState) -> Result<()> {
+        let entry = self.entry_by_id(id.as_str()).await?;
+        let store = self.store(&entry).await?;
+        let after = store.last_lsn();
+        let source = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let path = format!(
+            "/internal/v1/projects/{id}/journal?after={after}&limit={PULL_LIMIT}&wait_ms={}&region={}",
+            PULL_WAIT.as_millis(),
+            self.region
+        );
+        let request = self.replication().request(reqwest::Method::GET, &source, &path)?.timeout(PULL_WAIT + Duration::from_secs(5));
+        let batch: JournalBatch = call(request, &format!("pulling from {source}")).await?;
+        let now = now_micros();
+        let applied = if batch.changes.is_empty() {
+            after
+        } else {
+            self.fetch_blobs(&source, id, &blobs_of(&batch.changes)).await?;
+            store.apply_replicated(batch.changes).await.map_err(Error::from)?
+        };
+        let mut progress = state.progress.lock().unwrap_or_else(|e| e.into_inner());
+        progress.primary_lsn = batch.last_lsn.max(applied);
+        progress.last_contact = Some(now);
+        progress.last_error = None;
+        if applied >= batch.last_lsn {
+            progress.caught_up_at = Some(now_micros());
+        }
+        let lag = progress.primary_lsn.0.saturating_sub(applied.0);
+        metrics::gauge!("holdfast_replica_lag_changes", "project" => entry.name.clone()).set(lag as f64);
+        metrics::gauge!("holdfast_replica_epoch", "project" => entry.name.clone()).set(store.epoch().0 as f64);
+        Ok(())
+    }
+
+    /// `DELETE /internal/v1/replicas/{id}`: stops following and removes this region's copy.
+    pub async fn stop_replica(&self, id: &str) -> Result<serde_json::Value> {
+        let entry = self.entry_by_id(id).await?;
+        let Some(state) = self.replication().replica(&entry.id) else {
+            return Err(Error::conflict(format!("project {} is not a replica in region {}", entry.name, self.region)));
+        };
+        state.stop.send_replace(true);
+        self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.id);
+        if let Some(store) = self.projects.lock().await.remove(&entry.id) {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+        let id = entry.id.clone();
+        self.control
+            .call(move |c| {
+                control::remove_replica(c, &id)?;
+                control::remove_project(c, &id)
+            })
+            .await
+            .map_err(Error::from)?;
+        self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())?;
+        Ok(serde_json::json!({ "project_id": entry.id, "status": "removed" }))
+    }
+
+    // Failover ----------------------------------------------------------------------------------
+
+    /// `holdfast failover --project P --to REGION` (planned): fences this region's primary, has
+    /// the target apply the last LSN and take the next epoch, then follows it as a replica. No
+    /// acknowledged write is lost: every write before the fence is at or before the last LSN.
+    pub async fn failover(self: &Arc<Self>, caller: &Caller, project: &str, to: &str) -> Result<ProjectStatus> {
+        caller.require(Action::Failover, &format!("/projects/{project}"))?;
+        let entry = self.entry(project).await?;
+        let store = self.store(&entry).await?;
+        if store.role() != StoreRole::Primary {
+            return Err(Error::conflict(format!(
+                "region {} does not hold the primary of {project:?}: send the failover to the primary's region",
+                self.region
+            )));
+        }
+        let id = entry.id.clone();
+        let (_, replicas) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
+        let Some(spec) = replicas.iter().find(|r| r.region == to).cloned() else {
+            return Err(Error::invalid(format!("{project:?} has no replica in region {to}; replicas: {}",
+                replicas.iter().map(|r| r.region.as_str()).collect::<Vec<_>>().join(", "))));
+        };
+        let started = std::time::Instant::now();
+        let last = store.fence().await.map_err(Error::from)?;
+        let epoch = Epoch(store.epoch().0 + 1);
+        let promote = PromoteRequest { until_lsn: last, epoch, old_primary: self.region.clone(), old_primary_mode: spec.mode };
+        let path = format!("/internal/v1/projects/{}/promote", entry.id);
+        let request = self.replication().request(reqwest::Method::POST, to, &path)?.timeout(CATCH_UP + Duration::from_secs(5));
+        match call::<serde_json::Value>(request.json(&promote), &format!("promoting {to}")).await {
+            Ok(_) => {}
+            Err(e) => {
+                // The target did not take over: this region stays the primary.
+                store.set_role(StoreRole::Primary);
+                return Err(e);
+            }
+        }
+        // Deposed: follow the new primary from here, as the kind of replica the target was.
+        store.set_role(StoreRole::Replica);
+        let record = ReplicaRecord { project_id: entry.id.clone(), source_region: to.to_owned(), mode: mode_str(spec.mode).into() };
+        self.control.call(move |c| control::put_replica(c, &record)).await.map_err(Error::from)?;
+        store.set_sync(None);
+        let state = self.register_replica(&entry.id, to, spec.mode);
+        self.spawn_replicator(entry.id.clone(), state);
+        tracing::info!(project = %entry.name, to, %epoch, lsn = %last, ms = started.elapsed().as_millis() as u64, "planned failover done");
+        metrics::counter!("holdfast_failovers_total", "kind" => "planned").increment(1);
+        self.status_of(&entry).await
+    }
+
+    /// `POST /internal/v1/projects/{id}/promote`: the target of a planned failover applies up
+    /// to the old primary's last LSN, then commits the first change of the new epoch (naming
+    /// itself primary and the old primary a replica) and takes writes.
+    pub async fn promote(self: &Arc<Self>, id: &str, request: PromoteRequest) -> Result<serde_json::Value> {
+        let entry = self.entry_by_id(id).await?;
+        let Some(state) = self.replication().replica(&entry.id) else {
+            return Err(Error::conflict(format!("project {} is not a replica in region {}", entry.name, self.region)));
+        };
+        let store = self.store(&entry).await?;
+        let mut lsn = store.subscribe();
+        let caught_up = matches!(tokio::time::timeout(CATCH_UP, lsn.wait_for(|l| *l >= request.until_lsn)).await, Ok(Ok(_)));
+        if !caught_up {
+            return Err(Error::unavailable(format!(
+                "region {} applied up to LSN {} of {} within {}s; not promoted",
+                self.region,
+                store.last_lsn(),
+                request.until_lsn,
+                CATCH_UP.as_secs()
+            )));
+        }
+        if store.last_lsn() != request.until_lsn {
+            return Err(Error::conflict(format!(
+                "region {} holds LSN {}, past the fenced primary's {}: not promoted",
+                self.region,
+                store.last_lsn(),
+                request.until_lsn
+            )));
+        }
+        state.stop.send_replace(true);
+        let (region, old, mode) = (self.region.clone(), request.old_primary.clone(), request.old_primary_mode);
+        let project = entry.id.clone();
+        let plan: holdfast_store::Plan = Box::new(move |view| crate::projects::promotion_ops(view, &project, &region, &old, mode));
+        let system = Caller::system();
+        store
+            .promote(request.epoch, system.principal.id.as_str(), system.request_id.as_str(), plan)
+            .await
+            .map_err(Error::from)?;
+        self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.id);
+        let id = entry.id.clone();
+        self.control.call(move |c| control::remove_replica(c, &id)).await.map_err(Error::from)?;
+        self.apply_sync_setting(&store).await?;
+        tracing::info!(project = %entry.name, epoch = %request.epoch, "promoted to primary");
+        Ok(serde_json::json!({ "project_id": entry.id, "epoch": request.epoch, "lsn": store.last_lsn() }))
+    }
+
+    // Status ------------------------------------------------------------------------------------
+
+    /// `holdfast status`: every project (or one) as this region sees it.
+    pub async fn status(&self, caller: &Caller, project: Option<&str>) -> Result<Vec<ProjectStatus>> {
+        let scope = project.map_or_else(|| "/".to_owned(), |p| format!("/projects/{p}"));
+        caller.require(Action::ProjectsRead, &scope)?;
+        let entries = match project {
+            Some(name) => vec![self.entry_any(name).await?],
+            None => self.control.call(control::all_projects).await.map_err(Error::from)?.into_iter().filter(|e| e.active).collect(),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            out.push(self.status_of(&entry).await?);
+        }
+        Ok(out)
+    }
+
+    async fn status_of(&self, entry: &CatalogEntry) -> Result<ProjectStatus> {
+        let store = self.store(entry).await?;
+        let id = entry.id.clone();
+        let (primary, specs) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
+        let lsn = store.last_lsn();
+        let role = store.role();
+        let now = now_micros();
+        let mut replicas = Vec::new();
+        if role != StoreRole::Replica {
+            let followers = self.replication().followers.lock().unwrap_or_else(|e| e.into_inner()).get(&entry.id).cloned().unwrap_or_default();
+            for spec in specs {
+                let follower = followers.get(&spec.region).copied();
+                let applied = follower.map_or(Lsn::ZERO, |f| f.applied);
+                let lag_ms = if applied >= lsn {
+                    0
+                } else {
+                    let next = store.read(move |view| Ok(view.journal(applied, 1)?.pop().map(|c| c.ts))).await.map_err(Error::from)?;
+                    next.map_or(0, |ts| (now - ts).max(0) as u64 / 1000)
+                };
+                metrics::gauge!("holdfast_replication_lag_changes", "project" => entry.name.clone(), "region" => spec.region.clone())
+                    .set(lsn.0.saturating_sub(applied.0) as f64);
+                replicas.push(ReplicaStatus {
+                    region: spec.region,
+                    mode: spec.mode,
+                    commit: spec.commit,
+                    applied_lsn: applied,
+                    lag_changes: lsn.0.saturating_sub(applied.0),
+                    lag_ms,
+                    last_contact: follower.map(|f| rfc3339(f.last_contact)),
+                });
+            }
+        }
+        let replica = self.replication().replica(&entry.id).map(|state| {
+            let progress = state.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let lag_changes = progress.primary_lsn.0.saturating_sub(lsn.0);
+            ReplicaProgress {
+                mode: state.mode,
+                source_region: state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                applied_lsn: lsn,
+                primary_lsn: progress.primary_lsn,
+                lag_changes,
+                lag_ms: if lag_changes == 0 { 0 } else { progress.caught_up_at.map_or(0, |t| (now - t).max(0) as u64 / 1000) },
+                last_contact: progress.last_contact.map(rfc3339),
+                last_error: progress.last_error,
+            }
+        });
+        metrics::gauge!("holdfast_project_epoch", "project" => entry.name.clone()).set(store.epoch().0 as f64);
+        Ok(ProjectStatus {
+            project: entry.name.clone(),
+            project_id: entry.id.clone(),
+            region: self.region.clone(),
+            role: match role {
+                StoreRole::Primary => "primary",
+                StoreRole::Replica => "replica",
+                StoreRole::Fenced => "fenced",
+            }
+            .to_owned(),
+            primary_region: primary.unwrap_or_else(|| self.region.clone()),
+            epoch: store.epoch(),
+            lsn,
+            replicas,
+            replica,
+        })
+    }
+}
+
