@@ -217,6 +217,10 @@ fn a_hot_replica_serves_reads_and_resumes_after_a_restart() {
     assert_eq!(api_b.journal("hot"), api_a.journal("hot"), "the same journal in both regions");
     let primary_view = status(&api_a, "hot");
     assert_eq!(primary_view["replicas"][0]["applied_lsn"].as_u64(), Some(lsn), "{primary_view:#}");
+    // The readiness review sees the caught-up replica in the primary's region.
+    let review = api_a.get("/v1/check?project=hot").ok(200);
+    let replica = review[0]["findings"].as_array().expect("findings").iter().find(|f| f["check"] == "replica").expect("replica finding").clone();
+    assert_eq!(replica["status"], "pass", "{review:#}");
 
     // Unreplicate removes b's copy.
     api_a.delete("/v1/projects/hot/replicas/b").ok(200);

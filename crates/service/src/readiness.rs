@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use holdfast_store::control::{self, CatalogEntry};
-use holdfast_types::api::{BackupStatus, CheckStatus, Finding, Lock, Project, Readiness, Role, RoleDefinition, Severity};
+use holdfast_types::api::{ProjectStatus, BackupStatus, CheckStatus, Finding, Lock, Project, Readiness, Role, RoleDefinition, Severity};
 use holdfast_types::{Error, ErrorKind, Micros, now_micros, parse_rfc3339};
 
 use crate::auth::{self, Action, Caller};
@@ -100,7 +100,7 @@ impl Service {
             delete_lock(name, &locks),
             data_plane_lock(name, &locks),
             continuous_backup(name, backup.as_ref()),
-            replica(),
+            replica(name, &self.status_of(entry).await?),
             identity(name, &project),
             standing_delete_rights(name, holders, &locks),
             restore_drill(name, backup.as_ref(), now_micros()),
@@ -217,18 +217,40 @@ fn continuous_backup(name: &str, backup: Option<&Result<BackupStatus>>) -> Findi
     }
 }
 
-/// A replica in another region with its lag under target. Replication is not built yet
-/// (README, capabilities): when it is, this is the one place to check it.
-fn replica() -> Finding {
-    finding(
-        "replica",
-        Severity::Medium,
-        CheckStatus::NotAvailable,
-        "cross-region replication is not available in this version; until it is, an archive in another region's \
-         bucket is the only copy elsewhere"
-            .into(),
-        String::new(),
-    )
+/// The replication lag a replica must stay under to pass: the async RPO target of docs/DR.md.
+const REPLICA_LAG_TARGET_MS: u64 = 1000;
+
+/// A replica in another region that has pulled since this server started, with its lag under
+/// [`REPLICA_LAG_TARGET_MS`]. Reviewed in the primary's region; a replica's region says so.
+fn replica(name: &str, status: &ProjectStatus) -> Finding {
+    const CHECK: &str = "replica";
+    let fix = format!("holdfast project replicate --project {name} --to REGION --mode warm");
+    if status.role != "primary" {
+        return finding(
+            CHECK,
+            Severity::Medium,
+            CheckStatus::NotAvailable,
+            format!("region {} holds a {} copy of {name}; review it in the primary's region {}", status.region, status.role, status.primary_region),
+            String::new(),
+        );
+    }
+    let healthy = status.replicas.iter().find(|r| r.last_contact.is_some() && r.lag_ms < REPLICA_LAG_TARGET_MS);
+    match (healthy, status.replicas.first()) {
+        (Some(r), _) => pass(CHECK, Severity::Medium, format!("replica in region {} ({:?}), {} ms behind", r.region, r.mode, r.lag_ms)),
+        (None, Some(r)) => fail(
+            CHECK,
+            Severity::Medium,
+            format!(
+                "no replica of {name} is under {REPLICA_LAG_TARGET_MS} ms of lag: region {} is {} changes / {} ms behind, last contact {}",
+                r.region,
+                r.lag_changes,
+                r.lag_ms,
+                r.last_contact.as_deref().unwrap_or("never since this server started")
+            ),
+            format!("holdfast status --project {name}"),
+        ),
+        (None, None) => fail(CHECK, Severity::Medium, format!("project {name} has no replica in another region"), fix),
+    }
 }
 
 /// The project's workloads act as a user-assigned identity: it outlives the project, so a

@@ -672,7 +672,7 @@ impl Service {
         Ok(out)
     }
 
-    async fn status_of(&self, entry: &CatalogEntry) -> Result<ProjectStatus> {
+    pub(crate) async fn status_of(&self, entry: &CatalogEntry) -> Result<ProjectStatus> {
         let store = self.store(entry).await?;
         let id = entry.id.clone();
         let (primary, specs) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;

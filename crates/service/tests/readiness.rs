@@ -1,6 +1,6 @@
 //! The readiness review (`Service::check`) at the service level: a fresh project is not ready
 //! (no delete lock), and locking, archiving, verifying and purge protection make every finding
-//! pass but the replica's, which is not available; role assignments that can delete show up by
+//! pass but the replica's (a single server has no replica in another region); role assignments that can delete show up by
 //! principal and role until a lock or an unassignment takes the power away; without an archive,
 //! backup and restore drill fail rather than pass.
 
@@ -73,8 +73,8 @@ async fn a_fresh_project_is_not_ready_until_its_findings_are_fixed() {
     assert_eq!(status(&prod, "identity"), CheckStatus::Pass, "{prod:#?}");
     assert_eq!(status(&prod, "standing_delete_rights"), CheckStatus::Pass, "only the admin key: {prod:#?}");
     let replica = finding(&prod, "replica");
-    assert_eq!(replica.status, CheckStatus::NotAvailable);
-    assert!(replica.message.contains("not available in this version"), "{}", replica.message);
+    assert_eq!((replica.status, replica.severity), (CheckStatus::Fail, Severity::Medium));
+    assert_eq!(replica.fix, "holdfast project replicate --project prod --to REGION --mode warm");
     let bare = review(&service, &c, "bare").await;
     assert_eq!(status(&bare, "identity"), CheckStatus::Fail);
     assert!(finding(&bare, "identity").fix.contains("holdfast identity create"), "{bare:#?}");
@@ -88,8 +88,11 @@ async fn a_fresh_project_is_not_ready_until_its_findings_are_fixed() {
     let prod = review(&service, &c, "prod").await;
     assert!(prod.ok, "{prod:#?}");
     for f in &prod.findings {
-        let want = if f.check == "replica" { CheckStatus::NotAvailable } else { CheckStatus::Pass };
-        assert_eq!(f.status, want, "{f:#?}");
+        if f.check == "replica" {
+            assert_eq!(f.status, CheckStatus::Fail, "one server has no other region: {f:#?}");
+            continue;
+        }
+        assert_eq!(f.status, CheckStatus::Pass, "{f:#?}");
         assert_eq!(f.fix, "", "nothing to fix: {f:#?}");
     }
     // The other project is untouched by prod's fixes.
@@ -182,7 +185,7 @@ async fn without_an_archive_backup_and_drill_fail_rather_than_pass() {
     let drill = finding(&local, "restore_drill");
     assert_eq!(drill.status, CheckStatus::Fail);
     assert_eq!(drill.fix, "holdfast serve --archive URL, then holdfast backup verify --project local");
-    assert_eq!(status(&local, "replica"), CheckStatus::NotAvailable);
+    assert_eq!(status(&local, "replica"), CheckStatus::Fail);
     // A system-assigned identity goes with the project; the practice asks for a user-assigned one.
     let identity = finding(&local, "identity");
     assert_eq!(identity.status, CheckStatus::Fail);
