@@ -105,11 +105,16 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("DELETE", "/v1/projects/{project}/replicas/{region}", act(ProjectsWrite)),
     ("POST", "/v1/projects/{project}/failover", act(Failover)),
     ("GET", "/v1/status", act(ProjectsRead)),
+    ("GET", "/v1/projects/{project}/divergences", act(ProjectsRead)),
+    ("GET", "/v1/projects/{project}/divergences/{id}", act(ProjectsRead)),
+    ("POST", "/v1/projects/{project}/divergences/{id}/replay", act(Failover)),
     // Between regions: the cluster secret, never a user's key.
     ("GET", "/internal/v1/projects/{id}/journal", Cluster),
     ("GET", "/internal/v1/projects/{id}/snapshot", Cluster),
     ("GET", "/internal/v1/projects/{id}/blobs/{hash}", Cluster),
     ("POST", "/internal/v1/projects/{id}/promote", Cluster),
+    ("GET", "/internal/v1/projects/{id}/position", Cluster),
+    ("POST", "/internal/v1/projects/{id}/divergences", Cluster),
     ("POST", "/internal/v1/replicas", Cluster),
     ("DELETE", "/internal/v1/replicas/{id}", Cluster),
     // The readiness review; `?project=` narrows it, and the operation checks that scope too.

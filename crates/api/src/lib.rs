@@ -9,6 +9,7 @@ mod audit;
 pub mod authz;
 mod backup;
 mod check;
+pub mod consistency;
 mod control;
 pub mod error;
 mod export;
@@ -88,6 +89,8 @@ pub fn app(state: AppState, limits: HttpLimits) -> Router {
         .fallback(error::unknown_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        // Inside the gate: a hot replica's writes go to the primary; LSN headers, min-LSN waits.
+        .layer(axum::middleware::from_fn_with_state(consistency::Consistency::new(state.clone(), limits), consistency::serve))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authz::authorize))
         .layer(axum::middleware::from_fn(middleware::observe))
         .layer(CatchPanicLayer::custom(error::panic_response))

@@ -9,7 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use holdfast_types::api::{
-    ErrorBody, JournalBatch, Project, ProjectStatus, PromoteRequest, ReplicaCreate, ReplicaStart,
+    Divergence, DivergenceReport, ErrorBody, FailoverReport, FailoverRequest, JournalBatch, Position, Project, ProjectStatus,
+    PromoteRequest, ReplayOutcome, ReplayRequest, ReplicaCreate, ReplicaStart,
 };
 use holdfast_types::Lsn;
 use serde::Deserialize;
@@ -32,6 +33,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(start_replica))
         .routes(routes!(stop_replica))
         .routes(routes!(promote))
+        .routes(routes!(divergences))
+        .routes(routes!(divergence))
+        .routes(routes!(replay))
+        .routes(routes!(position))
+        .routes(routes!(record_divergence))
 }
 
 /// Starts a replica of the project in a peer region (hot or warm, async or sync commit).
@@ -61,18 +67,13 @@ async fn unreplicate(
     Ok(Json(state.service.unreplicate(&caller, &project, &region).await?))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct FailoverRequest {
-    /// The region to move the primary to; it must hold a replica.
-    to: String,
-}
-
-/// Planned failover: fences this region's primary, the target applies the last change and takes
-/// the next epoch; this region then follows it as a replica. No acknowledged write is lost.
+/// Failover. Planned (at the primary's region): fences the primary, the target applies the last
+/// change and takes the next epoch; this region then follows it as a replica; no acknowledged
+/// write is lost. Forced (`"force": true`, at the target's region, when the primary is lost):
+/// the target promotes what it has and reports the possible loss.
 #[utoipa::path(post, path = "/v1/projects/{project}/failover", tag = "replication", request_body = FailoverRequest,
     params(("project" = String, Path)),
-    responses((status = 200, body = ProjectStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = FailoverReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 async fn failover(
@@ -80,8 +81,63 @@ async fn failover(
     Authed(caller): Authed,
     Path(project): Path<String>,
     ApiJson(request): ApiJson<FailoverRequest>,
-) -> ApiResult<Json<ProjectStatus>> {
-    Ok(Json(state.service.failover(&caller, &project, &request.to).await?))
+) -> ApiResult<Json<FailoverReport>> {
+    Ok(Json(state.service.failover(&caller, &project, request).await?))
+}
+
+/// The project's divergence records: changes a deposed primary committed that never reached the
+/// region that took over.
+#[utoipa::path(get, path = "/v1/projects/{project}/divergences", tag = "replication", params(("project" = String, Path)),
+    responses((status = 200, body = Vec<Divergence>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn divergences(State(state): State<AppState>, Authed(caller): Authed, Path(project): Path<String>) -> ApiResult<Json<Vec<Divergence>>> {
+    Ok(Json(state.service.list_divergences(&caller, &project).await?))
+}
+
+/// One divergence record with its changes.
+#[utoipa::path(get, path = "/v1/projects/{project}/divergences/{id}", tag = "replication",
+    params(("project" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = Divergence), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn divergence(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path((project, id)): Path<(String, String)>,
+) -> ApiResult<Json<Divergence>> {
+    Ok(Json(state.service.get_divergence(&caller, &project, &id).await?))
+}
+
+/// Re-applies chosen changes of a divergence record as new changes on this primary (admin).
+#[utoipa::path(post, path = "/v1/projects/{project}/divergences/{id}/replay", tag = "replication", request_body = ReplayRequest,
+    params(("project" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = Vec<ReplayOutcome>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn replay(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path((project, id)): Path<(String, String)>,
+    ApiJson(request): ApiJson<ReplayRequest>,
+) -> ApiResult<Json<Vec<ReplayOutcome>>> {
+    Ok(Json(state.service.replay_divergence(&caller, &project, &id, request).await?))
+}
+
+/// Peers: what this region holds of a project (role, epoch, LSN, where each epoch begins).
+#[utoipa::path(get, path = "/internal/v1/projects/{id}/position", tag = "internal", params(("id" = String, Path)),
+    responses((status = 200, body = Position), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn position(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Position>> {
+    Ok(Json(state.service.position_for_peer(&id).await?))
+}
+
+/// Peers: a deposed primary hands over the changes the new primary never had.
+#[utoipa::path(post, path = "/internal/v1/projects/{id}/divergences", tag = "internal", request_body = DivergenceReport,
+    params(("id" = String, Path)),
+    responses((status = 200, description = "kept"), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn record_divergence(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(report): ApiJson<DivergenceReport>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(state.service.record_divergence(&id, report).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]

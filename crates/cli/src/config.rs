@@ -36,6 +36,19 @@ pub struct FileConfig {
     pub cluster_secret: Option<String>,
     #[serde(default)]
     pub replication: FileReplication,
+    #[serde(default)]
+    pub coordinator: FileCoordinator,
+}
+
+/// `[coordinator]`: etcd as the witness of automatic failover.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCoordinator {
+    /// etcd client URLs, e.g. `["http://etcd-1:2379"]`.
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// The primary's lease, in seconds (default 5).
+    pub lease_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +124,7 @@ pub struct ServeConfig {
     pub log: String,
     pub archive: Option<holdfast_service::backup::ArchiveConfig>,
     pub cluster: holdfast_service::replication::ClusterConfig,
+    pub coordinator: Option<holdfast_service::coordinator::CoordinatorConfig>,
 }
 
 /// Values from flags or environment (clap reads both; flags win).
@@ -126,6 +140,8 @@ pub struct Overrides {
     /// `--peer REGION=URL`, added to (and overriding) the file's peers.
     pub peers: Vec<String>,
     pub cluster_secret: Option<String>,
+    /// `--etcd URL`, replacing the file's list when given.
+    pub etcd: Vec<String>,
 }
 
 fn valid_region(region: &str) -> bool {
@@ -161,6 +177,19 @@ impl ServeConfig {
         }
         let sync_timeout_ms = file.replication.sync_timeout_ms.unwrap_or(5000);
         anyhow::ensure!((10..=600_000).contains(&sync_timeout_ms), "replication sync_timeout_ms must be 10 to 600000");
+        let etcd = if over.etcd.is_empty() { file.coordinator.etcd.clone() } else { over.etcd.clone() };
+        let coordinator = if etcd.is_empty() {
+            None
+        } else {
+            for url in &etcd {
+                let parsed = reqwest::Url::parse(url).with_context(|| format!("invalid etcd URL {url:?}"))?;
+                anyhow::ensure!(matches!(parsed.scheme(), "http" | "https"), "etcd URL must be http(s), got {url:?}");
+            }
+            let ttl = file.coordinator.lease_ttl_secs.unwrap_or(5);
+            anyhow::ensure!((2..=60).contains(&ttl), "coordinator lease_ttl_secs must be 2 to 60");
+            anyhow::ensure!(secret.is_some(), "[coordinator] needs the cluster secret: failover is between regions");
+            Some(holdfast_service::coordinator::CoordinatorConfig { endpoints: etcd, lease_ttl: std::time::Duration::from_secs(ttl) })
+        };
         let cluster = holdfast_service::replication::ClusterConfig {
             peers,
             secret,
@@ -184,6 +213,7 @@ impl ServeConfig {
             Some(url) => Some(archive_config(url, &file.archive)?),
         };
         Ok(Self {
+            coordinator,
             cluster,
             archive,
             data: over.data.or(file.data).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
@@ -242,6 +272,7 @@ mod tests {
             archive: None,
             peers: Vec::new(),
             cluster_secret: None,
+            etcd: Vec::new(),
         }
     }
 

@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use holdfast_types::api::{
     Info, JournalPage, KeyCreate, KeyCreated, KeyPage, Lock, LockCreate, LockKind, LockList, Project, ProjectCreate,
     ProjectPage, ProjectUpdate, Role, RoleAssignment, RoleAssignmentList, RoleDefinition, RoleDefinitionList, AuditPage,
-    AuditVerify, Identity, IdentityCreate, IdentityList, ProjectStatus,
+    AuditVerify, Identity, IdentityCreate, IdentityList, ProjectStatus, FailoverReport, Divergence, ReplayOutcome,
 };
 
 fn parse_role(role: &str) -> Result<Role, Exit> {
@@ -149,7 +149,14 @@ enum Command {
         project: String,
         #[arg(long)]
         to: String,
+        /// The primary is lost: promote what the target has (send this to the target region's
+        /// endpoint); prints the last applied LSN and what may be lost.
+        #[arg(long)]
+        force: bool,
     },
+    /// Divergence records: changes a deposed primary committed that never reached the new one.
+    #[command(subcommand)]
+    Divergence(DivergenceCmd),
     /// Replication status: per project its primary region, epoch, LSN, replicas and their lag.
     Status {
         #[arg(long)]
@@ -198,6 +205,9 @@ struct ServeArgs {
     /// replication.
     #[arg(long, env = "HOLDFAST_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// An etcd client URL for automatic failover; repeatable (replaces `[coordinator] etcd`).
+    #[arg(long = "etcd")]
+    etcd: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -284,6 +294,33 @@ enum ProjectCmd {
         project: String,
         #[arg(long)]
         region: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DivergenceCmd {
+    /// List a project's divergence records.
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    /// Show one record with its changes.
+    Show {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// Re-apply changes of a record as new changes on the current primary (admin).
+    Replay {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        id: String,
+        /// Only this change (by its LSN in the record); repeatable. Default: every change not
+        /// replayed yet.
+        #[arg(long = "lsn")]
+        lsns: Vec<u64>,
     },
 }
 
@@ -548,6 +585,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 archive: args.archive,
                 peers: args.peers,
                 cluster_secret: args.cluster_secret,
+                etcd: args.etcd,
             })?;
             init_tracing(Some(&config.log), true);
             serve::run(config).await
@@ -582,11 +620,30 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
     const PROJECT_COLUMNS: &[&str] = &["name", "display_name", "lsn", "created_at", "tags"];
     match command {
         Command::Info => print(format, &client.get::<Info>("/v1/info").await?, &[])?,
-        Command::Failover { project, to } => {
-            let status: ProjectStatus =
-                client.post(&format!("/v1/projects/{}/failover", seg(&project)), &json!({ "to": to })).await?;
-            print(format, &status, &[])?;
+        Command::Failover { project, to, force } => {
+            let report: FailoverReport =
+                client.post(&format!("/v1/projects/{}/failover", seg(&project)), &json!({ "to": to, "force": force })).await?;
+            print(format, &report, &[])?;
         }
+        Command::Divergence(cmd) => match cmd {
+            DivergenceCmd::List { project } => {
+                let all: Vec<Divergence> = client.get(&format!("/v1/projects/{}/divergences", seg(&project))).await?;
+                print(format, &all, &["id", "from_region", "epoch", "first_lsn", "last_lsn", "count", "detected_at", "replayed"])?;
+            }
+            DivergenceCmd::Show { project, id } => {
+                let d: Divergence = client.get(&format!("/v1/projects/{}/divergences/{}", seg(&project), seg(&id))).await?;
+                print(format, &d, &[])?;
+            }
+            DivergenceCmd::Replay { project, id, lsns } => {
+                let body = if lsns.is_empty() { json!({}) } else { json!({ "lsns": lsns }) };
+                let path = format!("/v1/projects/{}/divergences/{}/replay", seg(&project), seg(&id));
+                let outcomes: Vec<ReplayOutcome> = client.post(&path, &body).await?;
+                print(format, &outcomes, &["lsn", "new_lsn", "error"])?;
+                if outcomes.iter().any(|o| o.error.is_some()) {
+                    return Err(Exit::error(anyhow!("some changes were not replayed")));
+                }
+            }
+        },
         Command::Status { project } => {
             let path = match &project {
                 Some(p) => format!("/v1/status?project={}", seg(p)),

@@ -19,6 +19,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         upstream_timeout: std::time::Duration::from_secs(config.upstream_timeout_secs),
         archive: config.archive.clone(),
         cluster: config.cluster.clone(),
+        coordinator: config.coordinator.clone(),
         ..ServiceConfig::new(config.data.clone(), &config.region, admin_key)
     };
     let opened = tokio::task::spawn_blocking(move || Service::open(service_config))
@@ -57,6 +58,8 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
     );
     let archiver = service.spawn_archiver();
     service.spawn_replicators().map_err(|e| Exit::error(anyhow::anyhow!("cannot start replication: {e}")))?;
+    service.spawn_topology_watch();
+    service.spawn_coordinator();
     // Soft-deleted projects whose retention has passed are purged within the hour.
     let purger = service.spawn_purger(std::time::Duration::from_secs(3600));
     if let Some(archive) = &config.archive {

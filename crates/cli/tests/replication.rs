@@ -141,7 +141,8 @@ fn replicas_follow_and_a_planned_failover_loses_no_acknowledged_write() {
     let (acked, refused) = writer.join().expect("writer");
     eprintln!("planned failover took {took:?}; {} writes acknowledged, {refused} refused by both regions", acked.len());
     assert!(acked.len() > 10, "the load ran: {}", acked.len());
-    assert_eq!(moved["role"], "replica", "the old primary follows the new one: {moved:#}");
+    assert_eq!((moved["from_region"].as_str(), moved["to_region"].as_str(), moved["forced"].as_bool()), (Some("a"), Some("b"), Some(false)), "{moved:#}");
+    assert_eq!(status(&api_a, "repl")["role"], "replica", "the old primary follows the new one");
 
     // Every acknowledged write is on the new primary, at the next epoch.
     let s = status(&api_b, "repl");
@@ -167,7 +168,8 @@ fn replicas_follow_and_a_planned_failover_loses_no_acknowledged_write() {
 
     // Failback.
     let back = api_b.post("/v1/projects/repl/failover", &json!({"to": "a"})).ok(200);
-    assert_eq!(back["role"], "replica", "{back:#}");
+    assert_eq!(back["epoch"].as_u64(), Some(3), "{back:#}");
+    assert_eq!(status(&api_b, "repl")["role"], "replica");
     let s = status(&api_a, "repl");
     assert_eq!((s["role"].as_str(), s["epoch"].as_u64(), s["primary_region"].as_str()), (Some("primary"), Some(3), Some("a")), "{s:#}");
     api_a.post(&oa("repl", &format!("/conversations/{conv}/items")), &json!({"items": [{"role": "user", "content": "home"}]})).ok(200);
@@ -187,10 +189,11 @@ fn a_hot_replica_serves_reads_and_resumes_after_a_restart() {
     api_a.post("/v1/projects/hot/replicas", &json!({"region": "b", "mode": "hot"})).ok(200);
     let lsn = status(&api_a, "hot")["lsn"].as_u64().expect("lsn");
     wait_applied(&api_b, "hot", lsn);
-    // Reads are served from b's copy; b takes no local writes.
+    // Reads are served from b's copy; a write sent to b is forwarded to the primary.
     api_b.get(&oa("hot", &format!("/conversations/{conv}"))).ok(200);
     let write = api_b.post(&oa("hot", &format!("/conversations/{conv}/items")), &json!({"items": [{"role": "user", "content": "x"}]}));
-    assert_eq!(write.status, 503, "{}", write.text);
+    let item = write.ok(200)["data"][0]["id"].as_str().expect("item id").to_owned();
+    api_a.get(&oa("hot", &format!("/conversations/{conv}/items/{item}"))).ok(200);
 
     // The replica is killed; the primary keeps writing; the restarted replica resumes from its
     // own last LSN and catches up with no gap and no duplicate.
@@ -240,4 +243,155 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Starts region `name` on `data` at `port`, knowing `peer` at `peer_port`.
+fn region(data: &std::path::Path, name: &str, port: u16, peer: &str, peer_port: u16) -> Server {
+    Server::start_with(
+        data,
+        Opts {
+            port: Some(port),
+            ..Opts::default()
+                .arg("--region")
+                .arg(name)
+                .arg("--peer")
+                .arg(format!("{peer}=http://127.0.0.1:{peer_port}"))
+                .env("HOLDFAST_CLUSTER_SECRET", SECRET)
+        },
+    )
+}
+
+/// Writes `n` items to `conv` through `api`; returns the ids of those acknowledged.
+fn write_items(api: &Api, project: &str, conv: &str, tag: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .filter_map(|i| {
+            let body = json!({"items": [{"role": "user", "content": format!("{tag} {i}")}]});
+            let r = api.post(&oa(project, &format!("/conversations/{conv}/items")), &body);
+            (r.status == 200).then(|| r.json()["data"][0]["id"].as_str().expect("item id").to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn a_forced_failover_keeps_the_lost_primarys_unreplicated_writes_as_a_divergence_record() {
+    let (a, b, da, _db) = pair();
+    let (api_a, api_b) = (a.admin(), b.admin());
+    let (a_port, b_port) = (a.port, b.port);
+    api_a.create_project("lost");
+    let conv = api_a.post(&oa("lost", "/conversations"), &json!({})).ok(200)["id"].as_str().expect("id").to_owned();
+    api_a.post("/v1/projects/lost/replicas", &json!({"region": "b", "mode": "warm"})).ok(200);
+    let replicated = write_items(&api_a, "lost", &conv, "replicated", 20);
+    let lsn = status(&api_a, "lost")["lsn"].as_u64().expect("lsn");
+    wait_applied(&api_b, "lost", lsn);
+
+    // b stops pulling (SIGSTOP); a acknowledges more writes (async commit), then dies.
+    common::send_signal(b.pid(), "STOP");
+    let unreplicated = write_items(&api_a, "lost", &conv, "unreplicated", 15);
+    assert_eq!(unreplicated.len(), 15);
+    let lsn_a = status(&api_a, "lost")["lsn"].as_u64().expect("lsn");
+    assert!(!a.kill9().success());
+    common::send_signal(b.pid(), "CONT");
+
+    // A forced failover must be sent to the target region; b promotes what it has.
+    let report = api_b.post("/v1/projects/lost/failover", &json!({"to": "b", "force": true})).ok(200);
+    assert_eq!((report["forced"].as_bool(), report["epoch"].as_u64()), (Some(true), Some(2)), "{report:#}");
+    // A pull answered before the pause may still land: b has at least what it had.
+    let applied = report["last_applied_lsn"].as_u64().expect("last applied");
+    assert!((lsn..lsn_a).contains(&applied), "b had {applied}; a had {lsn_a}: {report:#}");
+    assert!(report["message"].as_str().expect("message").contains("divergence"), "{report:#}");
+    let after = write_items(&api_b, "lost", &conv, "after", 5);
+    assert_eq!(after.len(), 5, "b takes writes at epoch 2");
+
+    // a returns, learns it was deposed, hands over its unreplicated tail and follows b.
+    let a = region(da.path(), "a", a_port, "b", b_port);
+    let api_a = a.admin();
+    let deadline = Instant::now() + SETTLE;
+    let lsn_b = loop {
+        // While a sets its copy aside and fetches b's, its status may answer 404 for a moment.
+        let sa = api_a.get("/v1/status?project=lost").json()[0].clone();
+        let sb = status(&api_b, "lost");
+        if (sa["role"] == "replica" && sa["lsn"] == sb["lsn"]) || Instant::now() > deadline {
+            assert_eq!((sa["role"].as_str(), &sa["lsn"]), (Some("replica"), &sb["lsn"]), "a follows b: {sa:#} {sb:#}");
+            break sb["lsn"].as_u64().expect("lsn");
+        }
+        sleep(Duration::from_millis(50));
+    };
+    assert_eq!(api_b.journal("lost").len() as u64, lsn_b);
+    let records = api_b.get("/v1/projects/lost/divergences").ok(200);
+    let records = records.as_array().expect("records").clone();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let id = records[0]["id"].as_str().expect("record id").to_owned();
+    assert_eq!((records[0]["from_region"].as_str(), records[0]["count"].as_u64()), (Some("a"), Some(lsn_a - applied)), "a had {lsn_a}, b {applied}: {records:#?}");
+    let shown = api_b.get(&format!("/v1/projects/lost/divergences/{id}")).ok(200).to_string();
+
+    // Every acknowledged write is on the new primary or in the record; none silently lost.
+    for item in replicated.iter().chain(&after) {
+        api_b.get(&oa("lost", &format!("/conversations/{conv}/items/{item}"))).ok(200);
+    }
+    let mut diverged = 0;
+    for item in &unreplicated {
+        let on_b = api_b.get(&oa("lost", &format!("/conversations/{conv}/items/{item}"))).status == 200;
+        assert!(on_b != shown.contains(item.as_str()), "{item} is on b or in the divergence record, once");
+        diverged += usize::from(!on_b);
+    }
+    assert_eq!(diverged as u64, lsn_a - applied, "one divergent change per write b lacks");
+
+    // Replaying the record brings them onto b, as new changes; a second replay has nothing left.
+    api_b.post(&format!("/v1/projects/lost/divergences/{id}/replay"), &json!({"lsns": [999_999]})).err(400, "invalid_input");
+    let outcomes = api_b.post(&format!("/v1/projects/lost/divergences/{id}/replay"), &json!({})).ok(200);
+    assert_eq!(outcomes.as_array().expect("outcomes").len(), diverged, "{outcomes:#}");
+    assert!(outcomes.as_array().expect("outcomes").iter().all(|o| o["error"].is_null()), "{outcomes:#}");
+    for item in &unreplicated {
+        api_b.get(&oa("lost", &format!("/conversations/{conv}/items/{item}"))).ok(200);
+    }
+    let again = api_b.post(&format!("/v1/projects/lost/divergences/{id}/replay"), &json!({})).ok(200);
+    assert_eq!(again, json!([]));
+}
+
+#[test]
+fn with_sync_commit_a_killed_primary_loses_no_acknowledged_write() {
+    let (a, b, _da, _db) = pair();
+    let (api_a, api_b) = (a.admin(), b.admin());
+    api_a.create_project("sync");
+    let conv = api_a.post(&oa("sync", "/conversations"), &json!({})).ok(200)["id"].as_str().expect("id").to_owned();
+    api_a.post("/v1/projects/sync/replicas", &json!({"region": "b", "mode": "hot", "commit": "sync"})).ok(200);
+    let lsn = status(&api_a, "sync")["lsn"].as_u64().expect("lsn");
+    wait_applied(&api_b, "sync", lsn);
+
+    // A steady write load; the primary is killed under it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, conv) = (stop.clone(), conv.clone());
+        let url = format!("{}{}", a.base, oa("sync", &format!("/conversations/{conv}/items")));
+        std::thread::spawn(move || {
+            // A plain client: once the primary is killed, requests fail to connect.
+            let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+            let mut acked = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                n += 1;
+                let body = json!({"items": [{"role": "user", "content": format!("sync {n}")}]});
+                let sent = http.post(&url).bearer_auth(common::ADMIN_KEY).json(&body).send();
+                if let Ok(r) = sent
+                    && r.status().as_u16() == 200
+                {
+                    let v: Value = r.json().expect("json");
+                    acked.push(v["data"][0]["id"].as_str().expect("item id").to_owned());
+                }
+            }
+            acked
+        })
+    };
+    sleep(Duration::from_millis(500));
+    assert!(!a.kill9().success());
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.join().expect("writer");
+    assert!(acked.len() > 5, "the load ran: {}", acked.len());
+
+    let report = api_b.post("/v1/projects/sync/failover", &json!({"to": "b", "force": true})).ok(200);
+    assert_eq!(report["epoch"].as_u64(), Some(2), "{report:#}");
+    for item in &acked {
+        api_b.get(&oa("sync", &format!("/conversations/{conv}/items/{item}"))).ok(200);
+    }
 }

@@ -5,9 +5,12 @@
 //! project ends in [`holdfast_store::ProjectStore::write`], so it is journaled.
 
 mod auth;
+pub mod coordinator;
 pub mod audit;
 pub mod backup;
+pub mod consistency;
 pub mod data;
+pub mod divergence;
 pub mod export;
 pub mod history;
 mod identities;
@@ -51,6 +54,8 @@ pub struct ServiceConfig {
     pub archive: Option<backup::ArchiveConfig>,
     /// Peer regions and the cluster secret.
     pub cluster: replication::ClusterConfig,
+    /// etcd as the failover witness, when configured.
+    pub coordinator: Option<coordinator::CoordinatorConfig>,
 }
 
 impl ServiceConfig {
@@ -66,6 +71,7 @@ impl ServiceConfig {
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             archive: None,
             cluster: replication::ClusterConfig { sync_timeout: replication::DEFAULT_SYNC_TIMEOUT, ..Default::default() },
+            coordinator: None,
         }
     }
 }
@@ -102,6 +108,8 @@ pub struct Service {
     operations: std::sync::Mutex<HashMap<String, Arc<restore::OperationState>>>,
     /// Replicas held here and replicas of the primaries here.
     replication: replication::Replication,
+    /// The etcd witness of automatic failover, when configured.
+    coordinator: Option<coordinator::Coordinator>,
     /// Set when the server begins to shut down, so long polls return at once.
     stopping: tokio::sync::watch::Sender<bool>,
     /// Held for the life of the service: one server per data directory.
@@ -141,6 +149,7 @@ impl Service {
         };
         let replication = replication::Replication::new(config.cluster.clone())?;
         let service = Service {
+            coordinator: config.coordinator.clone().map(coordinator::Coordinator::new),
             replication,
             archiver,
             operations: std::sync::Mutex::new(HashMap::new()),

@@ -24,7 +24,7 @@ use holdfast_store::control::{self, CatalogEntry, ReplicaRecord};
 use holdfast_store::{ProjectStore, Role as StoreRole, SyncCommit};
 use holdfast_types::api::{
     CommitMode, JournalBatch, Project, ProjectStatus, ReplicaCreate, ReplicaMode, ReplicaProgress, ReplicaSpec,
-    PromoteRequest, ReplicaStart, ReplicaStatus,
+    PromoteRequest, ReplicaStart, ReplicaStatus, FailoverRequest, FailoverReport, Position, DivergenceReport,
 };
 use holdfast_types::{Change, Epoch, Error, ErrorKind, Lsn, Micros, Op, ProjectId, now_micros, rfc3339};
 
@@ -41,6 +41,8 @@ const PULL_LIMIT: usize = 1000;
 const MAX_RETRY: Duration = Duration::from_secs(2);
 /// How long a planned failover waits for the target to apply the primary's last LSN.
 const CATCH_UP: Duration = Duration::from_secs(30);
+/// How often a primary asks its replicas' regions whether one of them leads the project now.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long a sync-commit write waits for its replica by default.
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -160,6 +162,14 @@ async fn bytes_of(request: reqwest::RequestBuilder, what: &str) -> Result<Bytes>
         return Err(Error::unavailable(format!("{what}: the peer answered {}", response.status())));
     }
     response.bytes().await.map_err(|e| Error::unavailable(format!("{what}: {e}")))
+}
+
+fn role_name(role: StoreRole) -> &'static str {
+    match role {
+        StoreRole::Primary => "primary",
+        StoreRole::Replica => "replica",
+        StoreRole::Fenced => "fenced",
+    }
 }
 
 fn mode_str(mode: ReplicaMode) -> &'static str {
@@ -510,6 +520,12 @@ impl Service {
     /// One pull: the changes after what this copy has, their blobs, then the changes.
     async fn replicate_step(&self, id: &ProjectId, state: &ReplicaState) -> Result<()> {
         let entry = self.entry_by_id(id.as_str()).await?;
+        if !self.project_db(id).exists() {
+            // A deposed primary's copy was set aside before a crash let it start again.
+            let source = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let start = ReplicaStart { project_id: id.clone(), name: entry.name.clone(), source_region: source, mode: state.mode };
+            self.bootstrap(&start).await?;
+        }
         let store = self.store(&entry).await?;
         let after = store.last_lsn();
         let source = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -565,24 +581,33 @@ impl Service {
 
     // Failover ----------------------------------------------------------------------------------
 
-    /// `holdfast failover --project P --to REGION` (planned): fences this region's primary, has
-    /// the target apply the last LSN and take the next epoch, then follows it as a replica. No
-    /// acknowledged write is lost: every write before the fence is at or before the last LSN.
-    pub async fn failover(self: &Arc<Self>, caller: &Caller, project: &str, to: &str) -> Result<ProjectStatus> {
+    /// `holdfast failover --project P --to REGION [--force]`. Planned (sent to the primary's
+    /// region): fences the primary, has the target apply the last LSN and take the next epoch,
+    /// then follows it as a replica; no acknowledged write is lost, since every write before the
+    /// fence is at or before the last LSN. Forced (sent to the target's region, when the primary
+    /// is unreachable): the target promotes what it has.
+    pub async fn failover(self: &Arc<Self>, caller: &Caller, project: &str, request: FailoverRequest) -> Result<FailoverReport> {
         caller.require(Action::Failover, &format!("/projects/{project}"))?;
+        if request.force {
+            return self.forced_failover(project, &request.to).await;
+        }
+        let to = request.to.as_str();
         let entry = self.entry(project).await?;
         let store = self.store(&entry).await?;
         if store.role() != StoreRole::Primary {
             return Err(Error::conflict(format!(
-                "region {} does not hold the primary of {project:?}: send the failover to the primary's region",
+                "region {} does not hold the primary of {project:?}: send the failover to the primary's region, \
+                 or add --force at the target's region if the primary is lost",
                 self.region
             )));
         }
         let id = entry.id.clone();
         let (_, replicas) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
         let Some(spec) = replicas.iter().find(|r| r.region == to).cloned() else {
-            return Err(Error::invalid(format!("{project:?} has no replica in region {to}; replicas: {}",
-                replicas.iter().map(|r| r.region.as_str()).collect::<Vec<_>>().join(", "))));
+            return Err(Error::invalid(format!(
+                "{project:?} has no replica in region {to}; replicas: {}",
+                replicas.iter().map(|r| r.region.as_str()).collect::<Vec<_>>().join(", ")
+            )));
         };
         let started = std::time::Instant::now();
         let last = store.fence().await.map_err(Error::from)?;
@@ -590,29 +615,128 @@ impl Service {
         let promote = PromoteRequest { until_lsn: last, epoch, old_primary: self.region.clone(), old_primary_mode: spec.mode };
         let path = format!("/internal/v1/projects/{}/promote", entry.id);
         let request = self.replication().request(reqwest::Method::POST, to, &path)?.timeout(CATCH_UP + Duration::from_secs(5));
-        match call::<serde_json::Value>(request.json(&promote), &format!("promoting {to}")).await {
-            Ok(_) => {}
+        let promoted = match call::<serde_json::Value>(request.json(&promote), &format!("promoting {to}")).await {
+            Ok(promoted) => promoted,
             Err(e) => {
                 // The target did not take over: this region stays the primary.
                 store.set_role(StoreRole::Primary);
                 return Err(e);
             }
-        }
+        };
         // Deposed: follow the new primary from here, as the kind of replica the target was.
-        store.set_role(StoreRole::Replica);
-        let record = ReplicaRecord { project_id: entry.id.clone(), source_region: to.to_owned(), mode: mode_str(spec.mode).into() };
-        self.control.call(move |c| control::put_replica(c, &record)).await.map_err(Error::from)?;
-        store.set_sync(None);
-        let state = self.register_replica(&entry.id, to, spec.mode);
-        self.spawn_replicator(entry.id.clone(), state);
+        self.become_replica(&entry, &store, to, spec.mode).await?;
         tracing::info!(project = %entry.name, to, %epoch, lsn = %last, ms = started.elapsed().as_millis() as u64, "planned failover done");
         metrics::counter!("holdfast_failovers_total", "kind" => "planned").increment(1);
-        self.status_of(&entry).await
+        Ok(FailoverReport {
+            project: entry.name.clone(),
+            from_region: self.region.clone(),
+            to_region: to.to_owned(),
+            forced: false,
+            epoch,
+            lsn: promoted["lsn"].as_u64().map_or(Lsn(last.0 + 1), Lsn),
+            last_applied_lsn: last,
+            last_contact: None,
+            message: format!("planned: region {to} applied every change through LSN {last} before taking epoch {epoch}; nothing lost"),
+        })
+    }
+
+    /// Stops taking writes here and follows `primary` as a replica in `mode`.
+    async fn become_replica(self: &Arc<Self>, entry: &CatalogEntry, store: &ProjectStore, primary: &str, mode: ReplicaMode) -> Result<()> {
+        store.set_role(StoreRole::Replica);
+        store.set_sync(None);
+        let record = ReplicaRecord { project_id: entry.id.clone(), source_region: primary.to_owned(), mode: mode_str(mode).into() };
+        self.control.call(move |c| control::put_replica(c, &record)).await.map_err(Error::from)?;
+        let state = self.register_replica(&entry.id, primary, mode);
+        *state.source_region.lock().unwrap_or_else(|e| e.into_inner()) = primary.to_owned();
+        state.stop.send_replace(false);
+        self.spawn_replicator(entry.id.clone(), state);
+        Ok(())
+    }
+
+    /// A forced failover at the target's region: promote what this replica has.
+    async fn forced_failover(self: &Arc<Self>, project: &str, to: &str) -> Result<FailoverReport> {
+        if to != self.region {
+            return Err(Error::invalid(format!(
+                "a forced failover is sent to the target region's own endpoint: region {to}, not {}",
+                self.region
+            )));
+        }
+        let entry = self.entry_any(project).await?;
+        let Some(state) = self.replication().replica(&entry.id) else {
+            return Err(Error::conflict(format!("region {} holds no replica of {project:?} to promote", self.region)));
+        };
+        let store = self.store(&entry).await?;
+        let old = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let progress = state.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let epoch = Epoch(store.epoch().0 + 1);
+        let lsn = self.promote_here(&entry, &store, &state, epoch, &old, state.mode).await?;
+        // What the replica had applied when the promotion committed (a pull may have landed
+        // after the failover began).
+        let last = Lsn(lsn.0 - 1);
+        let at_risk = progress.primary_lsn.0.saturating_sub(last.0);
+        let contact = progress.last_contact.map(rfc3339);
+        tracing::warn!(project = %entry.name, from = %old, %epoch, applied = %last, at_risk, "forced failover: promoted what this region had");
+        metrics::counter!("holdfast_failovers_total", "kind" => "forced").increment(1);
+        Ok(FailoverReport {
+            project: entry.name.clone(),
+            from_region: old.clone(),
+            to_region: self.region.clone(),
+            forced: true,
+            epoch,
+            lsn,
+            last_applied_lsn: last,
+            last_contact: contact.clone(),
+            message: format!(
+                "forced: promoted through LSN {last}; region {old} was at LSN {} when last heard from ({}), so at least {at_risk} \
+                 changes, and any it committed later, are not here; when {old} returns they are kept as a divergence record \
+                 (holdfast divergence list --project {})",
+                progress.primary_lsn,
+                contact.as_deref().unwrap_or("never since this server started"),
+                entry.name
+            ),
+        })
+    }
+
+    /// Commits the first change of `epoch` here (this region primary, `old` a replica in
+    /// `mode`), fails the responses that were running on the old primary, and takes writes.
+    async fn promote_here(
+        &self,
+        entry: &CatalogEntry,
+        store: &ProjectStore,
+        state: &ReplicaState,
+        epoch: Epoch,
+        old: &str,
+        mode: ReplicaMode,
+    ) -> Result<Lsn> {
+        state.stop.send_replace(true);
+        let (region, old, project) = (self.region.clone(), old.to_owned(), entry.id.clone());
+        let plan: holdfast_store::Plan = Box::new(move |view| {
+            let mut ops = crate::projects::promotion_ops(view, &project, &region, &old, mode)?;
+            ops.extend(crate::data::responses::failed_by_failover(view)?);
+            Ok(ops)
+        });
+        let system = Caller::system();
+        let committed = store
+            .promote(epoch, system.principal.id.as_str(), system.request_id.as_str(), plan)
+            .await
+            .map_err(Error::from)?;
+        self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.id);
+        let id = entry.id.clone();
+        self.control.call(move |c| control::remove_replica(c, &id)).await.map_err(Error::from)?;
+        self.apply_sync_setting(store).await?;
+        tracing::info!(project = %entry.name, %epoch, "promoted to primary");
+        Ok(committed.lsn.unwrap_or(store.last_lsn()))
+    }
+
+    /// The coordinator won the next epoch for this replica: promote it (the old primary's lease
+    /// lapsed, so it has fenced itself).
+    pub(crate) async fn promote_automatically(&self, entry: &CatalogEntry, store: &ProjectStore, state: &ReplicaState, epoch: Epoch) -> Result<Lsn> {
+        let old = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.promote_here(entry, store, state, epoch, &old, state.mode).await
     }
 
     /// `POST /internal/v1/projects/{id}/promote`: the target of a planned failover applies up
-    /// to the old primary's last LSN, then commits the first change of the new epoch (naming
-    /// itself primary and the old primary a replica) and takes writes.
+    /// to the old primary's last LSN, then takes the new epoch.
     pub async fn promote(self: &Arc<Self>, id: &str, request: PromoteRequest) -> Result<serde_json::Value> {
         let entry = self.entry_by_id(id).await?;
         let Some(state) = self.replication().replica(&entry.id) else {
@@ -638,21 +762,139 @@ impl Service {
                 request.until_lsn
             )));
         }
-        state.stop.send_replace(true);
-        let (region, old, mode) = (self.region.clone(), request.old_primary.clone(), request.old_primary_mode);
-        let project = entry.id.clone();
-        let plan: holdfast_store::Plan = Box::new(move |view| crate::projects::promotion_ops(view, &project, &region, &old, mode));
-        let system = Caller::system();
-        store
-            .promote(request.epoch, system.principal.id.as_str(), system.request_id.as_str(), plan)
-            .await
-            .map_err(Error::from)?;
-        self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.id);
+        let lsn = self.promote_here(&entry, &store, &state, request.epoch, &request.old_primary, request.old_primary_mode).await?;
+        Ok(serde_json::json!({ "project_id": entry.id, "epoch": request.epoch, "lsn": lsn }))
+    }
+
+    /// `GET /internal/v1/projects/{id}/position`.
+    pub async fn position_for_peer(&self, id: &str) -> Result<Position> {
+        let entry = self.entry_by_id(id).await?;
+        let store = self.store(&entry).await?;
+        let epoch_starts = store.read(|view| view.epoch_starts()).await.map_err(Error::from)?;
+        Ok(Position { role: role_name(store.role()).to_owned(), epoch: store.epoch(), lsn: store.last_lsn(), epoch_starts })
+    }
+
+    /// Checks, every second, whether another region has taken over a project this region
+    /// believes it leads (a forced or automatic failover while this region was away); if so,
+    /// this region steps down (see [`Service::depose`]).
+    pub fn spawn_topology_watch(self: &Arc<Self>) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut stopping = service.stopping.subscribe();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(PROBE_EVERY) => {}
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
+                if let Err(e) = service.probe_peers().await {
+                    tracing::warn!(error = %e, "checking peers for a newer primary failed");
+                }
+            }
+        });
+    }
+
+    async fn probe_peers(self: &Arc<Self>) -> Result<()> {
+        if self.replication().config.peers.is_empty() {
+            return Ok(());
+        }
+        let entries = self.control.call(control::all_projects).await.map_err(Error::from)?;
+        for entry in entries.into_iter().filter(|e| e.active && !self.replication().is_replica(&e.id)) {
+            let Ok(store) = self.store(&entry).await else { continue };
+            let id = entry.id.clone();
+            let (_, replicas) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
+            for spec in replicas {
+                let path = format!("/internal/v1/projects/{}/position", entry.id);
+                let Ok(request) = self.replication().request(reqwest::Method::GET, &spec.region, &path) else { continue };
+                let Ok(position) = call::<Position>(request.timeout(Duration::from_secs(2)), "position").await else { continue };
+                if position.role == "primary" && position.epoch > store.epoch() {
+                    self.depose(&entry, &store, &spec.region, &position).await?;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// This region led the project at an older epoch and `primary` leads it now: stop taking
+    /// writes, send the changes that never reached `primary` to it as a divergence record, and
+    /// follow it as a replica (from a fresh copy of it when there were such changes).
+    async fn depose(self: &Arc<Self>, entry: &CatalogEntry, store: &Arc<ProjectStore>, primary: &str, position: &Position) -> Result<()> {
+        let ours = store.epoch();
+        let last = store.fence().await.map_err(Error::from)?;
+        let fork = position.epoch_starts.iter().filter(|(e, _)| *e > ours).map(|(_, l)| *l).min().ok_or_else(|| {
+            Error::internal(format!("region {primary} is at epoch {} but names no change after epoch {ours}", position.epoch))
+        })?;
+        let divergent = if last >= fork {
+            let count = (last.0 - fork.0 + 1) as usize;
+            store.journal(Lsn(fork.0 - 1), count).await.map_err(Error::from)?
+        } else {
+            Vec::new()
+        };
+        tracing::warn!(project = %entry.name, primary, epoch = %position.epoch, ours = %ours, divergent = divergent.len(), "deposed: another region leads this project");
         let id = entry.id.clone();
-        self.control.call(move |c| control::remove_replica(c, &id)).await.map_err(Error::from)?;
-        self.apply_sync_setting(&store).await?;
-        tracing::info!(project = %entry.name, epoch = %request.epoch, "promoted to primary");
-        Ok(serde_json::json!({ "project_id": entry.id, "epoch": request.epoch, "lsn": store.last_lsn() }))
+        let (_, replicas) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
+        let mode = replicas.iter().find(|r| r.region == primary).map_or(ReplicaMode::Warm, |r| r.mode);
+        if divergent.is_empty() {
+            // This copy is a prefix of the new primary's journal: follow on from it.
+            return self.become_replica(entry, store, primary, mode).await;
+        }
+        let report = DivergenceReport { from_region: self.region.clone(), changes: divergent };
+        let path = format!("/internal/v1/projects/{}/divergences", entry.id);
+        let request = self.replication().request(reqwest::Method::POST, primary, &path)?;
+        // Until the record is stored there, this region stays fenced and tries again.
+        let _: serde_json::Value = call(request.json(&report), &format!("sending the divergence record to {primary}")).await?;
+        // The copy holds changes the new lineage lacks: start again from the new primary's.
+        if let Some(open) = self.projects.lock().await.remove(&entry.id) {
+            let _ = tokio::task::spawn_blocking(move || open.close()).await;
+        }
+        self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())?;
+        let record = ReplicaRecord { project_id: entry.id.clone(), source_region: primary.to_owned(), mode: mode_str(mode).into() };
+        self.control.call(move |c| control::put_replica(c, &record)).await.map_err(Error::from)?;
+        let state = self.register_replica(&entry.id, primary, mode);
+        *state.source_region.lock().unwrap_or_else(|e| e.into_inner()) = primary.to_owned();
+        state.stop.send_replace(false);
+        let start = ReplicaStart { project_id: entry.id.clone(), name: entry.name.clone(), source_region: primary.to_owned(), mode };
+        self.bootstrap(&start).await?;
+        self.spawn_replicator(entry.id.clone(), state);
+        metrics::counter!("holdfast_divergences_total").increment(1);
+        Ok(())
+    }
+
+    /// `POST /internal/v1/projects/{id}/divergences`: keeps a deposed primary's unreplicated
+    /// changes as a record in the project (journaled, so it is replicated and archived), after
+    /// fetching the blobs they name from the deposed region. Idempotent per (region, epoch,
+    /// first LSN).
+    pub async fn record_divergence(&self, id: &str, report: DivergenceReport) -> Result<serde_json::Value> {
+        let entry = self.entry_by_id(id).await?;
+        let store = self.store(&entry).await?;
+        if store.role() != StoreRole::Primary {
+            return Err(Error::conflict(format!("region {} is not the primary of {}", self.region, entry.name)));
+        }
+        let (Some(first), Some(last)) = (report.changes.first(), report.changes.last()) else {
+            return Err(Error::invalid("a divergence record holds at least one change"));
+        };
+        let record_id = format!("div_{}_e{}_{}", report.from_region, first.epoch.0, first.lsn.0);
+        self.fetch_blobs(&report.from_region, &entry.id, &blobs_of(&report.changes)).await?;
+        let body = serde_json::json!({
+            "from_region": report.from_region,
+            "epoch": first.epoch,
+            "first_lsn": first.lsn,
+            "last_lsn": last.lsn,
+            "detected_us": now_micros(),
+            "replayed": [],
+            "changes": report.changes,
+        });
+        let op = Op::Put { kind: holdfast_types::Kind::Divergence, id: record_id.clone(), parent: None, body };
+        let system = Caller::system();
+        let exists = {
+            let rid = record_id.clone();
+            store.read(move |view| Ok(view.get(holdfast_types::Kind::Divergence, &rid)?.is_some())).await.map_err(Error::from)?
+        };
+        if !exists {
+            store.write(system.principal.id.as_str(), system.request_id.as_str(), Box::new(move |_| Ok(vec![op]))).await.map_err(Error::from)?;
+        }
+        tracing::warn!(project = %entry.name, id = %record_id, "divergence record kept");
+        Ok(serde_json::json!({ "id": record_id }))
     }
 
     // Status ------------------------------------------------------------------------------------
@@ -723,17 +965,13 @@ impl Service {
             project: entry.name.clone(),
             project_id: entry.id.clone(),
             region: self.region.clone(),
-            role: match role {
-                StoreRole::Primary => "primary",
-                StoreRole::Replica => "replica",
-                StoreRole::Fenced => "fenced",
-            }
-            .to_owned(),
+            role: role_name(role).to_owned(),
             primary_region: primary.unwrap_or_else(|| self.region.clone()),
             epoch: store.epoch(),
             lsn,
             replicas,
             replica,
+            lease: self.lease_of(&entry.id).await,
         })
     }
 }

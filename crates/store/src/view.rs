@@ -123,6 +123,14 @@ impl<'c> StateView<'c> {
             .map_err(|_| StoreError::Corrupt(format!("bad epoch {epoch:?} in meta")))
     }
 
+    /// The first LSN of every epoch the journal holds, oldest first: where each failover's
+    /// lineage begins.
+    pub fn epoch_starts(&self) -> Result<Vec<(Epoch, Lsn)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT epoch, MIN(lsn) FROM journal GROUP BY epoch ORDER BY epoch")?;
+        let rows = stmt.query_map([], |r| Ok((Epoch(r.get::<_, i64>(0)? as u64), Lsn(r.get::<_, i64>(1)? as u64))))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Up to `limit` changes with `lsn > after`, in order.
     pub fn journal(&self, after: Lsn, limit: usize) -> Result<Vec<Change>> {
         let mut stmt = self.conn.prepare_cached(

@@ -664,6 +664,19 @@ pub struct ProjectStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// On a replica: its mode, what it has applied of the primary, and when it last heard from it.
     pub replica: Option<ReplicaProgress>,
+    /// With a coordinator (etcd): who holds the project's lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseView>,
+}
+
+/// The project's leader key in etcd.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct LeaseView {
+    /// The region holding it; none while it is free (the primary's lease lapsed).
+    pub holder: Option<String>,
+    pub epoch: Option<Epoch>,
+    /// Seconds until the lease expires unless renewed.
+    pub expires_in_secs: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -691,4 +704,90 @@ pub struct PromoteRequest {
     /// The region giving up the primary; it becomes a replica of the target.
     pub old_primary: String,
     pub old_primary_mode: ReplicaMode,
+}
+
+/// `POST /v1/projects/{project}/failover`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRequest {
+    /// The region to move the primary to; it must hold a replica.
+    pub to: String,
+    /// The primary is unreachable: promote what the target has (send it to the target region).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What a failover did.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct FailoverReport {
+    pub project: String,
+    pub from_region: String,
+    pub to_region: String,
+    pub forced: bool,
+    /// The new epoch, and the LSN of its first change.
+    pub epoch: Epoch,
+    pub lsn: Lsn,
+    /// The last change the target had applied from the old primary.
+    pub last_applied_lsn: Lsn,
+    /// Forced only: when the target last heard from the old primary (RFC 3339).
+    pub last_contact: Option<String>,
+    /// What may be lost: nothing for a planned failover; for a forced one, the changes the old
+    /// primary committed after `last_applied_lsn` (kept as a divergence record when it returns).
+    pub message: String,
+}
+
+/// `GET /internal/v1/projects/{id}/position`: what a region holds of a project.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Position {
+    /// `primary`, `replica` or `fenced`.
+    pub role: String,
+    pub epoch: Epoch,
+    pub lsn: Lsn,
+    /// The first LSN of each epoch after the first that this copy holds: `[[epoch, lsn], …]`.
+    pub epoch_starts: Vec<(Epoch, Lsn)>,
+}
+
+/// `POST /internal/v1/projects/{id}/divergences`: a deposed primary's unreplicated changes.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DivergenceReport {
+    pub from_region: String,
+    #[schema(value_type = Vec<Object>)]
+    pub changes: Vec<Change>,
+}
+
+/// A divergence record (`holdfast divergence list|show`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Divergence {
+    pub id: String,
+    pub from_region: String,
+    /// The epoch the deposed primary was at.
+    pub epoch: Epoch,
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
+    pub count: usize,
+    pub detected_at: String,
+    /// LSNs already replayed (by `holdfast divergence replay`).
+    pub replayed: Vec<Lsn>,
+    /// The changes themselves (`show` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub changes: Vec<Change>,
+}
+
+/// `POST /v1/projects/{project}/divergences/{id}/replay`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// The changes to replay, by their LSN in the record; all not yet replayed when absent.
+    #[serde(default)]
+    pub lsns: Option<Vec<Lsn>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplayOutcome {
+    pub lsn: Lsn,
+    /// The new change's LSN on the current primary, or why it was refused.
+    pub new_lsn: Option<Lsn>,
+    pub error: Option<String>,
 }

@@ -60,10 +60,13 @@ pub enum Kind {
     VectorStoreFile,
     /// A batch of files attached to a vector store (`vsfb_…`); child of the vector store.
     FileBatch,
+    /// Changes a deposed primary committed that never reached the new one (`div_…`), kept for
+    /// an operator to list and replay (DESIGN.md invariant 5).
+    Divergence,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Project,
         Kind::Connection,
         Kind::Deployment,
@@ -76,6 +79,7 @@ impl Kind {
         Kind::VectorStore,
         Kind::VectorStoreFile,
         Kind::FileBatch,
+        Kind::Divergence,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +96,7 @@ impl Kind {
             Kind::VectorStore => "vector_store",
             Kind::VectorStoreFile => "vector_store_file",
             Kind::FileBatch => "file_batch",
+            Kind::Divergence => "divergence",
         }
     }
 

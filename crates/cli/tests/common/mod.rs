@@ -7,6 +7,9 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses a different part of the harness
 
+pub mod etcd;
+pub mod proxy;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -384,7 +387,21 @@ impl Api {
 
     /// Sends a request; `body` is sent as JSON. `headers` are added as given.
     pub fn send(&self, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Resp {
-        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
+        self.try_send(method.clone(), path, body, headers).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// A GET that returns `None` when no answer came (the server is down or cut off).
+    pub fn try_get(&self, path: &str) -> Option<Resp> {
+        self.try_send(Method::GET, path, None, &[]).ok()
+    }
+
+    /// A POST that returns `None` when no answer came.
+    pub fn try_post(&self, path: &str, body: &Value) -> Option<Resp> {
+        self.try_send(Method::POST, path, Some(body), &[]).ok()
+    }
+
+    fn try_send(&self, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> reqwest::Result<Resp> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(key) = &self.key {
             req = req.bearer_auth(key);
         }
@@ -394,10 +411,10 @@ impl Api {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let r = req.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let r = req.send()?;
         let (status, headers) = (r.status().as_u16(), r.headers().clone());
-        let text = r.text().expect("read body");
-        Resp { status, headers, text }
+        let text = r.text()?;
+        Ok(Resp { status, headers, text })
     }
 
     /// Sends raw bytes with a content type.

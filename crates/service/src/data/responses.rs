@@ -120,26 +120,35 @@ struct Running {
 /// becomes `failed` with code `server_error`, so no client waits on it forever. Run when a
 /// project's store is opened, before anything of the project can run.
 pub(crate) fn fail_interrupted() -> holdfast_store::Plan {
-    Box::new(|view| {
-        let rows = view
-            .list(Kind::Response, None, None, usize::MAX >> 1, holdfast_store::Order::Asc)
-            .map_err(super::store_err)?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| matches!(r.body["status"].as_str(), Some("in_progress" | "queued")))
-            .map(|r| Op::Patch {
-                kind: Kind::Response,
-                id: r.id,
-                patch: json!({
-                    "status": "failed",
-                    "error": {
-                        "code": "server_error",
-                        "message": "the server stopped while this response was running; submit it again",
-                    },
-                }),
-            })
-            .collect())
-    })
+    Box::new(|view| unfinished_failed(view, "server_error", "the server stopped while this response was running; submit it again"))
+}
+
+/// The ops that fail every response still running when its region lost the primary (code
+/// `region_failover`; `holdfast resubmit` runs them again on the new primary).
+pub(crate) fn failed_by_failover(view: &holdfast_store::StateView<'_>) -> Result<Vec<Op>> {
+    unfinished_failed(
+        view,
+        REGION_FAILOVER,
+        "the region running this response lost the project's primary; resubmit it (holdfast resubmit)",
+    )
+}
+
+/// The error code of a response a failover cut off.
+pub const REGION_FAILOVER: &str = "region_failover";
+
+fn unfinished_failed(view: &holdfast_store::StateView<'_>, code: &str, message: &str) -> Result<Vec<Op>> {
+    let rows = view
+        .list(Kind::Response, None, None, usize::MAX >> 1, holdfast_store::Order::Asc)
+        .map_err(super::store_err)?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| matches!(r.body["status"].as_str(), Some("in_progress" | "queued")))
+        .map(|r| Op::Patch {
+            kind: Kind::Response,
+            id: r.id,
+            patch: json!({ "status": "failed", "error": { "code": code, "message": message } }),
+        })
+        .collect())
 }
 
 /// Whether a response with this id is executing in this process.

@@ -1,0 +1,348 @@
+//! Automatic failover, with etcd as the witness (`[coordinator] etcd = [urls]`).
+//!
+//! Each node holds one etcd lease (TTL `lease_ttl`, 5 s by default) and renews it every third
+//! of the TTL. Keys, per replicated project:
+//!
+//! - `/holdfast/projects/{id}/leader`: `{"region","epoch"}` of the primary, on its lease;
+//! - `/holdfast/projects/{id}/epoch`: the newest epoch granted (no lease);
+//! - `/holdfast/projects/{id}/replicas/{region}`: the LSN a replica has applied, on its lease.
+//!
+//! The primary keeps its leader key. A primary whose renewals stop being acknowledged fences
+//! itself once `FENCE_AFTER` of the TTL has passed since the last acknowledged renewal, which is
+//! before etcd can expire the lease (it counts from a renewal it received no earlier than our
+//! acknowledgement): so its writes stop before anyone can take over (self-fencing). When the
+//! leader key is gone (the lease lapsed), the replica with the highest applied LSN among those
+//! whose own keys are alive (ties: the lowest region name) takes the next epoch in one
+//! transaction — leader key absent and epoch key unchanged since read — and promotes itself.
+//! A deposed primary that comes back finds the new primary through its peers and steps down
+//! (`replication::depose`), keeping what it alone had as a divergence record.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use holdfast_store::Role as StoreRole;
+use holdfast_store::control;
+use holdfast_types::{Epoch, Error, ProjectId};
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, Service};
+
+/// `[coordinator]`.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub endpoints: Vec<String>,
+    pub lease_ttl: Duration,
+}
+
+/// How much of the TTL may pass without an acknowledged renewal before a primary fences itself.
+const FENCE_AFTER: f64 = 0.6;
+/// How often leadership, positions and campaigns are looked at.
+const TICK: Duration = Duration::from_millis(250);
+/// How often the lease's age is checked for self-fencing.
+const WATCHDOG_TICK: Duration = Duration::from_millis(100);
+
+pub(crate) use holdfast_types::api::LeaseView;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Leader {
+    region: String,
+    epoch: Epoch,
+}
+
+fn leader_key(id: &ProjectId) -> String {
+    format!("/holdfast/projects/{id}/leader")
+}
+
+fn epoch_key(id: &ProjectId) -> String {
+    format!("/holdfast/projects/{id}/epoch")
+}
+
+fn replicas_prefix(id: &ProjectId) -> String {
+    format!("/holdfast/projects/{id}/replicas/")
+}
+
+fn etcd_err(what: &str) -> impl Fn(etcd_client::Error) -> Error + '_ {
+    move |e| Error::unavailable(format!("etcd: {what}: {e}"))
+}
+
+/// The node's side of the witness.
+pub(crate) struct Coordinator {
+    config: CoordinatorConfig,
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// The node's lease and when a renewal of it was last acknowledged.
+    lease: Mutex<Option<(i64, Instant)>>,
+    /// Projects this node fenced because its lease was in doubt (unfenced when it is renewed).
+    self_fenced: Mutex<HashSet<ProjectId>>,
+}
+
+impl Coordinator {
+    pub(crate) fn new(config: CoordinatorConfig) -> Self {
+        Self { config, client: tokio::sync::Mutex::new(None), lease: Mutex::new(None), self_fenced: Mutex::default() }
+    }
+
+    async fn client(&self) -> Result<Client> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1));
+        let client = Client::connect(self.config.endpoints.clone(), Some(options)).await.map_err(etcd_err("connect"))?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// The node's lease id while its last acknowledged renewal is recent enough to act on.
+    fn live_lease(&self) -> Option<i64> {
+        let safe = self.config.lease_ttl.mul_f64(FENCE_AFTER);
+        self.lease.lock().unwrap_or_else(|e| e.into_inner()).filter(|(_, at)| at.elapsed() < safe).map(|(id, _)| id)
+    }
+
+    /// Grants a lease if there is none (or it expired) and renews it; records the acknowledgement.
+    async fn renew(&self) -> Result<i64> {
+        let mut client = self.client().await?;
+        let current = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, _)) = current {
+            let renewed = tokio::time::timeout(Duration::from_secs(2), async {
+                let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await;
+            match renewed {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, Instant::now()));
+                    return Ok(id);
+                }
+                Ok(Ok(_)) => {
+                    tracing::warn!(lease = id, "etcd lease expired; taking a new one");
+                }
+                Ok(Err(e)) => return Err(etcd_err("renew")(e)),
+                Err(_) => return Err(Error::unavailable("etcd: renewing the lease timed out")),
+            }
+        }
+        let granted_at = Instant::now();
+        let ttl = self.config.lease_ttl.as_secs().max(1) as i64;
+        let lease = client.lease_grant(ttl, None).await.map_err(etcd_err("grant"))?.id();
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease, granted_at));
+        Ok(lease)
+    }
+}
+
+impl Service {
+    fn coordinator(&self) -> Option<&Coordinator> {
+        self.coordinator.as_ref()
+    }
+
+    /// Who holds the project's leader key in etcd, at which epoch, and for how much longer;
+    /// `None` without a coordinator or when etcd does not answer within a second.
+    pub(crate) async fn lease_of(&self, id: &ProjectId) -> Option<LeaseView> {
+        let coordinator = self.coordinator()?;
+        let lookup = async {
+            let mut client = coordinator.client().await.ok()?;
+            let current = client.get(leader_key(id), None).await.ok()?;
+            let Some(kv) = current.kvs().first() else {
+                return Some(LeaseView { holder: None, epoch: None, expires_in_secs: None });
+            };
+            let leader: Leader = serde_json::from_slice(kv.value()).ok()?;
+            let ttl = client.lease_time_to_live(kv.lease(), None).await.ok().map(|t| t.ttl());
+            Some(LeaseView { holder: Some(leader.region), epoch: Some(leader.epoch), expires_in_secs: ttl })
+        };
+        tokio::time::timeout(Duration::from_secs(1), lookup).await.ok().flatten()
+    }
+
+    /// Runs the witness side of this node until shutdown: renews the lease, fences primaries
+    /// whose lease is in doubt, keeps leader keys, publishes replica positions, campaigns.
+    pub fn spawn_coordinator(self: &Arc<Self>) {
+        if self.coordinator().is_none() {
+            return;
+        }
+        // The watchdog runs on its own, so a renewal or an etcd call that hangs never delays
+        // self-fencing.
+        let watchdog = self.clone();
+        tokio::spawn(async move {
+            let mut stopping = watchdog.stopping.subscribe();
+            loop {
+                watchdog.fence_if_lease_in_doubt().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(WATCHDOG_TICK) => {}
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
+            }
+        });
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut stopping = service.stopping.subscribe();
+            let mut last_renewal = Instant::now() - Duration::from_secs(3600);
+            loop {
+                let Some(coordinator) = service.coordinator() else { return };
+                let every = coordinator.config.lease_ttl / 3;
+                if last_renewal.elapsed() >= every {
+                    match coordinator.renew().await {
+                        Ok(_) => last_renewal = Instant::now(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot renew the etcd lease");
+                            // Reconnect next time: a stream that broke stays broken.
+                            *coordinator.client.lock().await = None;
+                        }
+                    }
+                }
+                if let Err(e) = service.coordinate().await {
+                    tracing::debug!(error = %e, "coordination pass failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(TICK) => {}
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
+            }
+        });
+    }
+
+    /// Self-fencing: while the lease is in doubt, no primary here takes writes.
+    async fn fence_if_lease_in_doubt(&self) {
+        let Some(coordinator) = self.coordinator() else { return };
+        if coordinator.live_lease().is_some() {
+            return;
+        }
+        let open: Vec<_> = self.projects.lock().await.values().cloned().collect();
+        for store in open {
+            if store.role() == StoreRole::Primary && self.is_replicated(&store).await {
+                store.set_role(StoreRole::Fenced);
+                coordinator.self_fenced.lock().unwrap_or_else(|e| e.into_inner()).insert(store.id().clone());
+                tracing::warn!(project = %store.name(), "etcd lease in doubt: fenced (no writes) until it is renewed");
+                metrics::counter!("holdfast_self_fences_total").increment(1);
+            }
+        }
+    }
+
+    async fn is_replicated(&self, store: &holdfast_store::ProjectStore) -> bool {
+        let id = store.id().clone();
+        store.read(move |view| crate::projects::topology(view, &id)).await.is_ok_and(|(_, r)| !r.is_empty())
+    }
+
+    /// One pass over the projects: leaders keep their keys, replicas publish and campaign.
+    async fn coordinate(self: &Arc<Self>) -> Result<()> {
+        let Some(coordinator) = self.coordinator() else { return Ok(()) };
+        let Some(lease) = coordinator.live_lease() else { return Ok(()) };
+        let mut client = coordinator.client().await?;
+        let entries = self.control.call(control::all_projects).await.map_err(Error::from)?;
+        for entry in entries.into_iter().filter(|e| e.active) {
+            let Ok(store) = self.store(&entry).await else { continue };
+            if !self.is_replicated(&store).await {
+                continue;
+            }
+            let id = entry.id.clone();
+            let current = client.get(leader_key(&id), None).await.map_err(etcd_err("get leader"))?;
+            let leader: Option<Leader> = current.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok());
+            match self.replication.replica(&id) {
+                None => {
+                    // The primary here (or one fenced for its lease): hold the leader key.
+                    let mine = Leader { region: self.region.clone(), epoch: store.epoch() };
+                    match &leader {
+                        Some(l) if l.region != self.region && l.epoch >= store.epoch() => {
+                            if l.epoch > store.epoch() && store.role() != StoreRole::Replica {
+                                // Another region took over: stop; the peer check makes this a replica.
+                                store.set_role(StoreRole::Fenced);
+                            }
+                            continue;
+                        }
+                        Some(l) if *l == mine && current.kvs().first().is_some_and(|kv| kv.lease() == lease) => {}
+                        _ => {
+                            let value = serde_json::to_vec(&mine).map_err(|e| Error::internal(e.to_string()))?;
+                            let claim = Txn::new()
+                                .when(match current.kvs().first() {
+                                    Some(kv) => vec![Compare::mod_revision(leader_key(&id), CompareOp::Equal, kv.mod_revision())],
+                                    None => vec![Compare::create_revision(leader_key(&id), CompareOp::Equal, 0)],
+                                })
+                                .and_then(vec![
+                                    TxnOp::put(leader_key(&id), value, Some(PutOptions::new().with_lease(lease))),
+                                    TxnOp::put(epoch_key(&id), store.epoch().0.to_string(), None),
+                                ]);
+                            let claimed = client.txn(claim).await.map_err(etcd_err("claim"))?.succeeded();
+                            if !claimed {
+                                continue;
+                            }
+                        }
+                    }
+                    // The lease is renewed and the key is ours: writes may go on.
+                    let fenced_here = coordinator.self_fenced.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    if fenced_here && store.role() == StoreRole::Fenced {
+                        store.set_role(StoreRole::Primary);
+                        tracing::info!(project = %entry.name, "etcd lease renewed: taking writes again");
+                    }
+                }
+                Some(state) => {
+                    let applied = store.last_lsn();
+                    let mine = format!("{}{}", replicas_prefix(&id), self.region);
+                    client
+                        .put(mine, applied.0.to_string(), Some(PutOptions::new().with_lease(lease)))
+                        .await
+                        .map_err(etcd_err("publish position"))?;
+                    if leader.is_none() {
+                        self.campaign(&mut client, lease, &entry, &store, &state).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader key is gone: the most up-to-date live replica takes the next epoch.
+    async fn campaign(
+        self: &Arc<Self>,
+        client: &mut Client,
+        lease: i64,
+        entry: &control::CatalogEntry,
+        store: &holdfast_store::ProjectStore,
+        state: &crate::replication::ReplicaState,
+    ) -> Result<()> {
+        let id = &entry.id;
+        let positions = client
+            .get(replicas_prefix(id), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err("read positions"))?;
+        let mut best: Option<(u64, String)> = None;
+        for kv in positions.kvs() {
+            let region = kv.key_str().map_err(etcd_err("position key"))?.trim_start_matches(&replicas_prefix(id)).to_owned();
+            let lsn: u64 = kv.value_str().ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let better = best.as_ref().is_none_or(|(l, r)| lsn > *l || (lsn == *l && region < *r));
+            if better {
+                best = Some((lsn, region));
+            }
+        }
+        if best.as_ref().is_none_or(|(_, r)| *r != self.region) {
+            return Ok(());
+        }
+        let epoch_now = client.get(epoch_key(id), None).await.map_err(etcd_err("read epoch"))?;
+        let (granted, revision) = epoch_now
+            .kvs()
+            .first()
+            .map(|kv| (kv.value_str().ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0), kv.mod_revision()))
+            .unwrap_or((0, 0));
+        if revision == 0 {
+            // No primary has held this project's lease yet (it was just replicated): there is
+            // nothing to take over from.
+            return Ok(());
+        }
+        let epoch = Epoch(granted.max(store.epoch().0) + 1);
+        let value = serde_json::to_vec(&Leader { region: self.region.clone(), epoch }).map_err(|e| Error::internal(e.to_string()))?;
+        let epoch_guard = Compare::mod_revision(epoch_key(id), CompareOp::Equal, revision);
+        let take = Txn::new()
+            .when(vec![Compare::create_revision(leader_key(id), CompareOp::Equal, 0), epoch_guard])
+            .and_then(vec![
+                TxnOp::put(leader_key(id), value, Some(PutOptions::new().with_lease(lease))),
+                TxnOp::put(epoch_key(id), epoch.0.to_string(), None),
+            ]);
+        if !client.txn(take).await.map_err(etcd_err("take over"))?.succeeded() {
+            return Ok(());
+        }
+        tracing::warn!(project = %entry.name, %epoch, "the primary's etcd lease lapsed: this region takes over");
+        self.promote_automatically(entry, store, state, epoch).await?;
+        metrics::counter!("holdfast_failovers_total", "kind" => "automatic").increment(1);
+        Ok(())
+    }
+}
