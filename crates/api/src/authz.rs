@@ -108,6 +108,7 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", "/v1/projects/{project}/divergences", act(ProjectsRead)),
     ("GET", "/v1/projects/{project}/divergences/{id}", act(ProjectsRead)),
     ("POST", "/v1/projects/{project}/divergences/{id}/replay", act(Failover)),
+    ("POST", "/v1/projects/{project}/resubmit", act(DataWrite)),
     // Between regions: the cluster secret, never a user's key.
     ("GET", "/internal/v1/projects/{id}/journal", Cluster),
     ("GET", "/internal/v1/projects/{id}/snapshot", Cluster),

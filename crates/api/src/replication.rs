@@ -38,6 +38,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(replay))
         .routes(routes!(position))
         .routes(routes!(record_divergence))
+        .routes(routes!(resubmit))
+}
+
+/// Runs again, as new background responses, the responses a failover cut off (`region_failover`).
+#[utoipa::path(post, path = "/v1/projects/{project}/resubmit", tag = "replication", params(("project" = String, Path)),
+    responses((status = 200, description = "[{id, resubmitted_as}]"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn resubmit(State(state): State<AppState>, Authed(caller): Authed, Path(project): Path<String>) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    Ok(Json(state.service.resubmit(&caller, &project).await?))
 }
 
 /// Starts a replica of the project in a peer region (hot or warm, async or sync commit).

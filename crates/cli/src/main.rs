@@ -154,6 +154,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run again the responses a failover cut off (failed with `region_failover`), each once.
+    Resubmit {
+        #[arg(long)]
+        project: String,
+    },
     /// Divergence records: changes a deposed primary committed that never reached the new one.
     #[command(subcommand)]
     Divergence(DivergenceCmd),
@@ -287,6 +292,10 @@ enum ProjectCmd {
         mode: String,
         #[arg(long, value_parser = ["async", "sync"], default_value = "async")]
         commit: String,
+        /// With --commit sync: when the replica does not confirm a write in time, `fail` it
+        /// (default) or acknowledge it as `async` with a warning and a metric.
+        #[arg(long, value_parser = ["fail", "async"], default_value = "fail")]
+        on_sync_timeout: String,
     },
     /// Stop a project's replica in a region and remove that region's copy.
     Unreplicate {
@@ -625,6 +634,10 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
                 client.post(&format!("/v1/projects/{}/failover", seg(&project)), &json!({ "to": to, "force": force })).await?;
             print(format, &report, &[])?;
         }
+        Command::Resubmit { project } => {
+            let done: Vec<serde_json::Value> = client.post(&format!("/v1/projects/{}/resubmit", seg(&project)), &json!({})).await?;
+            print(format, &done, &["id", "resubmitted_as"])?;
+        }
         Command::Divergence(cmd) => match cmd {
             DivergenceCmd::List { project } => {
                 let all: Vec<Divergence> = client.get(&format!("/v1/projects/{}/divergences", seg(&project))).await?;
@@ -719,8 +732,8 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
                 client.delete(&format!("/v1/deleted-projects/{}", seg(&name))).await?;
                 done(format, "purged", &name)?;
             }
-            ProjectCmd::Replicate { project, to, mode, commit } => {
-                let body = json!({ "region": to, "mode": mode, "commit": commit });
+            ProjectCmd::Replicate { project, to, mode, commit, on_sync_timeout } => {
+                let body = json!({ "region": to, "mode": mode, "commit": commit, "sync_fallback": on_sync_timeout == "async" });
                 let p: Project = client.post(&format!("/v1/projects/{}/replicas", seg(&project)), &body).await?;
                 print(format, &p, &[])?;
             }

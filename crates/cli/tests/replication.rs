@@ -16,6 +16,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 const SECRET: &str = "test-cluster-secret-0123456789";
+const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const BOUNDARY: &str = "holdfast-replication-boundary";
 /// Bound on every wait for a replica to catch up.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -36,6 +37,8 @@ fn pair() -> (Server, Server, tempfile::TempDir, tempfile::TempDir) {
             .arg("--peer")
             .arg(format!("{peer}=http://127.0.0.1:{peer_port}"))
             .env("HOLDFAST_CLUSTER_SECRET", SECRET)
+            // Connection secrets are sealed under the master key: regions share it.
+            .env("HOLDFAST_MASTER_KEY", MASTER_KEY)
     };
     let a = Server::start_with(da.path(), opts("a", pa, "b", pb));
     let b = Server::start_with(db.path(), opts("b", pb, "a", pa));
@@ -394,4 +397,138 @@ fn with_sync_commit_a_killed_primary_loses_no_acknowledged_write() {
     for item in &acked {
         api_b.get(&oa("sync", &format!("/conversations/{conv}/items/{item}"))).ok(200);
     }
+}
+
+/// A model on loopback whose first call never finishes (it holds the connection for up to 15 s,
+/// like a model still thinking when its region is lost) and whose later calls stream "resubmitted".
+fn slow_then_ready_model() -> u16 {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fake model");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().flatten().enumerate() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    sleep(Duration::from_secs(15));
+                    return;
+                }
+                let mut out = stream;
+                let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+                let chunk = |delta: Value, finish: Value| {
+                    let obj = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                    format!("data: {obj}\n\n")
+                };
+                let events = [
+                    chunk(json!({"role": "assistant", "content": "resubmitted"}), Value::Null),
+                    chunk(json!({}), json!("stop")),
+                    "data: [DONE]\n\n".to_owned(),
+                ];
+                for event in events {
+                    if out.write_all(event.as_bytes()).and_then(|()| out.flush()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn responses_running_at_a_failover_fail_with_region_failover_and_resubmit_runs_them_once() {
+    let (a, b, _da, _db) = pair();
+    let (api_a, api_b) = (a.admin(), b.admin());
+    let model = slow_then_ready_model();
+    api_a.create_project("work");
+    let target = format!("http://127.0.0.1:{model}/v1");
+    api_a.post("/v1/projects/work/connections", &json!({"name": "up", "type": "openai", "target": target, "api_key": "sk-fake-0123456789"})).ok(201);
+    api_a.post("/v1/projects/work/deployments", &json!({"name": "dep", "connection": "up", "model": "fake"})).ok(201);
+    api_a.post("/v1/projects/work/replicas", &json!({"region": "b", "mode": "warm"})).ok(200);
+    let running = api_a.post(&oa("work", "/responses"), &json!({"model": "dep", "input": "think hard", "background": true})).ok(200);
+    let old = running["id"].as_str().expect("response id").to_owned();
+    assert_eq!(running["status"], "in_progress", "{running:#}");
+    let lsn = status(&api_a, "work")["lsn"].as_u64().expect("lsn");
+    wait_applied(&api_b, "work", lsn);
+
+    api_a.post("/v1/projects/work/failover", &json!({"to": "b"})).ok(200);
+    let failed = api_b.get(&oa("work", &format!("/responses/{old}"))).ok(200);
+    assert_eq!((failed["status"].as_str(), failed["error"]["code"].as_str()), (Some("failed"), Some("region_failover")), "{failed:#}");
+
+    let resubmitted = api_b.post("/v1/projects/work/resubmit", &json!({})).ok(200);
+    assert_eq!(resubmitted.as_array().map(Vec::len), Some(1), "{resubmitted:#}");
+    let new = resubmitted[0]["resubmitted_as"].as_str().expect("new id").to_owned();
+    let deadline = Instant::now() + SETTLE;
+    let done = loop {
+        let r = api_b.get(&oa("work", &format!("/responses/{new}"))).ok(200);
+        if r["status"] != "in_progress" || Instant::now() > deadline {
+            break r;
+        }
+        sleep(Duration::from_millis(50));
+    };
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert!(done.to_string().contains("resubmitted"), "{done:#}");
+    assert_eq!(api_b.get(&oa("work", &format!("/responses/{old}"))).ok(200)["resubmitted_as"], new.as_str());
+    assert_eq!(api_b.post("/v1/projects/work/resubmit", &json!({})).ok(200), json!([]), "each runs again once");
+}
+
+#[test]
+fn a_sync_write_the_replica_does_not_confirm_fails_unless_fallback_is_on() {
+    let (da, db) = (tempfile::tempdir().expect("data a"), tempfile::tempdir().expect("data b"));
+    let (pa, pb) = (free_port(), free_port());
+    let config = "listen = \"127.0.0.1:{port}\"\n[replication]\nsync_timeout_ms = 300\n".to_owned();
+    let opts = |region: &str, port: u16, peer: &str, peer_port: u16| Opts {
+        port: Some(port),
+        config: Some(config.clone()),
+        ..Opts::default()
+            .arg("--region")
+            .arg(region)
+            .arg("--peer")
+            .arg(format!("{peer}=http://127.0.0.1:{peer_port}"))
+            .env("HOLDFAST_CLUSTER_SECRET", SECRET)
+    };
+    let a = Server::start_with(da.path(), opts("a", pa, "b", pb));
+    let b = Server::start_with(db.path(), opts("b", pb, "a", pa));
+    let api_a = a.admin();
+    api_a.create_project("strict");
+    let conv = api_a.post(&oa("strict", "/conversations"), &json!({})).ok(200)["id"].as_str().expect("id").to_owned();
+    // sync_fallback without sync commit is refused.
+    api_a.post("/v1/projects/strict/replicas", &json!({"region": "b", "mode": "warm", "sync_fallback": true})).err(400, "invalid_input");
+    api_a.post("/v1/projects/strict/replicas", &json!({"region": "b", "mode": "warm", "commit": "sync"})).ok(200);
+    assert_eq!(write_items(&api_a, "strict", &conv, "confirmed", 3).len(), 3, "the replica confirms");
+
+    // The replica stops answering: a sync write is not acknowledged.
+    common::send_signal(b.pid(), "STOP");
+    let body = json!({"items": [{"role": "user", "content": "unconfirmed"}]});
+    let refused = api_a.post(&oa("strict", &format!("/conversations/{conv}/items")), &body);
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert!(refused.text.contains("did not confirm"), "{}", refused.text);
+    common::send_signal(b.pid(), "CONT");
+
+    // With the fallback on, the same outage acknowledges the write as async.
+    api_a.post("/v1/projects/strict/replicas", &json!({"region": "b", "mode": "warm", "commit": "sync", "sync_fallback": true})).ok(200);
+    common::send_signal(b.pid(), "STOP");
+    let accepted = api_a.post(&oa("strict", &format!("/conversations/{conv}/items")), &body);
+    common::send_signal(b.pid(), "CONT");
+    assert_eq!(accepted.status, 200, "{}", accepted.text);
+    let metrics = api_a.get("/metrics").text;
+    assert!(metrics.contains("holdfast_sync_fallbacks_total"), "the fallback is counted");
 }

@@ -36,27 +36,20 @@ pub struct LocalCopy {
 }
 
 impl Service {
-    /// Where this region's copy of `project` (name or id) stands. Cheap on a primary (a catalog
-    /// lookup and the store's LSN); a replica adds its replication progress.
+    /// Where this region's copy of `project` (name or id) stands: a catalog lookup, the store's
+    /// LSN and, on a replica, its replication progress (all in memory).
     pub async fn local_copy(&self, project: &str) -> Result<LocalCopy> {
         let entry = self.entry_any(project).await?;
         let store = self.store(&entry).await?;
-        if !self.replication.is_replica(&entry.id) {
-            return Ok(LocalCopy { lsn: store.last_lsn(), lag_ms: 0, holding: Holding::Primary });
-        }
-        let status = self.status_of(&entry).await?;
-        let Some(progress) = status.replica else {
-            // Promoted between the two reads.
-            return Ok(LocalCopy { lsn: status.lsn, lag_ms: 0, holding: Holding::Primary });
+        let lsn = store.last_lsn();
+        let Some((mode, primary_region, lag_ms)) = self.replica_progress(&entry.id, lsn) else {
+            return Ok(LocalCopy { lsn, lag_ms: 0, holding: Holding::Primary });
         };
-        let holding = match progress.mode {
-            ReplicaMode::Hot => Holding::HotReplica {
-                primary_url: self.primary_url(entry.id.as_str()),
-                primary_region: progress.source_region,
-            },
+        let holding = match mode {
+            ReplicaMode::Hot => Holding::HotReplica { primary_url: self.peer_url(&primary_region), primary_region },
             ReplicaMode::Warm => Holding::WarmReplica,
         };
-        Ok(LocalCopy { lsn: status.lsn, lag_ms: progress.lag_ms, holding })
+        Ok(LocalCopy { lsn, lag_ms, holding })
     }
 
     /// Waits, at most `bound`, until this region's copy of `project` has applied `min`

@@ -68,9 +68,11 @@ pub(crate) fn promotion_ops(
     mode: ReplicaMode,
 ) -> Result<Vec<Op>> {
     let (mut body, _) = read_body(view, id).map_err(Error::from)?.ok_or_else(|| not_found(id.as_str()))?;
-    let commit = body.replicas.iter().find(|r| r.region == region).map(|r| r.commit).unwrap_or_default();
+    // The old primary replicates as the new one did: same commit setting.
+    let (commit, sync_fallback) =
+        body.replicas.iter().find(|r| r.region == region).map(|r| (r.commit, r.sync_fallback)).unwrap_or_default();
     body.replicas.retain(|r| r.region != region && r.region != old_primary);
-    body.replicas.push(ReplicaSpec { region: old_primary.to_owned(), mode, commit });
+    body.replicas.push(ReplicaSpec { region: old_primary.to_owned(), mode, commit, sync_fallback });
     body.primary_region = Some(region.to_owned());
     let topology = json!({ "primary_region": body.primary_region, "replicas": body.replicas });
     Ok(vec![Op::Patch { kind: Kind::Project, id: id.as_str().to_owned(), patch: topology }])

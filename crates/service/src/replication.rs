@@ -164,6 +164,14 @@ async fn bytes_of(request: reqwest::RequestBuilder, what: &str) -> Result<Bytes>
     response.bytes().await.map_err(|e| Error::unavailable(format!("{what}: {e}")))
 }
 
+/// How long ago a replica that has applied `applied` last had everything its primary had.
+fn lag_ms(progress: &Progress, applied: Lsn, now: Micros) -> u64 {
+    if progress.primary_lsn <= applied {
+        return 0;
+    }
+    progress.caught_up_at.map_or(0, |t| (now - t).max(0) as u64 / 1000)
+}
+
 fn role_name(role: StoreRole) -> &'static str {
     match role {
         StoreRole::Primary => "primary",
@@ -248,16 +256,18 @@ impl Service {
         }
     }
 
-    /// Where writes for a hot replica's project go: the primary region's base URL.
-    pub fn primary_url(&self, project: &str) -> Option<String> {
-        let replicas = self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner());
-        let (_, state) = replicas.iter().find(|(id, _)| id.as_str() == project || self.name_of(id).as_deref() == Some(project))?;
-        let region = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.replication().config.peers.get(&region).cloned()
+    /// A replica's mode, its primary's region and how long ago it last had everything the
+    /// primary had (ms; 0 when caught up); `None` when this region does not replicate the project.
+    pub(crate) fn replica_progress(&self, id: &ProjectId, applied: Lsn) -> Option<(ReplicaMode, String, u64)> {
+        let state = self.replication().replica(id)?;
+        let source = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let progress = state.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some((state.mode, source, lag_ms(&progress, applied, now_micros())))
     }
 
-    fn name_of(&self, id: &ProjectId) -> Option<String> {
-        self.control.call_blocking(|c| control::find_project(c, id.as_str())).ok().flatten().map(|e| e.name)
+    /// A peer region's base URL.
+    pub(crate) fn peer_url(&self, region: &str) -> Option<String> {
+        self.replication().config.peers.get(region).cloned()
     }
 
     // Primary side ------------------------------------------------------------------------------
@@ -283,7 +293,10 @@ impl Service {
         };
         let peer = self.replication().request(reqwest::Method::POST, &request.region, "/internal/v1/replicas")?;
         let _: serde_json::Value = call(peer.json(&start), &format!("starting the replica in {}", request.region)).await?;
-        let spec = ReplicaSpec { region: request.region.clone(), mode: request.mode, commit: request.commit };
+        if request.sync_fallback && request.commit != CommitMode::Sync {
+            return Err(Error::invalid("sync_fallback applies to sync commit only: add commit: sync"));
+        }
+        let spec = ReplicaSpec { region: request.region.clone(), mode: request.mode, commit: request.commit, sync_fallback: request.sync_fallback };
         let region = self.region.clone();
         self.update_topology(caller, &entry, &store, move |primary, replicas| {
             primary.get_or_insert(region);
@@ -314,9 +327,11 @@ impl Service {
     pub(crate) async fn apply_sync_setting(&self, store: &ProjectStore) -> Result<()> {
         let id = store.id().clone();
         let (_, replicas) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
-        let regions: Vec<String> = replicas.iter().filter(|r| r.commit == CommitMode::Sync).map(|r| r.region.clone()).collect();
+        let sync: Vec<&ReplicaSpec> = replicas.iter().filter(|r| r.commit == CommitMode::Sync).collect();
+        let regions: Vec<String> = sync.iter().map(|r| r.region.clone()).collect();
+        let fallback = !sync.is_empty() && sync.iter().all(|r| r.sync_fallback);
         let timeout = self.replication().config.sync_timeout;
-        store.set_sync((!regions.is_empty()).then_some(SyncCommit { regions, timeout }));
+        store.set_sync((!regions.is_empty()).then_some(SyncCommit { regions, timeout, fallback }));
         Ok(())
     }
 
@@ -955,7 +970,7 @@ impl Service {
                 applied_lsn: lsn,
                 primary_lsn: progress.primary_lsn,
                 lag_changes,
-                lag_ms: if lag_changes == 0 { 0 } else { progress.caught_up_at.map_or(0, |t| (now - t).max(0) as u64 / 1000) },
+                lag_ms: lag_ms(&progress, lsn, now),
                 last_contact: progress.last_contact.map(rfc3339),
                 last_error: progress.last_error,
             }

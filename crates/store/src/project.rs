@@ -118,6 +118,8 @@ pub struct SyncCommit {
     /// Regions whose replica must confirm a write.
     pub regions: Vec<String>,
     pub timeout: std::time::Duration,
+    /// On a timeout, acknowledge the write anyway (loudly) instead of failing it.
+    pub fallback: bool,
 }
 
 impl ProjectStore {
@@ -308,7 +310,12 @@ impl ProjectStore {
             let confirmed = tokio::time::timeout(sync.timeout, acked.wait_for(|a| *a >= lsn)).await;
             if !matches!(confirmed, Ok(Ok(_))) {
                 metrics::counter!("holdfast_sync_commit_timeouts_total", "project" => self.name.clone()).increment(1);
-                return Err(StoreError::SyncTimeout { lsn, regions: sync.regions.join(", "), timeout: sync.timeout });
+                if !sync.fallback {
+                    return Err(StoreError::SyncTimeout { lsn, regions: sync.regions.join(", "), timeout: sync.timeout });
+                }
+                tracing::warn!(project = %self.name, %lsn, regions = %sync.regions.join(", "), timeout = ?sync.timeout,
+                    "sync replica did not confirm in time: acknowledging as async (sync_fallback is on)");
+                metrics::counter!("holdfast_sync_fallbacks_total", "project" => self.name.clone()).increment(1);
             }
         }
         Ok(committed)

@@ -597,6 +597,10 @@ pub struct ReplicaSpec {
     pub mode: ReplicaMode,
     #[serde(default)]
     pub commit: CommitMode,
+    /// Sync commit only: when the replica does not confirm a write in time, acknowledge it
+    /// anyway (as async, with a warning and `holdfast_sync_fallbacks_total`) instead of failing it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_fallback: bool,
 }
 
 /// `POST /v1/projects/{project}/replicas`.
@@ -608,6 +612,9 @@ pub struct ReplicaCreate {
     pub mode: ReplicaMode,
     #[serde(default)]
     pub commit: CommitMode,
+    /// See [`ReplicaSpec::sync_fallback`]; default false: a write the replica did not confirm fails.
+    #[serde(default)]
+    pub sync_fallback: bool,
 }
 
 /// `POST /internal/v1/replicas`: the primary asks a peer to hold a replica.

@@ -1149,3 +1149,59 @@ mod tests {
         assert!(check_unit("top_p", None, 1.0).is_ok());
     }
 }
+
+impl Service {
+    /// `holdfast resubmit --project P`: runs again, as new background responses, the responses
+    /// a failover cut off (failed with `region_failover`), each once: the old response records
+    /// the new one's id as `resubmitted_as`. The new response has the old one's model,
+    /// instructions, tools and options (an agent's already merged in), and its input: the old
+    /// input items, or, for a response in a conversation (whose input the conversation already
+    /// holds), the conversation itself.
+    pub async fn resubmit(self: &Arc<Self>, caller: &Caller, project: &str) -> Result<Vec<Value>> {
+        let data = self.data(caller, project, Action::DataWrite).await?;
+        let cut_off = data
+            .read(|view| {
+                let rows = view
+                    .list(Kind::Response, None, None, usize::MAX >> 1, holdfast_store::Order::Asc)
+                    .map_err(super::store_err)?;
+                Ok(rows
+                    .into_iter()
+                    .filter(|r| r.body["error"]["code"] == REGION_FAILOVER && r.body.get("resubmitted_as").is_none_or(Value::is_null))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let mut out = Vec::with_capacity(cut_off.len());
+        for old in cut_off {
+            let b = &old.body;
+            let conversation = b["conversation"]["id"].as_str().map(|c| json!(c));
+            let opt_f64 = |field: &str| b[field].as_f64();
+            let request = ResponseCreate {
+                model: b["model"].as_str().map(str::to_owned),
+                input: if conversation.is_some() { None } else { Some(b["input_items"].clone()) },
+                instructions: b["instructions"].as_str().filter(|s| !s.is_empty()).map(str::to_owned),
+                conversation,
+                previous_response_id: b["previous_response_id"].as_str().map(str::to_owned),
+                tools: Some(b["tools"].clone()),
+                tool_choice: Some(b["tool_choice"].clone()),
+                temperature: opt_f64("temperature"),
+                top_p: opt_f64("top_p"),
+                max_output_tokens: b["max_output_tokens"].as_u64(),
+                parallel_tool_calls: b["parallel_tool_calls"].as_bool(),
+                text: Some(b["text"].clone()),
+                metadata: Some(b["metadata"].clone()).filter(|m| !m.is_null()),
+                store: Some(true),
+                background: Some(true),
+                ..ResponseCreate::default()
+            };
+            let created = match self.create_response(caller, project, request).await? {
+                Created::Done(v) => v,
+                Created::Stream(_) => return Err(Error::internal("a background resubmit answered with a stream")),
+            };
+            let new_id = created["id"].as_str().unwrap_or_default().to_owned();
+            let (id, marker) = (old.id.clone(), json!({ "resubmitted_as": new_id }));
+            data.commit(Box::new(move |_| Ok(vec![Op::Patch { kind: Kind::Response, id, patch: marker }]))).await?;
+            out.push(json!({ "id": old.id, "resubmitted_as": new_id }));
+        }
+        Ok(out)
+    }
+}
