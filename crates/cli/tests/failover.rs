@@ -13,32 +13,15 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use common::proxy::{Mode, Proxy, loopback};
-use common::{ADMIN_KEY, Api, Opts, Server, free_port};
+use common::cluster::{oa, region_opts};
+use common::{ADMIN_KEY, Api, Server, free_port};
 use serde_json::{Value, json};
 
-const SECRET: &str = "test-cluster-secret-0123456789";
 /// Far above the 5 s lease plus a promotion; a bound, not a target (docs/BENCHMARKS.md has the figure).
 const TAKEOVER: Duration = Duration::from_secs(30);
 
-fn oa(project: &str, rest: &str) -> String {
-    format!("/api/projects/{project}/openai/v1{rest}")
-}
-
 fn start(data: &std::path::Path, region: &str, port: u16, peer: &str, peer_url: &str, etcd: &str) -> Server {
-    Server::start_with(
-        data,
-        Opts {
-            port: Some(port),
-            ..Opts::default()
-                .arg("--region")
-                .arg(region)
-                .arg("--peer")
-                .arg(format!("{peer}={peer_url}"))
-                .arg("--etcd")
-                .arg(etcd)
-                .env("HOLDFAST_CLUSTER_SECRET", SECRET)
-        },
-    )
+    Server::start_with(data, region_opts(region, port, peer, peer_url).arg("--etcd").arg(etcd))
 }
 
 /// The project's status at a server; `Value::Null` when it does not answer 200.

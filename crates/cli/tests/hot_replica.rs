@@ -7,125 +7,30 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{Opts, Server, free_port};
+use common::Server;
+use common::cluster::{BOUNDARY, multipart, oa, pair_with, scripted_model, status, wait_applied};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const SECRET: &str = "test-cluster-secret-0123456789";
-const BOUNDARY: &str = "holdfast-hot-replica-boundary";
-const SETTLE: Duration = Duration::from_secs(30);
 /// `HOLDFAST_MIN_LSN_WAIT_MS` for both servers: short, so the bound is quick to test.
 const MIN_LSN_WAIT_MS: u64 = 400;
 
-fn oa(project: &str, rest: &str) -> String {
-    format!("/api/projects/{project}/openai/v1{rest}")
-}
-
-/// Regions `a` and `b`, each knowing the other (the `pair()` of tests/replication.rs, with a
-/// short min-LSN bound).
+/// Regions `a` and `b` with a short min-LSN bound.
 fn pair() -> (Server, Server, tempfile::TempDir, tempfile::TempDir) {
-    let (da, db) = (tempfile::tempdir().expect("data a"), tempfile::tempdir().expect("data b"));
-    let (pa, pb) = (free_port(), free_port());
-    let opts = |region: &str, port: u16, peer: &str, peer_port: u16| Opts {
-        port: Some(port),
-        ..Opts::default()
-            .arg("--region")
-            .arg(region)
-            .arg("--peer")
-            .arg(format!("{peer}=http://127.0.0.1:{peer_port}"))
-            .env("HOLDFAST_CLUSTER_SECRET", SECRET)
-            .env("HOLDFAST_MIN_LSN_WAIT_MS", MIN_LSN_WAIT_MS.to_string())
-    };
-    let a = Server::start_with(da.path(), opts("a", pa, "b", pb));
-    let b = Server::start_with(db.path(), opts("b", pb, "a", pa));
-    (a, b, da, db)
-}
-
-fn status(api: &common::Api, project: &str) -> Value {
-    api.get(&format!("/v1/status?project={project}")).ok(200)[0].clone()
+    pair_with(&|o| o.env("HOLDFAST_MIN_LSN_WAIT_MS", MIN_LSN_WAIT_MS.to_string()))
 }
 
 fn lsn_of(api: &common::Api, project: &str) -> u64 {
     status(api, project)["lsn"].as_u64().expect("lsn")
 }
 
-fn wait_applied(replica: &common::Api, project: &str, lsn: u64) {
-    let deadline = Instant::now() + SETTLE;
-    while lsn_of(replica, project) != lsn {
-        assert!(Instant::now() < deadline, "the replica did not catch up to {lsn}: {:#}", status(replica, project));
-        sleep(Duration::from_millis(20));
-    }
-}
-
 fn header_u64(r: &common::Resp, name: &str) -> u64 {
     r.header(name).unwrap_or_else(|| panic!("no {name} header on {} {:?}", r.status, r.text)).parse().expect("a number")
 }
 
-fn multipart(filename: &str, bytes: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nassistants\r\n").bytes());
-    body.extend(
-        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: text/plain\r\n\r\n")
-            .bytes(),
-    );
-    body.extend(bytes);
-    body.extend(format!("\r\n--{BOUNDARY}--\r\n").bytes());
-    body
-}
 
-/// A minimal OpenAI-compatible model on loopback: every `POST /v1/chat/completions` is answered
-/// with a streamed completion saying "Hello from a", in pieces. Runs until the test ends.
-fn fake_model() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake model");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let mut out = stream;
-                let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
-                let chunk = |delta: Value, finish: Value| {
-                    let obj = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-                    format!("data: {obj}\n\n")
-                };
-                let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
-                events.extend(["Hello ", "from ", "a"].iter().map(|p| chunk(json!({"content": p}), Value::Null)));
-                events.push(chunk(json!({}), json!("stop")));
-                events.push("data: [DONE]\n\n".to_owned());
-                for event in events {
-                    if out.write_all(event.as_bytes()).and_then(|()| out.flush()).is_err() {
-                        return;
-                    }
-                    sleep(Duration::from_millis(30));
-                }
-            });
-        }
-    });
-    port
-}
 
 #[test]
 fn a_hot_replica_forwards_writes_and_reads_its_own_writes() {
@@ -134,7 +39,7 @@ fn a_hot_replica_forwards_writes_and_reads_its_own_writes() {
     api_a.create_project("hot");
     let conv = api_a.post(&oa("hot", "/conversations"), &json!({"items": [{"role": "user", "content": "one"}]})).ok(200);
     let conv = conv["id"].as_str().expect("conversation id").to_owned();
-    let model = fake_model();
+    let model = scripted_model(|_| Some(vec!["Hello ", "from ", "a"]), Duration::from_millis(30));
     api_a
         .post("/v1/projects/hot/connections", &json!({"name": "up", "type": "openai", "target": format!("http://127.0.0.1:{model}/v1"), "api_key": "sk-fake-0123456789"}))
         .ok(201);

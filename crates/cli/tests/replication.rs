@@ -11,69 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{Api, Opts, Server, free_port};
+use common::cluster::{BOUNDARY, SETTLE, multipart, oa, pair, region, scripted_model, status, wait_applied};
+use common::{Api, Opts, free_port};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-const SECRET: &str = "test-cluster-secret-0123456789";
-const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-const BOUNDARY: &str = "holdfast-replication-boundary";
-/// Bound on every wait for a replica to catch up.
-const SETTLE: Duration = Duration::from_secs(30);
-
-fn oa(project: &str, rest: &str) -> String {
-    format!("/api/projects/{project}/openai/v1{rest}")
-}
-
-/// Regions `a` and `b`, each knowing the other.
-fn pair() -> (Server, Server, tempfile::TempDir, tempfile::TempDir) {
-    let (da, db) = (tempfile::tempdir().expect("data a"), tempfile::tempdir().expect("data b"));
-    let (pa, pb) = (free_port(), free_port());
-    let opts = |region: &str, port: u16, peer: &str, peer_port: u16| Opts {
-        port: Some(port),
-        ..Opts::default()
-            .arg("--region")
-            .arg(region)
-            .arg("--peer")
-            .arg(format!("{peer}=http://127.0.0.1:{peer_port}"))
-            .env("HOLDFAST_CLUSTER_SECRET", SECRET)
-            // Connection secrets are sealed under the master key: regions share it.
-            .env("HOLDFAST_MASTER_KEY", MASTER_KEY)
-    };
-    let a = Server::start_with(da.path(), opts("a", pa, "b", pb));
-    let b = Server::start_with(db.path(), opts("b", pb, "a", pa));
-    (a, b, da, db)
-}
-
-fn status(api: &Api, project: &str) -> Value {
-    let all = api.get(&format!("/v1/status?project={project}")).ok(200);
-    all[0].clone()
-}
-
-/// Waits until `replica`'s copy of `project` holds `lsn`.
-fn wait_applied(replica: &Api, project: &str, lsn: u64) -> Value {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let s = status(replica, project);
-        if s["lsn"].as_u64() == Some(lsn) || Instant::now() > deadline {
-            assert_eq!(s["lsn"].as_u64(), Some(lsn), "the replica did not catch up: {s:#}");
-            return s;
-        }
-        sleep(Duration::from_millis(20));
-    }
-}
-
-fn multipart(filename: &str, bytes: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nassistants\r\n").bytes());
-    body.extend(
-        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: text/plain\r\n\r\n")
-            .bytes(),
-    );
-    body.extend(bytes);
-    body.extend(format!("\r\n--{BOUNDARY}--\r\n").bytes());
-    body
-}
 
 #[test]
 fn replicas_follow_and_a_planned_failover_loses_no_acknowledged_write() {
@@ -205,18 +146,7 @@ fn a_hot_replica_serves_reads_and_resumes_after_a_restart() {
     for i in 0..20 {
         api_a.post(&oa("hot", &format!("/conversations/{conv}/items")), &json!({"items": [{"role": "user", "content": format!("m{i}")}]})).ok(200);
     }
-    let b = Server::start_with(
-        db.path(),
-        Opts {
-            port: Some(b_port),
-            ..Opts::default()
-                .arg("--region")
-                .arg("b")
-                .arg("--peer")
-                .arg(format!("a=http://127.0.0.1:{}", a.port))
-                .env("HOLDFAST_CLUSTER_SECRET", SECRET)
-        },
-    );
+    let b = region(db.path(), "b", b_port, "a", a.port, &|o| o);
     let api_b = b.admin();
     let lsn = status(&api_a, "hot")["lsn"].as_u64().expect("lsn");
     wait_applied(&api_b, "hot", lsn);
@@ -248,21 +178,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Starts region `name` on `data` at `port`, knowing `peer` at `peer_port`.
-fn region(data: &std::path::Path, name: &str, port: u16, peer: &str, peer_port: u16) -> Server {
-    Server::start_with(
-        data,
-        Opts {
-            port: Some(port),
-            ..Opts::default()
-                .arg("--region")
-                .arg(name)
-                .arg("--peer")
-                .arg(format!("{peer}=http://127.0.0.1:{peer_port}"))
-                .env("HOLDFAST_CLUSTER_SECRET", SECRET)
-        },
-    )
-}
 
 /// Writes `n` items to `conv` through `api`; returns the ids of those acknowledged.
 fn write_items(api: &Api, project: &str, conv: &str, tag: &str, n: usize) -> Vec<String> {
@@ -306,7 +221,7 @@ fn a_forced_failover_keeps_the_lost_primarys_unreplicated_writes_as_a_divergence
     assert_eq!(after.len(), 5, "b takes writes at epoch 2");
 
     // a returns, learns it was deposed, hands over its unreplicated tail and follows b.
-    let a = region(da.path(), "a", a_port, "b", b_port);
+    let a = region(da.path(), "a", a_port, "b", b_port, &|o| o);
     let api_a = a.admin();
     let deadline = Instant::now() + SETTLE;
     let lsn_b = loop {
@@ -399,65 +314,13 @@ fn with_sync_commit_a_killed_primary_loses_no_acknowledged_write() {
     }
 }
 
-/// A model on loopback whose first call never finishes (it holds the connection for up to 15 s,
-/// like a model still thinking when its region is lost) and whose later calls stream "resubmitted".
-fn slow_then_ready_model() -> u16 {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fake model");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for (n, stream) in listener.incoming().flatten().enumerate() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_err() {
-                    return;
-                }
-                if n == 0 {
-                    sleep(Duration::from_secs(15));
-                    return;
-                }
-                let mut out = stream;
-                let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
-                let chunk = |delta: Value, finish: Value| {
-                    let obj = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-                    format!("data: {obj}\n\n")
-                };
-                let events = [
-                    chunk(json!({"role": "assistant", "content": "resubmitted"}), Value::Null),
-                    chunk(json!({}), json!("stop")),
-                    "data: [DONE]\n\n".to_owned(),
-                ];
-                for event in events {
-                    if out.write_all(event.as_bytes()).and_then(|()| out.flush()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
 
 #[test]
 fn responses_running_at_a_failover_fail_with_region_failover_and_resubmit_runs_them_once() {
     let (a, b, _da, _db) = pair();
     let (api_a, api_b) = (a.admin(), b.admin());
-    let model = slow_then_ready_model();
+    // The first call never finishes (the model is still thinking when the region is lost).
+    let model = scripted_model(|n| (n > 0).then(|| vec!["resubmitted"]), Duration::ZERO);
     api_a.create_project("work");
     let target = format!("http://127.0.0.1:{model}/v1");
     api_a.post("/v1/projects/work/connections", &json!({"name": "up", "type": "openai", "target": target, "api_key": "sk-fake-0123456789"})).ok(201);
@@ -495,18 +358,9 @@ fn a_sync_write_the_replica_does_not_confirm_fails_unless_fallback_is_on() {
     let (da, db) = (tempfile::tempdir().expect("data a"), tempfile::tempdir().expect("data b"));
     let (pa, pb) = (free_port(), free_port());
     let config = "listen = \"127.0.0.1:{port}\"\n[replication]\nsync_timeout_ms = 300\n".to_owned();
-    let opts = |region: &str, port: u16, peer: &str, peer_port: u16| Opts {
-        port: Some(port),
-        config: Some(config.clone()),
-        ..Opts::default()
-            .arg("--region")
-            .arg(region)
-            .arg("--peer")
-            .arg(format!("{peer}=http://127.0.0.1:{peer_port}"))
-            .env("HOLDFAST_CLUSTER_SECRET", SECRET)
-    };
-    let a = Server::start_with(da.path(), opts("a", pa, "b", pb));
-    let b = Server::start_with(db.path(), opts("b", pb, "a", pa));
+    let with_config = |o: Opts| Opts { config: Some(config.clone()), ..o };
+    let a = region(da.path(), "a", pa, "b", pb, &with_config);
+    let b = region(db.path(), "b", pb, "a", pa, &with_config);
     let api_a = a.admin();
     api_a.create_project("strict");
     let conv = api_a.post(&oa("strict", "/conversations"), &json!({})).ok(200)["id"].as_str().expect("id").to_owned();

@@ -7,6 +7,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses a different part of the harness
 
+pub mod cluster;
 pub mod etcd;
 pub mod proxy;
 
