@@ -171,6 +171,8 @@ async fn status(
 #[serde(deny_unknown_fields)]
 struct PullQuery {
     after: u64,
+    /// The epoch of the replica's change at `after` (checked: the same lineage).
+    epoch: Option<u64>,
     limit: Option<usize>,
     wait_ms: Option<u64>,
     /// The pulling replica's region.
@@ -179,7 +181,7 @@ struct PullQuery {
 
 /// Peers: changes after `after`, waiting up to `wait_ms` (at most 30 s) for some.
 #[utoipa::path(get, path = "/internal/v1/projects/{id}/journal", tag = "internal",
-    params(("id" = String, Path), ("after" = u64, Query), ("limit" = Option<usize>, Query), ("wait_ms" = Option<u64>, Query),
+    params(("id" = String, Path), ("after" = u64, Query), ("epoch" = Option<u64>, Query), ("limit" = Option<usize>, Query), ("wait_ms" = Option<u64>, Query),
         ("region" = String, Query)),
     responses((status = 200, body = JournalBatch), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn pull_journal(
@@ -188,7 +190,7 @@ async fn pull_journal(
     ApiQuery(q): ApiQuery<PullQuery>,
 ) -> ApiResult<Json<JournalBatch>> {
     let wait = std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
-    let batch = state.service.journal_for_replica(&id, Lsn(q.after), q.limit.unwrap_or(1000), wait, &q.region).await?;
+    let batch = state.service.journal_for_replica(&id, Lsn(q.after), q.epoch.map(holdfast_types::Epoch), q.limit.unwrap_or(1000), wait, &q.region).await?;
     Ok(Json(batch))
 }
 

@@ -194,7 +194,11 @@ impl Service {
             Some(seq) => format!("entry {seq} does not match its hash or its predecessor: the log was changed there"),
         };
         let archive = match &self.archiver {
-            Some(archiver) => Some(self.check_archived_audit(&archiver.archive).await?),
+            Some(archiver) => {
+                // Shipping and merging wait meanwhile, so the segments read are the manifest's.
+                let _shipping = archiver.audit.lock().await;
+                Some(self.check_archived_audit(&archiver.archive).await?)
+            }
             None => None,
         };
         let ok = bad.is_none() && archive.as_ref().is_none_or(|a| a.ok);

@@ -231,6 +231,20 @@ impl Service {
                 manifest.archived_lsn, entry.id
             )));
         }
+        if let Some(segment) = manifest.segments.last() {
+            // After a failover the archive must continue this copy's lineage: the change it
+            // ends with must be this journal's change at that LSN, of the same epoch.
+            let at = segment.last_lsn;
+            let here = store.journal(Lsn(at.0 - 1), 1).await.map_err(Error::from)?.pop().map(|c| c.epoch);
+            if here != Some(segment.epoch) {
+                return Err(Error::internal(format!(
+                    "the archive ends at LSN {at} of epoch {}, but this journal's LSN {at} is of epoch {}: it belongs to another lineage of {}",
+                    segment.epoch,
+                    here.map_or("none".to_owned(), |e| e.to_string()),
+                    entry.id
+                )));
+            }
+        }
         let shipped = self.ship(archiver, tracked, entry, store, journal_lsn).await?;
         let idle_due = tracked.manifest_saved.is_none_or(|t| t.elapsed() >= IDLE_MANIFEST_EVERY);
         let manifest = tracked.manifest(archive, entry).await?;

@@ -63,6 +63,30 @@ fn replicas_prefix(id: &ProjectId) -> String {
     format!("/holdfast/projects/{id}/replicas/")
 }
 
+/// The lease id while its last acknowledged renewal was sent less than `safe` ago.
+fn live(lease: &Mutex<Option<(i64, Instant)>>, safe: Duration) -> Option<i64> {
+    lease.lock().unwrap_or_else(|e| e.into_inner()).filter(|(_, at)| at.elapsed() < safe).map(|(id, _)| id)
+}
+
+/// The newest epoch granted for the project, and the epoch key's `mod_revision` (0: absent).
+async fn read_epoch(client: &mut Client, id: &ProjectId) -> Result<(u64, i64)> {
+    let got = client.get(epoch_key(id), None).await.map_err(etcd_err("read epoch"))?;
+    Ok(got
+        .kvs()
+        .first()
+        .map(|kv| (kv.value_str().ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0), kv.mod_revision()))
+        .unwrap_or((0, 0)))
+}
+
+/// The epoch key is as it was read (`revision` 0: still absent).
+fn epoch_guard(id: &ProjectId, revision: i64) -> Compare {
+    if revision == 0 {
+        Compare::create_revision(epoch_key(id), CompareOp::Equal, 0)
+    } else {
+        Compare::mod_revision(epoch_key(id), CompareOp::Equal, revision)
+    }
+}
+
 fn etcd_err(what: &str) -> impl Fn(etcd_client::Error) -> Error + '_ {
     move |e| Error::unavailable(format!("etcd: {what}: {e}"))
 }
@@ -71,15 +95,22 @@ fn etcd_err(what: &str) -> impl Fn(etcd_client::Error) -> Error + '_ {
 pub(crate) struct Coordinator {
     config: CoordinatorConfig,
     client: tokio::sync::Mutex<Option<Client>>,
-    /// The node's lease and when a renewal of it was last acknowledged.
-    lease: Mutex<Option<(i64, Instant)>>,
+    /// The node's lease and when the renewal last acknowledged was sent (shared with the
+    /// write gates of the stores).
+    lease: Arc<Mutex<Option<(i64, Instant)>>>,
     /// Projects this node fenced because its lease was in doubt (unfenced when it is renewed).
     self_fenced: Mutex<HashSet<ProjectId>>,
 }
 
 impl Coordinator {
     pub(crate) fn new(config: CoordinatorConfig) -> Self {
-        Self { config, client: tokio::sync::Mutex::new(None), lease: Mutex::new(None), self_fenced: Mutex::default() }
+        Self { config, client: tokio::sync::Mutex::new(None), lease: Arc::default(), self_fenced: Mutex::default() }
+    }
+
+    /// The gate a replicated primary's writes pass: open only while the lease is live.
+    pub(crate) fn write_gate(&self) -> holdfast_store::WriteGate {
+        let (lease, safe) = (self.lease.clone(), self.config.lease_ttl.mul_f64(FENCE_AFTER));
+        Arc::new(move || live(&lease, safe).is_some())
     }
 
     async fn client(&self) -> Result<Client> {
@@ -98,8 +129,7 @@ impl Coordinator {
 
     /// The node's lease id while its last acknowledged renewal is recent enough to act on.
     fn live_lease(&self) -> Option<i64> {
-        let safe = self.config.lease_ttl.mul_f64(FENCE_AFTER);
-        self.lease.lock().unwrap_or_else(|e| e.into_inner()).filter(|(_, at)| at.elapsed() < safe).map(|(id, _)| id)
+        live(&self.lease, self.config.lease_ttl.mul_f64(FENCE_AFTER))
     }
 
     /// Grants a lease if there is none (or it expired) and renews it; records the acknowledgement.
@@ -107,6 +137,8 @@ impl Coordinator {
         let mut client = self.client().await?;
         let current = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((id, _)) = current {
+            // Stamped before the request: etcd restarts the TTL no earlier than this.
+            let sent = Instant::now();
             let renewed = tokio::time::timeout(Duration::from_secs(2), async {
                 let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
                 keeper.keep_alive().await?;
@@ -115,7 +147,7 @@ impl Coordinator {
             .await;
             match renewed {
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                    *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, Instant::now()));
+                    *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, sent));
                     return Ok(id);
                 }
                 Ok(Ok(_)) => {
@@ -174,23 +206,27 @@ impl Service {
                 }
             }
         });
+        // Renewals run on their own too: a slow coordination pass never delays one.
+        let renewer = self.clone();
+        tokio::spawn(async move {
+            let mut stopping = renewer.stopping.subscribe();
+            loop {
+                let Some(coordinator) = renewer.coordinator() else { return };
+                if let Err(e) = coordinator.renew().await {
+                    tracing::warn!(error = %e, "cannot renew the etcd lease");
+                    // Reconnect next time: a stream that broke stays broken.
+                    *coordinator.client.lock().await = None;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(coordinator.config.lease_ttl / 3) => {}
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
+            }
+        });
         let service = self.clone();
         tokio::spawn(async move {
             let mut stopping = service.stopping.subscribe();
-            let mut last_renewal = Instant::now() - Duration::from_secs(3600);
             loop {
-                let Some(coordinator) = service.coordinator() else { return };
-                let every = coordinator.config.lease_ttl / 3;
-                if last_renewal.elapsed() >= every {
-                    match coordinator.renew().await {
-                        Ok(_) => last_renewal = Instant::now(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot renew the etcd lease");
-                            // Reconnect next time: a stream that broke stays broken.
-                            *coordinator.client.lock().await = None;
-                        }
-                    }
-                }
                 if let Err(e) = service.coordinate().await {
                     tracing::debug!(error = %e, "coordination pass failed");
                 }
@@ -202,13 +238,17 @@ impl Service {
         });
     }
 
-    /// Self-fencing: while the lease is in doubt, no primary here takes writes.
+    /// Self-fencing, as status shows it: while the lease is in doubt, every replicated primary
+    /// here is marked fenced (its write gate already refuses writes).
     async fn fence_if_lease_in_doubt(&self) {
         let Some(coordinator) = self.coordinator() else { return };
         if coordinator.live_lease().is_some() {
             return;
         }
-        let open: Vec<_> = self.projects.lock().await.values().cloned().collect();
+        // The write gate refuses the writes already; this makes the state visible (status says
+        // fenced), so it never waits on the project map.
+        let Ok(open) = self.projects.try_lock() else { return };
+        let open: Vec<_> = open.values().cloned().collect();
         for store in open {
             if store.role() == StoreRole::Primary && self.is_replicated(&store).await {
                 store.set_role(StoreRole::Fenced);
@@ -242,10 +282,18 @@ impl Service {
                 None => {
                     // The primary here (or one fenced for its lease): hold the leader key.
                     let mine = Leader { region: self.region.clone(), epoch: store.epoch() };
+                    let (granted, epoch_revision) = read_epoch(&mut client, &id).await?;
+                    if granted > store.epoch().0 {
+                        // A newer epoch was granted to another region: never lead at an older one.
+                        if store.role() == StoreRole::Primary {
+                            store.set_role(StoreRole::Fenced);
+                        }
+                        continue;
+                    }
                     match &leader {
                         Some(l) if l.region != self.region && l.epoch >= store.epoch() => {
-                            if l.epoch > store.epoch() && store.role() != StoreRole::Replica {
-                                // Another region took over: stop; the peer check makes this a replica.
+                            if store.role() == StoreRole::Primary {
+                                // Another region leads: stop; the peer check makes this a replica.
                                 store.set_role(StoreRole::Fenced);
                             }
                             continue;
@@ -253,11 +301,12 @@ impl Service {
                         Some(l) if *l == mine && current.kvs().first().is_some_and(|kv| kv.lease() == lease) => {}
                         _ => {
                             let value = serde_json::to_vec(&mine).map_err(|e| Error::internal(e.to_string()))?;
+                            let leader_guard = match current.kvs().first() {
+                                Some(kv) => Compare::mod_revision(leader_key(&id), CompareOp::Equal, kv.mod_revision()),
+                                None => Compare::create_revision(leader_key(&id), CompareOp::Equal, 0),
+                            };
                             let claim = Txn::new()
-                                .when(match current.kvs().first() {
-                                    Some(kv) => vec![Compare::mod_revision(leader_key(&id), CompareOp::Equal, kv.mod_revision())],
-                                    None => vec![Compare::create_revision(leader_key(&id), CompareOp::Equal, 0)],
-                                })
+                                .when(vec![leader_guard, epoch_guard(&id, epoch_revision)])
                                 .and_then(vec![
                                     TxnOp::put(leader_key(&id), value, Some(PutOptions::new().with_lease(lease))),
                                     TxnOp::put(epoch_key(&id), store.epoch().0.to_string(), None),
@@ -291,6 +340,36 @@ impl Service {
         Ok(())
     }
 
+    /// A forced failover with a coordinator: the epoch comes from etcd too, so it can never be
+    /// one an automatic failover granted. Refused while another region holds the lease.
+    pub(crate) async fn take_lease_for(&self, id: &ProjectId, store: &holdfast_store::ProjectStore) -> Result<Option<Epoch>> {
+        let Some(coordinator) = self.coordinator() else { return Ok(None) };
+        let lease = coordinator
+            .live_lease()
+            .ok_or_else(|| Error::unavailable("this node's etcd lease is not live: cannot take the project's lease"))?;
+        let mut client = coordinator.client().await?;
+        let current = client.get(leader_key(id), None).await.map_err(etcd_err("get leader"))?;
+        if let Some(leader) = current.kvs().first().and_then(|kv| serde_json::from_slice::<Leader>(kv.value()).ok()) {
+            return Err(Error::conflict(format!(
+                "region {} still holds the project's etcd lease at epoch {}: automatic failover decides while it is live",
+                leader.region, leader.epoch
+            )));
+        }
+        let (granted, revision) = read_epoch(&mut client, id).await?;
+        let epoch = Epoch(granted.max(store.epoch().0) + 1);
+        let value = serde_json::to_vec(&Leader { region: self.region.clone(), epoch }).map_err(|e| Error::internal(e.to_string()))?;
+        let take = Txn::new()
+            .when(vec![Compare::create_revision(leader_key(id), CompareOp::Equal, 0), epoch_guard(id, revision)])
+            .and_then(vec![
+                TxnOp::put(leader_key(id), value, Some(PutOptions::new().with_lease(lease))),
+                TxnOp::put(epoch_key(id), epoch.0.to_string(), None),
+            ]);
+        if !client.txn(take).await.map_err(etcd_err("take the lease"))?.succeeded() {
+            return Err(Error::conflict("another region took the project's lease meanwhile; see holdfast status"));
+        }
+        Ok(Some(epoch))
+    }
+
     /// The leader key is gone: the most up-to-date live replica takes the next epoch.
     async fn campaign(
         self: &Arc<Self>,
@@ -317,12 +396,7 @@ impl Service {
         if best.as_ref().is_none_or(|(_, r)| *r != self.region) {
             return Ok(());
         }
-        let epoch_now = client.get(epoch_key(id), None).await.map_err(etcd_err("read epoch"))?;
-        let (granted, revision) = epoch_now
-            .kvs()
-            .first()
-            .map(|kv| (kv.value_str().ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0), kv.mod_revision()))
-            .unwrap_or((0, 0));
+        let (granted, revision) = read_epoch(client, id).await?;
         if revision == 0 {
             // No primary has held this project's lease yet (it was just replicated): there is
             // nothing to take over from.
@@ -330,9 +404,8 @@ impl Service {
         }
         let epoch = Epoch(granted.max(store.epoch().0) + 1);
         let value = serde_json::to_vec(&Leader { region: self.region.clone(), epoch }).map_err(|e| Error::internal(e.to_string()))?;
-        let epoch_guard = Compare::mod_revision(epoch_key(id), CompareOp::Equal, revision);
         let take = Txn::new()
-            .when(vec![Compare::create_revision(leader_key(id), CompareOp::Equal, 0), epoch_guard])
+            .when(vec![Compare::create_revision(leader_key(id), CompareOp::Equal, 0), epoch_guard(id, revision)])
             .and_then(vec![
                 TxnOp::put(leader_key(id), value, Some(PutOptions::new().with_lease(lease))),
                 TxnOp::put(epoch_key(id), epoch.0.to_string(), None),

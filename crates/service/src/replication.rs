@@ -41,6 +41,9 @@ const PULL_LIMIT: usize = 1000;
 const MAX_RETRY: Duration = Duration::from_secs(2);
 /// How long a planned failover waits for the target to apply the primary's last LSN.
 const CATCH_UP: Duration = Duration::from_secs(30);
+/// Pull refusals the replica acts on (in the 409's message).
+const NOT_PRIMARY: &str = "not the primary";
+const OTHER_LINEAGE: &str = "another lineage";
 /// How often a primary asks its replicas' regions whether one of them leads the project now.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long a sync-commit write waits for its replica by default.
@@ -223,19 +226,21 @@ impl Service {
         Ok(())
     }
 
+    /// The replica state of a project, made anew unless a running one exists (a stopped one's
+    /// task may still be winding down: it keeps its own).
     fn register_replica(&self, id: &ProjectId, source: &str, mode: ReplicaMode) -> Arc<ReplicaState> {
         let mut replicas = self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner());
-        replicas
-            .entry(id.clone())
-            .or_insert_with(|| {
-                Arc::new(ReplicaState {
-                    mode,
-                    source_region: Mutex::new(source.to_owned()),
-                    progress: Mutex::default(),
-                    stop: tokio::sync::watch::Sender::new(false),
-                })
-            })
-            .clone()
+        if let Some(running) = replicas.get(id).filter(|r| !*r.stop.borrow()) {
+            return running.clone();
+        }
+        let state = Arc::new(ReplicaState {
+            mode,
+            source_region: Mutex::new(source.to_owned()),
+            progress: Mutex::default(),
+            stop: tokio::sync::watch::Sender::new(false),
+        });
+        replicas.insert(id.clone(), state.clone());
+        state
     }
 
     /// What a copy opened here must be: a replica when this region replicates the project.
@@ -323,10 +328,14 @@ impl Service {
         self.get_project(caller, project).await
     }
 
-    /// Sets the store's sync-commit wait from the project's record: on while any replica is sync.
+    /// Sets the store's sync-commit wait from the project's record (on while any replica is
+    /// sync) and, with a coordinator, the write gate of a replicated primary (writes only while
+    /// this node's etcd lease is live).
     pub(crate) async fn apply_sync_setting(&self, store: &ProjectStore) -> Result<()> {
         let id = store.id().clone();
         let (_, replicas) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
+        let gate = self.coordinator.as_ref().filter(|_| !replicas.is_empty()).map(|c| c.write_gate());
+        store.set_write_gate(gate);
         let sync: Vec<&ReplicaSpec> = replicas.iter().filter(|r| r.commit == CommitMode::Sync).collect();
         let regions: Vec<String> = sync.iter().map(|r| r.region.clone()).collect();
         let fallback = !sync.is_empty() && sync.iter().all(|r| r.sync_fallback);
@@ -337,9 +346,34 @@ impl Service {
 
     /// `GET /internal/v1/projects/{id}/journal`: changes after `after` for a replica in
     /// `region`, waiting up to `wait` for some; records that the replica has applied `after`.
-    pub async fn journal_for_replica(&self, id: &str, after: Lsn, limit: usize, wait: Duration, region: &str) -> Result<JournalBatch> {
+    pub async fn journal_for_replica(
+        &self,
+        id: &str,
+        after: Lsn,
+        epoch: Option<Epoch>,
+        limit: usize,
+        wait: Duration,
+        region: &str,
+    ) -> Result<JournalBatch> {
         let entry = self.entry_by_id(id).await?;
         let store = self.store(&entry).await?;
+        if store.role() == StoreRole::Replica {
+            return Err(Error::conflict(format!("{NOT_PRIMARY}: region {} holds a replica of {}", self.region, entry.name)));
+        }
+        // The replica's copy must be a prefix of this journal: same last LSN's epoch, not past it.
+        let last = store.last_lsn();
+        if after > last {
+            return Err(Error::conflict(format!("{OTHER_LINEAGE}: the replica holds LSN {after}, past this primary's {last}")));
+        }
+        if let Some(epoch) = epoch.filter(|_| after > Lsn::ZERO) {
+            let here = store.journal(Lsn(after.0 - 1), 1).await.map_err(Error::from)?.pop().map(|c| c.epoch);
+            if here != Some(epoch) {
+                return Err(Error::conflict(format!(
+                    "{OTHER_LINEAGE}: the replica's LSN {after} is of epoch {epoch}, this primary's of {}",
+                    here.map_or("none".to_owned(), |e| e.to_string())
+                )));
+            }
+        }
         {
             let mut followers = self.replication().followers.lock().unwrap_or_else(|e| e.into_inner());
             followers.entry(entry.id.clone()).or_default().insert(region.to_owned(), Follower { applied: after, last_contact: now_micros() });
@@ -532,11 +566,14 @@ impl Service {
         });
     }
 
-    /// One pull: the changes after what this copy has, their blobs, then the changes.
-    async fn replicate_step(&self, id: &ProjectId, state: &ReplicaState) -> Result<()> {
+    /// One pull: the changes after what this copy has, their blobs, then the changes. A source
+    /// that is no longer the primary is replaced by the one that is; a primary whose journal does
+    /// not continue this copy's (a failover chose another lineage) gets this copy's extra changes
+    /// as a divergence record, and the copy starts again from the primary's.
+    async fn replicate_step(self: &Arc<Self>, id: &ProjectId, state: &ReplicaState) -> Result<()> {
         let entry = self.entry_by_id(id.as_str()).await?;
         if !self.project_db(id).exists() {
-            // A deposed primary's copy was set aside before a crash let it start again.
+            // A copy set aside (a new lineage), or a crash before it was replaced.
             let source = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let start = ReplicaStart { project_id: id.clone(), name: entry.name.clone(), source_region: source, mode: state.mode };
             self.bootstrap(&start).await?;
@@ -545,19 +582,48 @@ impl Service {
         let after = store.last_lsn();
         let source = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let path = format!(
-            "/internal/v1/projects/{id}/journal?after={after}&limit={PULL_LIMIT}&wait_ms={}&region={}",
+            "/internal/v1/projects/{id}/journal?after={after}&epoch={}&limit={PULL_LIMIT}&wait_ms={}&region={}",
+            store.epoch().0,
             PULL_WAIT.as_millis(),
             self.region
         );
         let request = self.replication().request(reqwest::Method::GET, &source, &path)?.timeout(PULL_WAIT + Duration::from_secs(5));
-        let batch: JournalBatch = call(request, &format!("pulling from {source}")).await?;
+        let batch: JournalBatch = match call(request, &format!("pulling from {source}")).await {
+            Ok(batch) => batch,
+            Err(e) if e.kind == ErrorKind::Conflict && e.message.contains(NOT_PRIMARY) => {
+                if let Some((primary, _)) = self.find_primary(id).await {
+                    tracing::info!(project = %entry.name, from = %source, to = %primary, "following the project's new primary");
+                    *state.source_region.lock().unwrap_or_else(|e| e.into_inner()) = primary;
+                }
+                return Err(e);
+            }
+            Err(e) if e.kind == ErrorKind::Conflict && e.message.contains(OTHER_LINEAGE) => {
+                let position = self.position_at(&source, id).await.ok_or_else(|| Error::unavailable(format!("{source} does not answer")))?;
+                if self.hand_over_divergence(&entry, &store, &source, &position).await? {
+                    self.set_copy_aside(&entry).await?;
+                }
+                store.set_role(StoreRole::Replica);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let now = now_micros();
+        let topology_changed = batch.changes.iter().any(|c| c.ops.iter().any(|op| op.kind() == holdfast_types::Kind::Project));
         let applied = if batch.changes.is_empty() {
             after
         } else {
             self.fetch_blobs(&source, id, &blobs_of(&batch.changes)).await?;
             store.apply_replicated(batch.changes).await.map_err(Error::from)?
         };
+        if topology_changed {
+            // A failover elsewhere names another primary: follow it.
+            let pid = id.clone();
+            let (primary, _) = store.read(move |view| crate::projects::topology(view, &pid)).await.map_err(Error::from)?;
+            if let Some(primary) = primary.filter(|p| *p != source && *p != self.region && self.peer_url(p).is_some()) {
+                tracing::info!(project = %entry.name, from = %source, to = %primary, "following the project's new primary");
+                *state.source_region.lock().unwrap_or_else(|e| e.into_inner()) = primary;
+            }
+        }
         let mut progress = state.progress.lock().unwrap_or_else(|e| e.into_inner());
         progress.primary_lsn = batch.last_lsn.max(applied);
         progress.last_contact = Some(now);
@@ -578,8 +644,9 @@ impl Service {
             return Err(Error::conflict(format!("project {} is not a replica in region {}", entry.name, self.region)));
         };
         state.stop.send_replace(true);
-        self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.id);
-        if let Some(store) = self.projects.lock().await.remove(&entry.id) {
+        // The project map stays locked until the copy is gone, so no request reopens it.
+        let mut open = self.projects.lock().await;
+        if let Some(store) = open.remove(&entry.id) {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
         let id = entry.id.clone();
@@ -591,6 +658,8 @@ impl Service {
             .await
             .map_err(Error::from)?;
         self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())?;
+        self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.id);
+        drop(open);
         Ok(serde_json::json!({ "project_id": entry.id, "status": "removed" }))
     }
 
@@ -633,9 +702,27 @@ impl Service {
         let promoted = match call::<serde_json::Value>(request.json(&promote), &format!("promoting {to}")).await {
             Ok(promoted) => promoted,
             Err(e) => {
-                // The target did not take over: this region stays the primary.
-                store.set_role(StoreRole::Primary);
-                return Err(e);
+                // A definite refusal leaves this region the primary. Otherwise (a timeout, a
+                // reset) the target may have promoted: ask it before taking writes again.
+                let refused = matches!(e.kind, ErrorKind::Conflict | ErrorKind::InvalidInput | ErrorKind::NotFound | ErrorKind::Forbidden);
+                let path = format!("/internal/v1/projects/{}/position", entry.id);
+                let took_over = if refused {
+                    false
+                } else {
+                    match self.replication().request(reqwest::Method::GET, to, &path) {
+                        Ok(r) => match call::<Position>(r.timeout(Duration::from_secs(5)), "position").await {
+                            Ok(p) => p.role == "primary" && p.epoch >= epoch,
+                            // Unknown: stay fenced; the peer check settles it when the target answers.
+                            Err(_) => return Err(Error::unavailable(format!("{}; region {to} does not answer whether it took over, so this region stays fenced", e.message))),
+                        },
+                        Err(_) => false,
+                    }
+                };
+                if !took_over {
+                    store.set_role(StoreRole::Primary);
+                    return Err(e);
+                }
+                serde_json::json!({ "lsn": last.0 + 1 })
             }
         };
         // Deposed: follow the new primary from here, as the kind of replica the target was.
@@ -663,7 +750,6 @@ impl Service {
         self.control.call(move |c| control::put_replica(c, &record)).await.map_err(Error::from)?;
         let state = self.register_replica(&entry.id, primary, mode);
         *state.source_region.lock().unwrap_or_else(|e| e.into_inner()) = primary.to_owned();
-        state.stop.send_replace(false);
         self.spawn_replicator(entry.id.clone(), state);
         Ok(())
     }
@@ -683,7 +769,10 @@ impl Service {
         let store = self.store(&entry).await?;
         let old = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let progress = state.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let epoch = Epoch(store.epoch().0 + 1);
+        let epoch = match self.take_lease_for(&entry.id, &store).await? {
+            Some(epoch) => epoch,
+            None => Epoch(store.epoch().0 + 1),
+        };
         let lsn = self.promote_here(&entry, &store, &state, epoch, &old, state.mode).await?;
         // What the replica had applied when the promotion committed (a pull may have landed
         // after the failover began).
@@ -715,7 +804,7 @@ impl Service {
     /// Commits the first change of `epoch` here (this region primary, `old` a replica in
     /// `mode`), fails the responses that were running on the old primary, and takes writes.
     async fn promote_here(
-        &self,
+        self: &Arc<Self>,
         entry: &CatalogEntry,
         store: &ProjectStore,
         state: &ReplicaState,
@@ -731,10 +820,20 @@ impl Service {
             Ok(ops)
         });
         let system = Caller::system();
-        let committed = store
-            .promote(epoch, system.principal.id.as_str(), system.request_id.as_str(), plan)
-            .await
-            .map_err(Error::from)?;
+        let committed = match store.promote(epoch, system.principal.id.as_str(), system.request_id.as_str(), plan).await {
+            Ok(committed) => committed,
+            Err(e) => {
+                // Not promoted: go on following the primary, with a fresh replicator (the
+                // stopped one may still be winding down).
+                let stopped = self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.id);
+                if let Some(stopped) = stopped {
+                    let source = stopped.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let fresh = self.register_replica(&entry.id, &source, stopped.mode);
+                    self.spawn_replicator(entry.id.clone(), fresh);
+                }
+                return Err(Error::from(e));
+            }
+        };
         self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.id);
         let id = entry.id.clone();
         self.control.call(move |c| control::remove_replica(c, &id)).await.map_err(Error::from)?;
@@ -745,7 +844,7 @@ impl Service {
 
     /// The coordinator won the next epoch for this replica: promote it (the old primary's lease
     /// lapsed, so it has fenced itself).
-    pub(crate) async fn promote_automatically(&self, entry: &CatalogEntry, store: &ProjectStore, state: &ReplicaState, epoch: Epoch) -> Result<Lsn> {
+    pub(crate) async fn promote_automatically(self: &Arc<Self>, entry: &CatalogEntry, store: &ProjectStore, state: &ReplicaState, epoch: Epoch) -> Result<Lsn> {
         let old = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
         self.promote_here(entry, store, state, epoch, &old, state.mode).await
     }
@@ -834,6 +933,29 @@ impl Service {
     /// writes, send the changes that never reached `primary` to it as a divergence record, and
     /// follow it as a replica (from a fresh copy of it when there were such changes).
     async fn depose(self: &Arc<Self>, entry: &CatalogEntry, store: &Arc<ProjectStore>, primary: &str, position: &Position) -> Result<()> {
+        let id = entry.id.clone();
+        let (_, replicas) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
+        let mode = replicas.iter().find(|r| r.region == primary).map_or(ReplicaMode::Warm, |r| r.mode);
+        if !self.hand_over_divergence(entry, store, primary, position).await? {
+            // This copy is a prefix of the new primary's journal: follow on from it.
+            return self.become_replica(entry, store, primary, mode).await;
+        }
+        // The copy holds changes the new lineage lacks: start again from the new primary's. The
+        // replica is recorded first (a crash from here on restarts as a replica with no copy,
+        // which its replicator bootstraps).
+        let record = ReplicaRecord { project_id: entry.id.clone(), source_region: primary.to_owned(), mode: mode_str(mode).into() };
+        self.control.call(move |c| control::put_replica(c, &record)).await.map_err(Error::from)?;
+        let state = self.register_replica(&entry.id, primary, mode);
+        *state.source_region.lock().unwrap_or_else(|e| e.into_inner()) = primary.to_owned();
+        self.set_copy_aside(entry).await?;
+        self.spawn_replicator(entry.id.clone(), state);
+        Ok(())
+    }
+
+    /// Fences this copy and sends the changes it holds that `primary`'s lineage lacks (those at
+    /// or after the first LSN of the primary's first epoch above this copy's) to `primary` as a
+    /// divergence record. Returns whether there were any.
+    async fn hand_over_divergence(&self, entry: &CatalogEntry, store: &ProjectStore, primary: &str, position: &Position) -> Result<bool> {
         let ours = store.epoch();
         let last = store.fence().await.map_err(Error::from)?;
         let fork = position.epoch_starts.iter().filter(|(e, _)| *e > ours).map(|(_, l)| *l).min().ok_or_else(|| {
@@ -845,34 +967,46 @@ impl Service {
         } else {
             Vec::new()
         };
-        tracing::warn!(project = %entry.name, primary, epoch = %position.epoch, ours = %ours, divergent = divergent.len(), "deposed: another region leads this project");
-        let id = entry.id.clone();
-        let (_, replicas) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
-        let mode = replicas.iter().find(|r| r.region == primary).map_or(ReplicaMode::Warm, |r| r.mode);
+        tracing::warn!(project = %entry.name, primary, epoch = %position.epoch, ours = %ours, divergent = divergent.len(), "another lineage leads this project");
         if divergent.is_empty() {
-            // This copy is a prefix of the new primary's journal: follow on from it.
-            return self.become_replica(entry, store, primary, mode).await;
+            return Ok(false);
         }
         let report = DivergenceReport { from_region: self.region.clone(), changes: divergent };
         let path = format!("/internal/v1/projects/{}/divergences", entry.id);
-        let request = self.replication().request(reqwest::Method::POST, primary, &path)?;
-        // Until the record is stored there, this region stays fenced and tries again.
+        let request = self.replication().request(reqwest::Method::POST, primary, &path)?.timeout(Duration::from_secs(30));
+        // Until the record is stored there, this copy stays fenced and is tried again.
         let _: serde_json::Value = call(request.json(&report), &format!("sending the divergence record to {primary}")).await?;
-        // The copy holds changes the new lineage lacks: start again from the new primary's.
-        if let Some(open) = self.projects.lock().await.remove(&entry.id) {
-            let _ = tokio::task::spawn_blocking(move || open.close()).await;
-        }
-        self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())?;
-        let record = ReplicaRecord { project_id: entry.id.clone(), source_region: primary.to_owned(), mode: mode_str(mode).into() };
-        self.control.call(move |c| control::put_replica(c, &record)).await.map_err(Error::from)?;
-        let state = self.register_replica(&entry.id, primary, mode);
-        *state.source_region.lock().unwrap_or_else(|e| e.into_inner()) = primary.to_owned();
-        state.stop.send_replace(false);
-        let start = ReplicaStart { project_id: entry.id.clone(), name: entry.name.clone(), source_region: primary.to_owned(), mode };
-        self.bootstrap(&start).await?;
-        self.spawn_replicator(entry.id.clone(), state);
         metrics::counter!("holdfast_divergences_total").increment(1);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Moves this region's copy of the project to the trash (its replicator then bootstraps a
+    /// fresh one); the project map stays locked meanwhile, so no request reopens the old copy.
+    async fn set_copy_aside(&self, entry: &CatalogEntry) -> Result<()> {
+        let mut open = self.projects.lock().await;
+        if let Some(old) = open.remove(&entry.id) {
+            let _ = tokio::task::spawn_blocking(move || old.close()).await;
+        }
+        self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())
+    }
+
+    /// A region's view of the project, or `None` when it does not answer.
+    async fn position_at(&self, region: &str, id: &ProjectId) -> Option<Position> {
+        let request = self.replication().request(reqwest::Method::GET, region, &format!("/internal/v1/projects/{id}/position")).ok()?;
+        call::<Position>(request.timeout(Duration::from_secs(2)), "position").await.ok()
+    }
+
+    /// The peer region that is the project's primary at the newest epoch, if any answers.
+    async fn find_primary(&self, id: &ProjectId) -> Option<(String, Position)> {
+        let mut best: Option<(String, Position)> = None;
+        for region in self.replication().config.peers.keys() {
+            if let Some(p) = self.position_at(region, id).await.filter(|p| p.role == "primary")
+                && best.as_ref().is_none_or(|(_, b)| p.epoch > b.epoch)
+            {
+                best = Some((region.clone(), p));
+            }
+        }
+        best
     }
 
     /// `POST /internal/v1/projects/{id}/divergences`: keeps a deposed primary's unreplicated
@@ -901,13 +1035,13 @@ impl Service {
         });
         let op = Op::Put { kind: holdfast_types::Kind::Divergence, id: record_id.clone(), parent: None, body };
         let system = Caller::system();
-        let exists = {
-            let rid = record_id.clone();
-            store.read(move |view| Ok(view.get(holdfast_types::Kind::Divergence, &rid)?.is_some())).await.map_err(Error::from)?
-        };
-        if !exists {
-            store.write(system.principal.id.as_str(), system.request_id.as_str(), Box::new(move |_| Ok(vec![op]))).await.map_err(Error::from)?;
-        }
+        let rid = record_id.clone();
+        // Decided inside the write: a second delivery of the same record changes nothing.
+        let plan: holdfast_store::Plan = Box::new(move |view| {
+            let exists = view.get(holdfast_types::Kind::Divergence, &rid).map_err(Error::from)?.is_some();
+            Ok(if exists { Vec::new() } else { vec![op] })
+        });
+        store.write(system.principal.id.as_str(), system.request_id.as_str(), plan).await.map_err(Error::from)?;
         tracing::warn!(project = %entry.name, id = %record_id, "divergence record kept");
         Ok(serde_json::json!({ "id": record_id }))
     }

@@ -13,5 +13,5 @@ mod sqlite;
 pub mod view;
 
 pub use error::StoreError;
-pub use project::{Committed, Plan, ProjectStore, Role, SnapshotInfo, SyncCommit, deletes_project, describe};
+pub use project::{Committed, Plan, ProjectStore, Role, SnapshotInfo, SyncCommit, WriteGate, deletes_project, describe};
 pub use view::{Order, Resource, StateView};

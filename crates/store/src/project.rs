@@ -108,9 +108,15 @@ pub struct ProjectStore {
     /// Sync commit: which replicas must have applied a write before it is acknowledged, and
     /// how long a write waits for them.
     sync: Mutex<Option<SyncCommit>>,
-    /// The highest LSN every sync replica has applied.
-    acked: watch::Sender<Lsn>,
+    /// What each replica region has applied, as its pulls acknowledge it.
+    acked: watch::Sender<std::collections::BTreeMap<String, Lsn>>,
+    /// Shared with the writer.
+    gate: std::sync::Arc<Mutex<Option<WriteGate>>>,
 }
+
+/// Asked before every batch of local writes is planned: `false` refuses them (a primary whose
+/// failover lease is in doubt, see the service's coordinator).
+pub type WriteGate = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// A project's sync-commit setting.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +165,7 @@ impl ProjectStore {
         let deleted = std::sync::Arc::new(AtomicBool::new(gone));
         let planning = std::sync::Arc::new(AtomicI64::new(i64::MAX));
         let role = std::sync::Arc::new(AtomicU8::new(Role::Primary as u8));
+        let gate: std::sync::Arc<Mutex<Option<WriteGate>>> = std::sync::Arc::default();
         let shared_epoch = std::sync::Arc::new(AtomicU64::new(epoch.0));
         let writer = Writer {
             conn,
@@ -172,6 +179,7 @@ impl ProjectStore {
             planning: planning.clone(),
             role: role.clone(),
             shared_epoch: shared_epoch.clone(),
+            gate: gate.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("writer-{id}"))
@@ -189,8 +197,16 @@ impl ProjectStore {
             role,
             epoch: shared_epoch,
             sync: Mutex::new(None),
-            acked: watch::Sender::new(Lsn::ZERO),
+            acked: watch::Sender::new(std::collections::BTreeMap::new()),
+            gate,
         })
+    }
+
+    /// Sets (or clears) the gate every batch of local writes must pass.
+    pub fn set_write_gate(&self, gate: Option<WriteGate>) {
+        if let Ok(mut g) = self.gate.lock() {
+            *g = gate;
+        }
     }
 
     /// Turns sync commit on (or off with `None`).
@@ -202,16 +218,14 @@ impl ProjectStore {
 
     /// A replica in `region` has durably applied everything up to `lsn`.
     pub fn acknowledge(&self, region: &str, lsn: Lsn) {
-        let counts = self.sync.lock().ok().is_some_and(|s| s.as_ref().is_some_and(|s| s.regions.iter().any(|r| r == region)));
-        if counts {
-            self.acked.send_if_modified(|acked| {
-                let newer = lsn > *acked;
-                if newer {
-                    *acked = lsn;
-                }
-                newer
-            });
-        }
+        self.acked.send_if_modified(|acked| {
+            let before = acked.get(region).copied();
+            let newer = before.is_none_or(|b| lsn > b);
+            if newer {
+                acked.insert(region.to_owned(), lsn);
+            }
+            newer
+        });
     }
 
     pub fn role(&self) -> Role {
@@ -306,8 +320,10 @@ impl ProjectStore {
         let committed = rx.await.map_err(|_| StoreError::Closed)?.map_err(|e| self.explain(e))?;
         let sync = self.sync.lock().ok().and_then(|s| s.clone());
         if let (Some(lsn), Some(sync)) = (committed.lsn, sync) {
+            // Every sync replica, not just one: any of them may be the next primary.
             let mut acked = self.acked.subscribe();
-            let confirmed = tokio::time::timeout(sync.timeout, acked.wait_for(|a| *a >= lsn)).await;
+            let all = |a: &std::collections::BTreeMap<String, Lsn>| sync.regions.iter().all(|r| a.get(r).is_some_and(|l| *l >= lsn));
+            let confirmed = tokio::time::timeout(sync.timeout, acked.wait_for(all)).await;
             if !matches!(confirmed, Ok(Ok(_))) {
                 metrics::counter!("holdfast_sync_commit_timeouts_total", "project" => self.name.clone()).increment(1);
                 if !sync.fallback {
@@ -451,6 +467,8 @@ struct Writer {
     /// Shared with the store: a write is planned only while this says primary.
     role: std::sync::Arc<AtomicU8>,
     shared_epoch: std::sync::Arc<AtomicU64>,
+    /// Shared with the store: asked once per batch; `false` refuses its writes.
+    gate: std::sync::Arc<Mutex<Option<WriteGate>>>,
 }
 
 impl Writer {
@@ -509,6 +527,7 @@ impl Writer {
                     // Nothing of the new epoch was committed: stay what we were.
                     self.role.store(role_before, Ordering::SeqCst);
                     self.epoch = epoch_before;
+                    self.shared_epoch.store(epoch_before.0, Ordering::SeqCst);
                 }
                 let _ = reply.send(result);
             }
@@ -552,6 +571,8 @@ impl Writer {
         let mut deleted = self.deleted.load(Ordering::Acquire);
         let floor = now_micros().max(self.last_ts);
         self.planning.store(floor, Ordering::SeqCst);
+        let gate = self.gate.lock().ok().and_then(|g| g.clone());
+        let gated = gate.is_some_and(|open| !open());
         let outcome = (|| -> Result<()> {
             let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for request in batch.drain(..) {
@@ -564,6 +585,8 @@ impl Writer {
                     Err(StoreError::Deleted)
                 } else if role != Role::Primary {
                     Err(StoreError::NotPrimary(role.as_str()))
+                } else if gated {
+                    Err(StoreError::NotPrimary("fenced: its failover lease is in doubt"))
                 } else {
                     plan(&StateView::new(&sp)).map_err(StoreError::Rejected)
                 };
