@@ -386,3 +386,39 @@ fn a_sync_write_the_replica_does_not_confirm_fails_unless_fallback_is_on() {
     let metrics = api_a.get("/metrics").text;
     assert!(metrics.contains("holdfast_sync_fallbacks_total"), "the fallback is counted");
 }
+
+#[test]
+fn with_three_regions_the_other_replica_follows_the_new_primary() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("data")).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let names = ["a", "b", "c"];
+    let servers: Vec<_> = (0..3)
+        .map(|i| {
+            let (j, k) = ((i + 1) % 3, (i + 2) % 3);
+            let opts = common::cluster::region_opts(names[i], ports[i], names[j], &format!("http://127.0.0.1:{}", ports[j]))
+                .arg("--peer")
+                .arg(format!("{}=http://127.0.0.1:{}", names[k], ports[k]));
+            common::Server::start_with(dirs[i].path(), opts)
+        })
+        .collect();
+    let apis: Vec<_> = servers.iter().map(common::Server::admin).collect();
+    apis[0].create_project("tri");
+    let conv = apis[0].post(&oa("tri", "/conversations"), &json!({})).ok(200)["id"].as_str().expect("id").to_owned();
+    for region in ["b", "c"] {
+        apis[0].post("/v1/projects/tri/replicas", &json!({"region": region, "mode": "warm"})).ok(200);
+    }
+    let lsn = status(&apis[0], "tri")["lsn"].as_u64().expect("lsn");
+    wait_applied(&apis[1], "tri", lsn);
+    wait_applied(&apis[2], "tri", lsn);
+
+    apis[0].post("/v1/projects/tri/failover", &json!({"to": "b"})).ok(200);
+    let item = apis[1].post(&oa("tri", &format!("/conversations/{conv}/items")), &json!({"items": [{"role": "user", "content": "on b"}]}));
+    assert_eq!(item.status, 200, "{}", item.text);
+    let lsn_b = status(&apis[1], "tri")["lsn"].as_u64().expect("lsn");
+    // c learns of the new primary from the promotion change and pulls from b from then on.
+    let s = wait_applied(&apis[2], "tri", lsn_b);
+    assert_eq!(s["replica"]["source_region"], "b", "{s:#}");
+    // a, deposed by the planned failover, follows b too.
+    let s = wait_applied(&apis[0], "tri", lsn_b);
+    assert_eq!(s["replica"]["source_region"], "b", "{s:#}");
+}
