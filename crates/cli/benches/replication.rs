@@ -411,6 +411,14 @@ fn continuous_writer(pair: &Pair, project: &str, conv: &str, timeout: Duration, 
     })
 }
 
+/// The median time between two consecutive acknowledgements over the whole phase (the client's
+/// rhythm when nothing happens: an RTO includes one such interval).
+fn steady_gap(acks: &Acks) -> f64 {
+    let acks = acks.lock().expect("acks");
+    let gaps: Vec<f64> = acks.windows(2).map(|w| ms(w[1].0 - w[0].0)).collect();
+    percentile(&sorted(&gaps), 50.0)
+}
+
 /// The first write acknowledged by `region` after `since`, and the acknowledgement before it.
 fn gap_after(acks: &Acks, region: usize, since: Instant, bound: Duration) -> (Instant, Option<Instant>) {
     wait_for("a write acknowledged by the new primary", bound, || {
@@ -458,7 +466,7 @@ fn phase_switchover() -> Vec<Row> {
             figure: "planned switchover RTO (client)".into(),
             samples: rto,
             target: Some(Target::MaxBelow(2000.0)),
-            note: format!("{SWITCHOVERS} switchovers; {n} writes acknowledged, {refused} refused by both"),
+            note: format!("{SWITCHOVERS} switchovers; {n} writes acknowledged, {refused} refused by both; steady interval between acknowledgements {:.1} ms", steady_gap(&acks)),
         },
         Row { figure: "planned switchover command".into(), samples: commands, target: None, note: "POST …/failover, sent to the primary".into() },
     ]
@@ -516,7 +524,10 @@ fn phase_auto() -> Vec<Row> {
             figure: "automatic failover RTO (client)".into(),
             samples: rto,
             target: Some(Target::MaxBelow(10_000.0)),
-            note: format!("{AUTO_RUNS} kills; last acknowledgement before → first after, {refused} attempts refused by both"),
+            note: format!(
+                "{AUTO_RUNS} kills; last acknowledgement before → first after; {refused} attempts refused by both; steady interval between acknowledgements {:.1} ms",
+                steady_gap(&acks)
+            ),
         },
         Row { figure: "automatic failover, kill → first write acknowledged".into(), samples: from_kill, target: None, note: String::new() },
     ]
