@@ -248,7 +248,8 @@ impl ProjectStore {
         tx.as_ref().ok_or(StoreError::Closed)?.send(message).map_err(|_| StoreError::Closed)
     }
 
-    /// Stops taking writes: writes queued before this call commit, later ones are refused.
+    /// Stops taking writes: the batch the writer is committing finishes, every write planned after
+    /// this call is refused; returns once the writer has passed the fence.
     /// Returns the last LSN, which nothing will follow until the store is promoted again or
     /// turned back into the primary.
     pub async fn fence(&self) -> Result<Lsn> {
