@@ -422,3 +422,36 @@ fn with_three_regions_the_other_replica_follows_the_new_primary() {
     let s = wait_applied(&apis[0], "tri", lsn_b);
     assert_eq!(s["replica"]["source_region"], "b", "{s:#}");
 }
+
+#[test]
+fn a_planned_failover_to_a_silent_target_stays_fenced_until_the_target_answers() {
+    let (a, b, _da, db) = pair();
+    let (api_a, api_b) = (a.admin(), b.admin());
+    api_a.create_project("unsure");
+    let conv = api_a.post(&oa("unsure", "/conversations"), &json!({})).ok(200)["id"].as_str().expect("id").to_owned();
+    api_a.post("/v1/projects/unsure/replicas", &json!({"region": "b", "mode": "warm"})).ok(200);
+    let lsn = status(&api_a, "unsure")["lsn"].as_u64().expect("lsn");
+    wait_applied(&api_b, "unsure", lsn);
+
+    // The target is gone when the failover asks it: nobody knows whether it took over, so a
+    // takes no writes (two primaries are worse than none)…
+    let (a_port, b_port) = (a.port, b.port);
+    assert!(!b.kill9().success());
+    let refused = api_a.post("/v1/projects/unsure/failover", &json!({"to": "b"})).err(503, "unavailable");
+    assert!(refused.contains("stays fenced"), "{refused}");
+    assert_eq!(status(&api_a, "unsure")["role"], "fenced");
+    let write = json!({"items": [{"role": "user", "content": "while unsure"}]});
+    assert_eq!(api_a.post(&oa("unsure", &format!("/conversations/{conv}/items")), &write).status, 503);
+
+    // …until the target answers that it did not: a takes writes again, b goes on following.
+    let b = region(db.path(), "b", b_port, "a", a_port, &|o| o);
+    let deadline = Instant::now() + SETTLE;
+    while status(&api_a, "unsure")["role"] != "primary" {
+        assert!(Instant::now() < deadline, "a never unfenced: {:#}", status(&api_a, "unsure"));
+        sleep(Duration::from_millis(50));
+    }
+    api_a.post(&oa("unsure", &format!("/conversations/{conv}/items")), &write).ok(200);
+    let lsn = status(&api_a, "unsure")["lsn"].as_u64().expect("lsn");
+    let s = wait_applied(&b.admin(), "unsure", lsn);
+    assert_eq!(s["role"], "replica", "{s:#}");
+}

@@ -68,6 +68,9 @@ pub(crate) struct Replication {
     replicas: Mutex<HashMap<ProjectId, Arc<ReplicaState>>>,
     /// What each replica of this region's primaries has applied: project → region → follower.
     followers: Mutex<HashMap<ProjectId, BTreeMap<String, Follower>>>,
+    /// Planned failovers whose outcome is unknown (the target did not answer): project → the
+    /// target, the epoch it was to take, and the mode this region then replicates in.
+    pending: Mutex<HashMap<ProjectId, (String, Epoch, ReplicaMode)>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -99,7 +102,7 @@ impl Replication {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| Error::internal(format!("cannot build the peer client: {e}")))?;
-        Ok(Self { config, http, replicas: Mutex::default(), followers: Mutex::default() })
+        Ok(Self { config, http, replicas: Mutex::default(), followers: Mutex::default(), pending: Mutex::default() })
     }
 
     /// Whether `secret` is the cluster secret (compared in constant time).
@@ -599,6 +602,14 @@ impl Service {
             }
             Err(e) if e.kind == ErrorKind::Conflict && e.message.contains(OTHER_LINEAGE) => {
                 let position = self.position_at(&source, id).await.ok_or_else(|| Error::unavailable(format!("{source} does not answer")))?;
+                let pid = id.clone();
+                let (named, _) = store.read(move |view| crate::projects::topology(view, &pid)).await.map_err(Error::from)?;
+                if named.as_deref() == Some(self.region.as_str()) && store.epoch() > position.epoch {
+                    // This copy was promoted (its journal names this region primary at a newer
+                    // epoch than the source's) and a crash kept it from forgetting the replica.
+                    self.finish_promotion(&entry, &store).await?;
+                    return Ok(());
+                }
                 if self.hand_over_divergence(&entry, &store, &source, &position).await? {
                     self.set_copy_aside(&entry).await?;
                 }
@@ -635,6 +646,19 @@ impl Service {
         metrics::gauge!("holdfast_replica_lag_changes", "project" => entry.name.clone()).set(lag as f64);
         metrics::gauge!("holdfast_replica_epoch", "project" => entry.name.clone()).set(store.epoch().0 as f64);
         Ok(())
+    }
+
+    /// Completes a promotion a crash cut off after its epoch change committed: this region is
+    /// the primary; it stops replicating and takes writes.
+    async fn finish_promotion(&self, entry: &CatalogEntry, store: &ProjectStore) -> Result<()> {
+        tracing::warn!(project = %entry.name, epoch = %store.epoch(), "finishing a promotion a crash interrupted");
+        if let Some(state) = self.replication().replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.id) {
+            state.stop.send_replace(true);
+        }
+        let id = entry.id.clone();
+        self.control.call(move |c| control::remove_replica(c, &id)).await.map_err(Error::from)?;
+        store.set_role(StoreRole::Primary);
+        self.apply_sync_setting(store).await
     }
 
     /// `DELETE /internal/v1/replicas/{id}`: stops following and removes this region's copy.
@@ -712,8 +736,19 @@ impl Service {
                     match self.replication().request(reqwest::Method::GET, to, &path) {
                         Ok(r) => match call::<Position>(r.timeout(Duration::from_secs(5)), "position").await {
                             Ok(p) => p.role == "primary" && p.epoch >= epoch,
-                            // Unknown: stay fenced; the peer check settles it when the target answers.
-                            Err(_) => return Err(Error::unavailable(format!("{}; region {to} does not answer whether it took over, so this region stays fenced", e.message))),
+                            Err(_) => {
+                                // Unknown: stay fenced; the peer check settles it when the target
+                                // answers (it steps down if the target took over, else unfences).
+                                self.replication()
+                                    .pending
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(entry.id.clone(), (to.to_owned(), epoch, spec.mode));
+                                return Err(Error::unavailable(format!(
+                                    "{}; region {to} does not answer whether it took over, so this region stays fenced until it does",
+                                    e.message
+                                )));
+                            }
                         },
                         Err(_) => false,
                     }
@@ -914,6 +949,19 @@ impl Service {
         let entries = self.control.call(control::all_projects).await.map_err(Error::from)?;
         for entry in entries.into_iter().filter(|e| e.active && !self.replication().is_replica(&e.id)) {
             let Ok(store) = self.store(&entry).await else { continue };
+            let pending = self.replication().pending.lock().unwrap_or_else(|e| e.into_inner()).get(&entry.id).cloned();
+            if let Some((target, epoch, mode)) = pending {
+                // A planned failover whose outcome was unknown: settle it once the target answers.
+                let Some(position) = self.position_at(&target, &entry.id).await else { continue };
+                self.replication().pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.id);
+                if position.role == "primary" && position.epoch >= epoch {
+                    self.become_replica(&entry, &store, &target, mode).await?;
+                } else if store.role() == StoreRole::Fenced {
+                    tracing::info!(project = %entry.name, target = %target, "the failover did not happen: taking writes again");
+                    store.set_role(StoreRole::Primary);
+                }
+                continue;
+            }
             let id = entry.id.clone();
             let (_, replicas) = store.read(move |view| crate::projects::topology(view, &id)).await.map_err(Error::from)?;
             for spec in replicas {
