@@ -275,7 +275,7 @@ impl Archive {
             .await?
             .ok_or_else(|| ArchiveError::Corrupt { object: path.to_string(), message: "missing".into() })?;
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || audit::decode(&path.to_string(), &meta, &bytes))
+        tokio::task::spawn_blocking(move || audit::decode(path.as_ref(), &meta, &bytes))
             .await
             .map_err(|e| ArchiveError::Invalid(format!("decode task failed: {e}")))?
     }

@@ -1108,48 +1108,6 @@ impl Run {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn input_forms_normalise() {
-        let items = input_items(Some(json!("hi"))).expect("string input");
-        assert_eq!(items[0]["role"], "user");
-        assert_eq!(items[0]["content"], json!([{"type": "input_text", "text": "hi"}]));
-        assert!(input_items(None).expect("none").is_empty());
-        assert!(input_items(Some(json!(""))).expect("empty").is_empty());
-        assert!(input_items(Some(json!(3))).is_err());
-        assert!(input_items(Some(json!([{"role": "robot", "content": "x"}]))).is_err());
-        let fs = input_items(Some(
-            json!([{"type": "file_search_call", "id": "fs_1", "queries": ["q"], "status": "completed"}]),
-        ))
-        .expect("file search item");
-        assert_eq!(fs[0]["id"], "fs_1");
-    }
-
-    #[test]
-    fn references_parse() {
-        assert_eq!(conversation_id(Some(json!("conv_1"))).expect("ok"), Some("conv_1".into()));
-        assert_eq!(conversation_id(Some(json!({"id": "conv_2"}))).expect("ok"), Some("conv_2".into()));
-        assert!(conversation_id(Some(json!(7))).is_err());
-        assert_eq!(
-            agent_reference(Some(json!({"type": "agent_reference", "name": "a", "version": "2"}))).expect("ok"),
-            Some(("a".into(), Some("2".into())))
-        );
-        assert_eq!(agent_reference(Some(json!({"name": "a"}))).expect("ok"), Some(("a".into(), None)));
-        assert!(agent_reference(Some(json!({"type": "agent_id", "name": "a"}))).is_err());
-        assert!(agent_reference(Some(json!({"type": "agent_reference"}))).is_err());
-    }
-
-    #[test]
-    fn units_are_checked() {
-        assert!(check_unit("temperature", Some(2.5), 2.0).is_err());
-        assert!(check_unit("temperature", Some(0.0), 2.0).is_ok());
-        assert!(check_unit("top_p", None, 1.0).is_ok());
-    }
-}
-
 impl Service {
     /// `holdfast resubmit --project P`: runs again, as new background responses, the responses
     /// a failover cut off (failed with `region_failover`), each once: the old response records
@@ -1203,5 +1161,47 @@ impl Service {
             out.push(json!({ "id": old.id, "resubmitted_as": new_id }));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_forms_normalise() {
+        let items = input_items(Some(json!("hi"))).expect("string input");
+        assert_eq!(items[0]["role"], "user");
+        assert_eq!(items[0]["content"], json!([{"type": "input_text", "text": "hi"}]));
+        assert!(input_items(None).expect("none").is_empty());
+        assert!(input_items(Some(json!(""))).expect("empty").is_empty());
+        assert!(input_items(Some(json!(3))).is_err());
+        assert!(input_items(Some(json!([{"role": "robot", "content": "x"}]))).is_err());
+        let fs = input_items(Some(
+            json!([{"type": "file_search_call", "id": "fs_1", "queries": ["q"], "status": "completed"}]),
+        ))
+        .expect("file search item");
+        assert_eq!(fs[0]["id"], "fs_1");
+    }
+
+    #[test]
+    fn references_parse() {
+        assert_eq!(conversation_id(Some(json!("conv_1"))).expect("ok"), Some("conv_1".into()));
+        assert_eq!(conversation_id(Some(json!({"id": "conv_2"}))).expect("ok"), Some("conv_2".into()));
+        assert!(conversation_id(Some(json!(7))).is_err());
+        assert_eq!(
+            agent_reference(Some(json!({"type": "agent_reference", "name": "a", "version": "2"}))).expect("ok"),
+            Some(("a".into(), Some("2".into())))
+        );
+        assert_eq!(agent_reference(Some(json!({"name": "a"}))).expect("ok"), Some(("a".into(), None)));
+        assert!(agent_reference(Some(json!({"type": "agent_id", "name": "a"}))).is_err());
+        assert!(agent_reference(Some(json!({"type": "agent_reference"}))).is_err());
+    }
+
+    #[test]
+    fn units_are_checked() {
+        assert!(check_unit("temperature", Some(2.5), 2.0).is_err());
+        assert!(check_unit("temperature", Some(0.0), 2.0).is_ok());
+        assert!(check_unit("top_p", None, 1.0).is_ok());
     }
 }
