@@ -97,6 +97,14 @@ pub(crate) struct AuditShipping {
     retry_at: Option<Instant>,
 }
 
+/// An archived audit segment of `records`, built off the async runtime.
+async fn encode(records: Vec<AuditRecord>) -> Result<(holdfast_archive::AuditSegmentMeta, Vec<u8>)> {
+    tokio::task::spawn_blocking(move || archived::encode(&records))
+        .await
+        .map_err(|e| Error::internal(format!("audit segment task failed: {e}")))?
+        .map_err(Error::from)
+}
+
 fn outcome(status: u16) -> &'static str {
     match status {
         401 | 403 => "denied",
@@ -299,10 +307,7 @@ impl Service {
                 )));
             }
             let last_hash = chain.last_hash().to_owned();
-            let (meta, bytes) = tokio::task::spawn_blocking(move || archived::encode(&records))
-                .await
-                .map_err(|e| Error::internal(format!("audit segment task failed: {e}")))?
-                .map_err(Error::from)?;
+            let (meta, bytes) = encode(records).await?;
             archive.put_audit_segment(&self.region, &meta, bytes).await.map_err(Error::from)?;
             manifest.shipped_seq = meta.last_seq;
             manifest.last_hash = last_hash;
@@ -315,10 +320,7 @@ impl Service {
             for segment in &run {
                 records.extend(archive.read_audit_segment(&self.region, segment).await.map_err(Error::from)?);
             }
-            let (merged, bytes) = tokio::task::spawn_blocking(move || archived::encode(&records))
-                .await
-                .map_err(|e| Error::internal(format!("audit segment task failed: {e}")))?
-                .map_err(Error::from)?;
+            let (merged, bytes) = encode(records).await?;
             archive.put_audit_segment(&self.region, &merged, bytes).await.map_err(Error::from)?;
             manifest.segments.splice(range, [merged]);
             archive.save_audit_manifest(&self.region, manifest).await.map_err(Error::from)?;

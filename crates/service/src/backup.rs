@@ -87,6 +87,8 @@ struct Tracked {
     archived: Arc<AtomicU64>,
     /// Follows the project's journal and wakes the archiver when a segment is full.
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// The cached manifest continues this journal's lineage (checked once per manifest read).
+    lineage_checked: bool,
 }
 
 impl Archiver {
@@ -102,6 +104,19 @@ impl Archiver {
             wake: Arc::default(),
             audit: Default::default(),
         })
+    }
+
+    /// Drops what is remembered of a project another region archives now (this region holds a
+    /// replica): if it is primary here again later, its manifest is read afresh, since the other
+    /// region may have shipped to a shared archive meanwhile.
+    fn forget(&self, id: &ProjectId) {
+        let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tracked) = projects.remove(id)
+            && let Ok(tracked) = tracked.try_lock()
+            && let Some(watcher) = &tracked.watcher
+        {
+            watcher.abort();
+        }
     }
 
     fn tracked(&self, id: &ProjectId) -> Arc<tokio::sync::Mutex<Tracked>> {
@@ -182,8 +197,12 @@ impl Service {
             }
         };
         // Soft-deleted projects too: their deletion mark is a change like any other.
-        // A replica's archive is its primary's business (they may share one archive).
-        for entry in entries.into_iter().filter(|e| !e.creating() && !self.replication.is_replica(&e.id)) {
+        for entry in entries.into_iter().filter(|e| !e.creating()) {
+            // A replica's archive is its primary's business (they may share one archive).
+            if self.replication.is_replica(&entry.id) {
+                archiver.forget(&entry.id);
+                continue;
+            }
             // The store first, with no archive lock held: opening a project whose delete a crash
             // cut off ships its last changes (`archive_final`), which takes that lock.
             let Ok(store) = self.store(&entry).await else { continue };
@@ -231,7 +250,7 @@ impl Service {
                 manifest.archived_lsn, entry.id
             )));
         }
-        if let Some(segment) = manifest.segments.last() {
+        if let Some(segment) = manifest.segments.last().filter(|_| !tracked.lineage_checked) {
             // After a failover the archive must continue this copy's lineage: the change it
             // ends with must be this journal's change at that LSN, of the same epoch.
             let at = segment.last_lsn;
@@ -245,6 +264,7 @@ impl Service {
                 )));
             }
         }
+        tracked.lineage_checked = true;
         let shipped = self.ship(archiver, tracked, entry, store, journal_lsn).await?;
         let idle_due = tracked.manifest_saved.is_none_or(|t| t.elapsed() >= IDLE_MANIFEST_EVERY);
         let manifest = tracked.manifest(archive, entry).await?;
@@ -537,6 +557,7 @@ fn record_outcome(tracked: &mut Tracked, entry: &CatalogEntry, outcome: Result<(
             tracked.last_error = Some(e.message);
             // The cached manifest may be ahead of what was stored: reload it next time.
             tracked.manifest = None;
+            tracked.lineage_checked = false;
         }
     }
 }

@@ -356,6 +356,24 @@ impl Service {
             )));
         }
         let (granted, revision) = read_epoch(&mut client, id).await?;
+        match self.take_next_epoch(&mut client, lease, id, store, granted, revision).await? {
+            Some(epoch) => Ok(Some(epoch)),
+            None => Err(Error::conflict("another region took the project's lease meanwhile; see holdfast status")),
+        }
+    }
+
+    /// The one way a region takes the next epoch: the leader key and `granted + 1` in one
+    /// transaction, guarded by the leader key being absent and the epoch key being as it was
+    /// read (`revision`). `None` when another region got there first.
+    async fn take_next_epoch(
+        &self,
+        client: &mut Client,
+        lease: i64,
+        id: &ProjectId,
+        store: &holdfast_store::ProjectStore,
+        granted: u64,
+        revision: i64,
+    ) -> Result<Option<Epoch>> {
         let epoch = Epoch(granted.max(store.epoch().0) + 1);
         let value = serde_json::to_vec(&Leader { region: self.region.clone(), epoch }).map_err(|e| Error::internal(e.to_string()))?;
         let take = Txn::new()
@@ -364,10 +382,8 @@ impl Service {
                 TxnOp::put(leader_key(id), value, Some(PutOptions::new().with_lease(lease))),
                 TxnOp::put(epoch_key(id), epoch.0.to_string(), None),
             ]);
-        if !client.txn(take).await.map_err(etcd_err("take the lease"))?.succeeded() {
-            return Err(Error::conflict("another region took the project's lease meanwhile; see holdfast status"));
-        }
-        Ok(Some(epoch))
+        let taken = client.txn(take).await.map_err(etcd_err("take the next epoch"))?.succeeded();
+        Ok(taken.then_some(epoch))
     }
 
     /// The leader key is gone: the most up-to-date live replica takes the next epoch.
@@ -402,17 +418,9 @@ impl Service {
             // nothing to take over from.
             return Ok(());
         }
-        let epoch = Epoch(granted.max(store.epoch().0) + 1);
-        let value = serde_json::to_vec(&Leader { region: self.region.clone(), epoch }).map_err(|e| Error::internal(e.to_string()))?;
-        let take = Txn::new()
-            .when(vec![Compare::create_revision(leader_key(id), CompareOp::Equal, 0), epoch_guard(id, revision)])
-            .and_then(vec![
-                TxnOp::put(leader_key(id), value, Some(PutOptions::new().with_lease(lease))),
-                TxnOp::put(epoch_key(id), epoch.0.to_string(), None),
-            ]);
-        if !client.txn(take).await.map_err(etcd_err("take over"))?.succeeded() {
+        let Some(epoch) = self.take_next_epoch(client, lease, id, store, granted, revision).await? else {
             return Ok(());
-        }
+        };
         tracing::warn!(project = %entry.name, %epoch, "the primary's etcd lease lapsed: this region takes over");
         self.promote_automatically(entry, store, state, epoch).await?;
         metrics::counter!("holdfast_failovers_total", "kind" => "automatic").increment(1);
