@@ -23,7 +23,11 @@ pub struct Sealed {
     pub ciphertext: String,
 }
 
-pub struct MasterKey(Aes256Gcm);
+pub struct MasterKey {
+    cipher: Aes256Gcm,
+    /// The key itself, for deriving the node's other keys ([`MasterKey::derive`]).
+    bytes: [u8; 32],
+}
 
 impl MasterKey {
     /// Loads the key from `env` (64 hex digits or base64 of 32 bytes) or from `file`, creating
@@ -40,15 +44,26 @@ impl MasterKey {
                 Err(e) => return Err(Error::internal(format!("cannot read {}: {e}", file.display()))),
             },
         };
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| Error::internal("master key must be 32 bytes"))?;
         let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::internal("master key must be 32 bytes"))?;
-        Ok(Self(cipher))
+        Ok(Self { cipher, bytes })
+    }
+
+    /// A key for one purpose, derived from the master key: HMAC-SHA-256(master, `label`). Keys
+    /// of different labels are independent; each label names its purpose and version (such as
+    /// `holdfast/audit-chain/v1`), so a purpose can move to a new key by taking a new label.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.bytes).expect("HMAC takes a key of any length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     pub fn seal(&self, plaintext: &str) -> Result<Sealed> {
         let mut nonce = [0u8; 12];
         getrandom::fill(&mut nonce).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
         let ciphertext = self
-            .0
+            .cipher
             .encrypt(&Nonce::from(nonce), plaintext.as_bytes())
             .map_err(|_| Error::internal("encryption failed"))?;
         Ok(Sealed { alg: "aes-256-gcm".into(), nonce: B64.encode(nonce), ciphertext: B64.encode(ciphertext) })
@@ -59,7 +74,7 @@ impl MasterKey {
         let nonce = B64.decode(&sealed.nonce).map_err(|_| bad())?;
         let ciphertext = B64.decode(&sealed.ciphertext).map_err(|_| bad())?;
         let nonce: [u8; 12] = nonce.try_into().map_err(|_| bad())?;
-        let plain = self.0.decrypt(&Nonce::from(nonce), ciphertext.as_ref()).map_err(|_| bad())?;
+        let plain = self.cipher.decrypt(&Nonce::from(nonce), ciphertext.as_ref()).map_err(|_| bad())?;
         String::from_utf8(plain).map_err(|_| bad())
     }
 }
