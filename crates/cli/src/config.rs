@@ -89,6 +89,13 @@ pub struct FileArchive {
 pub struct FileUpstream {
     /// Seconds a call to an upstream model may take, end to end.
     pub timeout_secs: Option<u64>,
+    /// Whether connections may target loopback and private addresses (default true: a local
+    /// model server is the common self-hosted case).
+    pub allow_private: Option<bool>,
+    /// When not empty, the only hosts a connection may target (`*.suffix` for any name under
+    /// `suffix`).
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +128,7 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     pub max_file_bytes: usize,
     pub upstream_timeout_secs: u64,
+    pub egress: holdfast_service::data::egress::EgressConfig,
     pub log: String,
     pub archive: Option<holdfast_service::backup::ArchiveConfig>,
     pub cluster: holdfast_service::replication::ClusterConfig,
@@ -208,6 +216,18 @@ impl ServeConfig {
             (1..=86_400).contains(&upstream_timeout_secs),
             "upstream timeout_secs must be 1 to 86400 (a day)"
         );
+        for host in &file.upstream.allow_hosts {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            anyhow::ensure!(
+                !bare.is_empty() && !bare.contains(['/', ':', '@', '#', '?', '*']) || bare.parse::<std::net::IpAddr>().is_ok(),
+                "upstream allow_hosts entry {host:?} must be a host name, an IP address or *.suffix (no scheme, port or path)"
+            );
+        }
+        let egress = holdfast_service::data::egress::EgressConfig {
+            allow_private: file.upstream.allow_private.unwrap_or(true),
+            allow_hosts: file.upstream.allow_hosts.clone(),
+            listen: Some(listen),
+        };
         let archive = match over.archive.or(file.archive.url.clone()) {
             None => None,
             Some(url) => Some(archive_config(url, &file.archive)?),
@@ -222,6 +242,7 @@ impl ServeConfig {
             max_body_bytes,
             max_file_bytes,
             upstream_timeout_secs,
+            egress,
             log: over.log.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
         })
     }
@@ -301,5 +322,9 @@ mod tests {
         let file: FileConfig = toml::from_str("[[peers]]\nregion = \"b\"\nurl = \"http://127.0.0.1:1\"\n").expect("parse");
         let c = ServeConfig::resolve(file, peer("c=http://127.0.0.1:2")).expect("resolve");
         assert_eq!(c.cluster.peers.keys().collect::<Vec<_>>(), ["b", "c"]);
+        let hosts = |h: &str| toml::from_str::<FileConfig>(&format!("[upstream]\nallow_hosts = [{h:?}]\n")).expect("parse");
+        assert!(ServeConfig::resolve(hosts("http://models.local"), none()).is_err(), "a URL is not a host");
+        let c = ServeConfig::resolve(hosts("*.openai.azure.com"), none()).expect("wildcard host");
+        assert!(c.egress.allow_private && c.egress.allow_hosts == ["*.openai.azure.com"]);
     }
 }

@@ -17,6 +17,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         master_key,
         max_file_bytes: config.max_file_bytes,
         upstream_timeout: std::time::Duration::from_secs(config.upstream_timeout_secs),
+        egress: config.egress.clone(),
         archive: config.archive.clone(),
         cluster: config.cluster.clone(),
         coordinator: config.coordinator.clone(),

@@ -35,6 +35,9 @@ pub enum Action {
     DataWrite,
     /// Reading a connection's secret (`getConnectionWithCredentials`).
     SecretsRead,
+    /// Creating and removing connections: choosing where the server sends model calls (a
+    /// control-plane action; data-plane users pick deployments).
+    ConnectionsWrite,
     /// Exporting a project's contents to a portable file (never its secrets).
     Export,
     /// Importing an export file into a project, keeping its ids and times.
@@ -67,6 +70,7 @@ impl Action {
             Action::DataRead => "projects/data/read",
             Action::DataWrite => "projects/data/write",
             Action::SecretsRead => "projects/connections/secrets/read",
+            Action::ConnectionsWrite => "projects/connections/write",
             Action::Export => "projects/export",
             Action::Import => "projects/import",
             Action::Undelete => "projects/undelete",
@@ -81,7 +85,7 @@ impl Action {
     }
 
     /// Every action, for validating role patterns and listing.
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 18] = [
         Action::ProjectsRead,
         Action::ProjectsWrite,
         Action::JournalRead,
@@ -89,6 +93,7 @@ impl Action {
         Action::DataRead,
         Action::DataWrite,
         Action::SecretsRead,
+        Action::ConnectionsWrite,
         Action::Export,
         Action::Import,
         Action::Undelete,
@@ -138,13 +143,13 @@ pub fn built_in_definition(role: &Role) -> Option<RoleDefinition> {
     let (description, actions, data_actions): (&str, &[&str], &[&str]) = match role {
         Role::Admin => ("Owner: everything, including access, locks, journals and purge", &["*"], &["*"]),
         Role::Contributor => (
-            "Read and write projects and their contents, export, read backup status; no access, locks, journals, restore or purge",
-            &["projects/read", "projects/write", "projects/export", "projects/backup/read"],
+            "Read and write projects, their contents and connections, export, read backup status; no access, locks, journals, restore or purge",
+            &["projects/read", "projects/write", "projects/connections/write", "projects/export", "projects/backup/read"],
             &["projects/data/*", "projects/connections/secrets/read"],
         ),
         Role::Reader => ("Read projects and their contents", &["projects/read"], &["projects/data/read"]),
         Role::AiUser => (
-            "Read and write a project's contents, read the project; never a connection's secret",
+            "Read and write a project's contents, read the project; never create connections or read their secrets",
             &["projects/read"],
             &["projects/data/read", "projects/data/write"],
         ),

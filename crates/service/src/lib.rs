@@ -50,6 +50,8 @@ pub struct ServiceConfig {
     pub max_file_bytes: usize,
     /// How long a call to an upstream model may take, end to end.
     pub upstream_timeout: std::time::Duration,
+    /// Where model calls may go (`[upstream]` allow_private, allow_hosts; the listen address).
+    pub egress: data::egress::EgressConfig,
     /// Continuous backup, when configured.
     pub archive: Option<backup::ArchiveConfig>,
     /// Peer regions and the cluster secret.
@@ -69,6 +71,7 @@ impl ServiceConfig {
             master_key: None,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            egress: data::egress::EgressConfig::default(),
             archive: None,
             cluster: replication::ClusterConfig { sync_timeout: replication::DEFAULT_SYNC_TIMEOUT, ..Default::default() },
             coordinator: None,
@@ -102,6 +105,8 @@ pub struct Service {
     pub(crate) upstream_timeout: std::time::Duration,
     /// Seals and opens connection secrets.
     master: data::MasterKey,
+    /// Calls upstream models, within the egress rules.
+    upstream_client: Arc<data::UpstreamClient>,
     /// Ships journals to the archive, when one is configured.
     archiver: Option<Arc<backup::Archiver>>,
     /// Long-running operations (restores), by id.
@@ -148,7 +153,10 @@ impl Service {
             None => None,
         };
         let replication = replication::Replication::new(config.cluster.clone())?;
+        let egress = data::egress::Egress::new(config.egress.clone(), config.cluster.peers.values().cloned());
+        let upstream_client = Arc::new(data::UpstreamClient::new(egress)?);
         let service = Service {
+            upstream_client,
             coordinator: config.coordinator.clone().map(coordinator::Coordinator::new),
             replication,
             archiver,

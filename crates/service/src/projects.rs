@@ -206,6 +206,16 @@ impl Service {
             .write(system.principal.id.as_str(), system.request_id.as_str(), crate::data::responses::fail_interrupted())
             .await
             .map_err(Error::from)?;
+        // Secrets sealed before they were bound to their project are bound now.
+        let (master, id) = (self.master.clone(), entry.id.as_str().to_owned());
+        store
+            .write(
+                system.principal.id.as_str(),
+                system.request_id.as_str(),
+                Box::new(move |view| crate::data::connections::reseal_ops(view, &master, &id, &id)),
+            )
+            .await
+            .map_err(Error::from)?;
         if entry.active {
             // A soft delete journals its mark before the catalog hides the project; a crash in
             // between is finished here, before any request sees the project.

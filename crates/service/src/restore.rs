@@ -207,7 +207,8 @@ impl Service {
         }
         let (actor, request_id) = (caller.principal.id.as_str().to_owned(), caller.request_id.as_str().to_owned());
         let (pid, name, cid) = (source_id.clone(), into.to_owned(), id.clone());
-        tokio::task::spawn_blocking(move || adopt(replayer, &pid, &cid, &name, &actor, &request_id))
+        let master = self.master.clone();
+        tokio::task::spawn_blocking(move || adopt(replayer, &master, &pid, &cid, &name, &actor, &request_id))
             .await
             .map_err(|e| Error::internal(format!("restore task failed: {e}")))??;
         let (path, label) = (db.clone(), into.to_owned());
@@ -289,9 +290,17 @@ async fn replay_journal(
 }
 
 /// Makes the replayed copy the new project's: one change that replaces the source's project
-/// record with the new project's (same display name, description and tags; the new name), then
-/// makes the database durable.
-fn adopt(mut replayer: Replayer, source: &ProjectId, id: &ProjectId, name: &str, actor: &str, request_id: &str) -> Result<()> {
+/// record with the new project's (same display name, description and tags; the new name) and
+/// seals its connection secrets again for the new project's id, then makes the database durable.
+fn adopt(
+    mut replayer: Replayer,
+    master: &crate::data::MasterKey,
+    source: &ProjectId,
+    id: &ProjectId,
+    name: &str,
+    actor: &str,
+    request_id: &str,
+) -> Result<()> {
     let view: StateView<'_> = replayer.view().map_err(Error::from)?;
     let last = view.last_lsn().map_err(Error::from)?;
     let epoch = view.epoch().map_err(Error::from)?;
@@ -307,6 +316,11 @@ fn adopt(mut replayer: Replayer, source: &ProjectId, id: &ProjectId, name: &str,
     if let Some(fields) = body.as_object_mut() {
         fields.remove("deleted_us");
     }
+    let mut ops = vec![
+        Op::Delete { kind: Kind::Project, id: source.as_str().to_owned() },
+        Op::Put { kind: Kind::Project, id: id.as_str().to_owned(), parent: None, body },
+    ];
+    ops.extend(crate::data::connections::reseal_ops(&view, master, source.as_str(), id.as_str())?);
     let change = Change {
         v: CHANGE_FORMAT_VERSION,
         lsn: last.next(),
@@ -314,10 +328,7 @@ fn adopt(mut replayer: Replayer, source: &ProjectId, id: &ProjectId, name: &str,
         ts: now_micros().max(last_ts),
         actor: actor.to_owned(),
         request_id: request_id.to_owned(),
-        ops: vec![
-            Op::Delete { kind: Kind::Project, id: source.as_str().to_owned() },
-            Op::Put { kind: Kind::Project, id: id.as_str().to_owned(), parent: None, body },
-        ],
+        ops,
     };
     replayer.apply(&change).map_err(Error::from)?;
     replayer.finish().map_err(Error::from)

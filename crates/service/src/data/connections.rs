@@ -7,7 +7,7 @@ use holdfast_types::{Error, Kind, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::secrets::Sealed;
+use super::secrets::{Binding, MasterKey, SEALED_VERSION, Sealed};
 use super::{Data, must_get, resource_name, store_err};
 use crate::{Action, Caller, Result, Service};
 
@@ -53,6 +53,8 @@ pub(crate) struct ConnectionBody {
 pub(crate) struct Upstream {
     pub target: String,
     pub api_key: Option<String>,
+    /// The client that calls it, with the rules of where it may connect.
+    pub client: std::sync::Arc<super::upstream::UpstreamClient>,
 }
 
 pub(crate) fn connection_id(name: &str) -> String {
@@ -82,17 +84,16 @@ fn parse(resource: &holdfast_store::Resource) -> Result<ConnectionBody> {
 
 impl Service {
     pub async fn create_connection(&self, caller: &Caller, project: &str, req: ConnectionCreate) -> Result<Value> {
-        let data = self.data(caller, project, Action::DataWrite).await?;
+        // Choosing where the server sends requests is the control plane's: data-plane users
+        // pick deployments.
+        let data = self.data(caller, project, Action::ConnectionsWrite).await?;
         resource_name("connection", &req.name)?;
         if req.kind != "openai" {
             return Err(Error::invalid(format!("unsupported connection type {:?}; supported: openai", req.kind)));
         }
-        let url_ok = (req.target.starts_with("http://") || req.target.starts_with("https://")) && req.target.len() <= 2048;
-        if !url_ok {
-            return Err(Error::invalid(format!("connection target {:?} must be an http(s) URL", req.target)));
-        }
+        self.upstream_client.check_target(&req.target)?;
         let secret = match req.api_key.as_deref().filter(|k| !k.is_empty()) {
-            Some(key) => Some(self.master.seal(key)?),
+            Some(key) => Some(self.master.seal(key, Binding { project: data.store.id().as_str(), connection: &req.name })?),
             None => None,
         };
         let body = ConnectionBody { name: req.name.clone(), kind: req.kind, target: req.target, secret, metadata: req.metadata };
@@ -137,14 +138,16 @@ impl Service {
             .read(move |view| parse(&must_get(view, Kind::Connection, &id, "connection", &shown)?))
             .await?;
         let key = match (&body.secret, with_secret) {
-            (Some(sealed), true) => Some(self.master.open(sealed)?),
+            (Some(sealed), true) => {
+                Some(self.master.open(sealed, Binding { project: data.store.id().as_str(), connection: &body.name })?)
+            }
             _ => None,
         };
         Ok(wire(&body, key.as_deref()))
     }
 
     pub async fn delete_connection(&self, caller: &Caller, project: &str, name: &str) -> Result<()> {
-        let data = self.data(caller, project, Action::DataWrite).await?;
+        let data = self.data(caller, project, Action::ConnectionsWrite).await?;
         let (id, shown) = (connection_id(name), name.to_owned());
         data.commit(Box::new(move |view| {
             must_get(view, Kind::Connection, &id, "connection", &shown)?;
@@ -170,7 +173,38 @@ impl Service {
     pub(crate) async fn upstream(&self, data: &Data, connection: &str) -> Result<Upstream> {
         let (id, shown) = (connection_id(connection), connection.to_owned());
         let body = data.read(move |view| parse(&must_get(view, Kind::Connection, &id, "connection", &shown)?)).await?;
-        let api_key = body.secret.as_ref().map(|s| self.master.open(s)).transpose()?;
-        Ok(Upstream { target: body.target, api_key })
+        let binding = Binding { project: data.store.id().as_str(), connection: &body.name };
+        let api_key = body.secret.as_ref().map(|s| self.master.open(s, binding)).transpose()?;
+        Ok(Upstream { target: body.target, api_key, client: self.upstream_client.clone() })
     }
+}
+
+/// The ops that seal every connection secret of a project's state again for the project `to`,
+/// opening each as sealed for the project `from`: at open (`from == to`, only version-1 secrets,
+/// which carry no binding yet) and when a restore makes a copy under a new id. A secret that does
+/// not open (another master key) is left as it is at open, and removed from a restored copy,
+/// with a warning naming the connection that needs its key again.
+pub(crate) fn reseal_ops(view: &holdfast_store::StateView<'_>, master: &MasterKey, from: &str, to: &str) -> Result<Vec<Op>> {
+    let rows = view.list(Kind::Connection, None, None, usize::MAX >> 1, Order::Asc).map_err(store_err)?;
+    let mut ops = Vec::new();
+    for row in rows {
+        let body = parse(&row)?;
+        let Some(sealed) = &body.secret else { continue };
+        if from == to && sealed.v == SEALED_VERSION {
+            continue;
+        }
+        let secret = match master.open(sealed, Binding { project: from, connection: &body.name }) {
+            Ok(plain) => json!(master.seal(&plain, Binding { project: to, connection: &body.name })?),
+            Err(e) if from == to => {
+                tracing::warn!(connection = %body.name, error = %e.message, "cannot seal a connection secret again");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(connection = %body.name, error = %e.message, "a restored connection loses its secret");
+                Value::Null
+            }
+        };
+        ops.push(Op::Patch { kind: Kind::Connection, id: row.id, patch: json!({ "secret": secret }) });
+    }
+    Ok(ops)
 }

@@ -9,6 +9,7 @@ pub mod agents;
 pub mod connections;
 pub mod conversations;
 pub mod deployments;
+pub mod egress;
 pub mod files;
 mod index;
 pub mod items;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub(crate) use secrets::MasterKey;
+pub(crate) use upstream::UpstreamClient;
 
 use crate::locks::{SharedLocks, check_data_locks};
 use crate::{Action, Caller, Result, Service};

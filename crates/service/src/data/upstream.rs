@@ -1,13 +1,16 @@
 //! Calls to upstream models: `POST {target}/chat/completions` on an OpenAI-compatible server,
 //! streamed (`stream: true`), read as server-sent events one chunk at a time.
 //!
-//! Every failure — no connection, an HTTP error, a stream that breaks off or does not parse, an
-//! error event inside the stream — becomes an [`UpstreamError`] carrying the upstream's own
-//! message, which the response that made the call reports as its `error`. Time limits are the
-//! caller's: it races [`ChatStream::next`] against its deadline.
+//! Every failure — a refused target, no connection, an HTTP error, a stream that breaks off or
+//! does not parse, an error event inside the stream — becomes an [`UpstreamError`], which the
+//! response that made the call reports as its `error`. What it says of the upstream's answer is
+//! bounded: its HTTP status and, only when the body is a model API's JSON error object, a short
+//! excerpt of that object's message — never a body otherwise, so a target that is not a model
+//! server (the SSRF case) cannot have its pages read back. Time limits are the caller's: it
+//! races [`ChatStream::next`] against its deadline.
 
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
@@ -15,19 +18,41 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 
 use super::connections::Upstream;
+use super::egress::{Egress, Resolver};
 use super::translate::completion_as_chunk;
 
-/// Longest upstream error body kept in a message.
-const MAX_ERROR_CHARS: usize = 2000;
+/// Longest excerpt of an upstream's error message kept in a response's error.
+const MAX_ERROR_CHARS: usize = 300;
+/// Most bytes of an upstream's error body read (to find its message).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Most bytes of a whole (non-streamed) completion read.
+const MAX_COMPLETION_BODY: usize = 32 * 1024 * 1024;
 
-/// One HTTP client for every upstream call: it pools connections per host.
-static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("holdfast/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
-});
+/// The HTTP client of every upstream call (it pools connections per host), with the rules of
+/// where it may connect.
+pub(crate) struct UpstreamClient {
+    http: reqwest::Client,
+    egress: Arc<Egress>,
+}
+
+impl UpstreamClient {
+    pub(crate) fn new(egress: Egress) -> crate::Result<Self> {
+        let egress = Arc::new(egress);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("holdfast/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(Resolver(egress.clone())))
+            .build()
+            .map_err(|e| holdfast_types::Error::internal(format!("cannot build the upstream HTTP client: {e}")))?;
+        Ok(Self { http, egress })
+    }
+
+    /// Checks a connection's target against the rules (when it is created).
+    pub(crate) fn check_target(&self, target: &str) -> crate::Result<()> {
+        self.egress.check_target(target).map(drop)
+    }
+}
 
 /// Why an upstream call failed, in the shape of a response's `error`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,8 +126,8 @@ impl ChatStream {
             }
             let Ok(chunk) = serde_json::from_str::<Value>(data) else {
                 return Some(Err(UpstreamError::server(format!(
-                    "upstream model sent a malformed stream event: {}",
-                    clip(data)
+                    "upstream model sent a stream event that is not JSON ({} bytes)",
+                    data.len()
                 ))));
             };
             if event.event == "error" || chunk.get("error").is_some_and(|e| !e.is_null()) {
@@ -123,8 +148,10 @@ pub(crate) fn chat_url(target: &str) -> String {
 /// Starts a streamed chat completion and returns once the upstream has answered with a
 /// success status (its chunks follow through the stream).
 pub(crate) async fn chat_stream(upstream: &Upstream, body: &Value) -> Result<ChatStream, UpstreamError> {
+    let client = &upstream.client;
+    client.egress.check_call(&upstream.target).await.map_err(|e| UpstreamError::server(e.message))?;
     let url = chat_url(&upstream.target);
-    let mut request = CLIENT.post(&url).json(body).header(reqwest::header::ACCEPT, "text/event-stream");
+    let mut request = client.http.post(&url).json(body).header(reqwest::header::ACCEPT, "text/event-stream");
     if let Some(key) = upstream.api_key.as_deref() {
         request = request.bearer_auth(key);
     }
@@ -133,36 +160,41 @@ pub(crate) async fn chat_stream(upstream: &Upstream, body: &Value) -> Result<Cha
     })?;
     let status = response.status();
     if !status.is_success() {
-        let text = response.text().await.unwrap_or_default();
+        let text = read_bounded(response, MAX_ERROR_BODY).await.unwrap_or_default();
         let code = match status.as_u16() {
             429 => "rate_limit_exceeded",
             400 => "invalid_prompt",
             _ => "server_error",
         };
-        return Err(UpstreamError {
-            code,
-            message: format!("upstream model returned HTTP {}: {}", status.as_u16(), error_message(&text)),
-        });
+        let message = match model_error_message(&text) {
+            Some(m) => format!("upstream model returned HTTP {}: {m}", status.as_u16()),
+            None => format!("upstream model returned HTTP {}", status.as_u16()),
+        };
+        return Err(UpstreamError { code, message });
     }
-    let is_sse = response
+    let content_type = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if !is_sse {
+        .unwrap_or("")
+        .to_owned();
+    if !content_type.starts_with("text/event-stream") {
         // An upstream that ignored `stream: true` and answered with the whole completion.
-        let text = response
-            .text()
+        let text = read_bounded(response, MAX_COMPLETION_BODY)
             .await
-            .map_err(|e| UpstreamError::server(format!("upstream model answer broke off: {}", error_chain(&e))))?;
-        let completion: Value = serde_json::from_str(&text).map_err(|_| {
-            UpstreamError::server(format!("upstream model sent neither an event stream nor JSON: {}", clip(&text)))
-        })?;
-        if let Some(e) = completion.get("error") {
-            return Err(UpstreamError::server(format!("upstream model error: {}", error_text(e))));
+            .map_err(|e| UpstreamError::server(format!("upstream model answer broke off: {e}")))?;
+        let not_model = || {
+            UpstreamError::server(format!(
+                "upstream model answered with {}, which is neither an event stream nor a chat completion",
+                if content_type.is_empty() { "no content type".to_owned() } else { format!("content type {content_type:?}") }
+            ))
+        };
+        let completion: Value = serde_json::from_str(&text).map_err(|_| not_model())?;
+        if let Some(m) = model_error_message(&text) {
+            return Err(UpstreamError::server(format!("upstream model error: {m}")));
         }
         if completion.get("choices").is_none() {
-            return Err(UpstreamError::server(format!("upstream model sent no choices: {}", clip(&text))));
+            return Err(not_model());
         }
         let chunk = completion_as_chunk(&completion);
         return Ok(ChatStream { source: Source::Whole(Some(chunk)), finished: true, over: false });
@@ -171,30 +203,41 @@ pub(crate) async fn chat_stream(upstream: &Upstream, body: &Value) -> Result<Cha
     Ok(ChatStream { source: Source::Events(Box::pin(events)), finished: false, over: false })
 }
 
-/// The message an upstream put in its error body (`{"error": {"message"}}`, `{"message"}`,
-/// `{"detail"}`, `{"error": "…"}`), else the body itself.
-pub(crate) fn error_message(body: &str) -> String {
-    match serde_json::from_str::<Value>(body) {
-        Ok(v) => {
-            let found = v
-                .get("error")
-                .map(error_text)
-                .or_else(|| v.get("message").or(v.get("detail")).and_then(Value::as_str).map(str::to_owned));
-            found.unwrap_or_else(|| clip(body))
+/// At most `limit` bytes of a body, as text (the rest is not read).
+async fn read_bounded(response: reqwest::Response, limit: usize) -> Result<String, String> {
+    let mut body = std::pin::pin!(response.bytes_stream());
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| error_chain(&e))?;
+        let room = limit.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= limit {
+            break;
         }
-        Err(_) if body.trim().is_empty() => "(empty body)".to_owned(),
-        Err(_) => clip(body.trim()),
     }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The message of a model API's JSON error object — `{"error": {"message": …}}` (OpenAI,
+/// Azure OpenAI), `{"error": "…"}` (Ollama), `{"object": "error", "message": …}` (vLLM) —
+/// clipped; `None` for any other body, whose contents are never repeated.
+pub(crate) fn model_error_message(body: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let message = match v.get("error") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Object(o)) => o.get("message")?.as_str()?,
+        _ if v.get("object").and_then(Value::as_str) == Some("error") => v.get("message")?.as_str()?,
+        _ => return None,
+    };
+    Some(clip(message))
+}
+
+/// The message of an error event inside a stream (its `message`, else nothing of it).
 fn error_text(e: &Value) -> String {
     match e {
         Value::String(s) => clip(s),
-        Value::Object(o) => match o.get("message").and_then(Value::as_str) {
-            Some(m) => clip(m),
-            None => clip(&e.to_string()),
-        },
-        other => clip(&other.to_string()),
+        Value::Object(o) => o.get("message").and_then(Value::as_str).map(clip).unwrap_or_else(|| "(no message)".to_owned()),
+        _ => "(no message)".to_owned(),
     }
 }
 
@@ -227,13 +270,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn error_bodies_yield_the_upstream_message() {
-        assert_eq!(error_message(r#"{"error":{"message":"model overloaded","type":"x"}}"#), "model overloaded");
-        assert_eq!(error_message(r#"{"error":"bad key"}"#), "bad key");
-        assert_eq!(error_message(r#"{"detail":"Not Found"}"#), "Not Found");
-        assert_eq!(error_message("plain text\n"), "plain text");
-        assert_eq!(error_message(""), "(empty body)");
-        assert!(error_message(&"x".repeat(5000)).chars().count() <= MAX_ERROR_CHARS + 1);
+    fn only_model_error_objects_are_quoted() {
+        assert_eq!(model_error_message(r#"{"error":{"message":"model overloaded","type":"x"}}"#).as_deref(), Some("model overloaded"));
+        assert_eq!(model_error_message(r#"{"error":"bad key"}"#).as_deref(), Some("bad key"));
+        assert_eq!(model_error_message(r#"{"object":"error","message":"no such model"}"#).as_deref(), Some("no such model"));
+        for other in [r#"{"detail":"Not Found"}"#, r#"{"secret":"s3cr3t"}"#, "<html>admin page</html>", "", "plain text"] {
+            assert_eq!(model_error_message(other), None, "{other}");
+        }
+        let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(5000));
+        assert!(model_error_message(&long).expect("message").chars().count() <= MAX_ERROR_CHARS + 1);
     }
 
     #[test]
