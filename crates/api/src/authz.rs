@@ -27,7 +27,7 @@ use crate::foundry::OaError;
 /// What a route needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
-    /// Nothing: health, readiness, metrics, the OpenAPI document.
+    /// Nothing: health, readiness, the OpenAPI document.
     Public,
     /// Any valid key (the server's own description).
     Authenticated,
@@ -52,7 +52,8 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     // Service endpoints.
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),
-    ("GET", "/metrics", Public),
+    // Metrics name every project: a key with metrics/read (the monitoring_reader role).
+    ("GET", "/metrics", act(MetricsRead)),
     ("GET", "/openapi.json", Public),
     // Holdfast's own API.
     ("GET", "/v1/info", Authenticated),
@@ -106,7 +107,7 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", "/v1/projects/{project}/failover", act(Failover)),
     ("GET", "/v1/status", act(ProjectsRead)),
     ("GET", "/v1/projects/{project}/divergences", act(ProjectsRead)),
-    ("GET", "/v1/projects/{project}/divergences/{id}", act(ProjectsRead)),
+    ("GET", "/v1/projects/{project}/divergences/{id}", act(JournalRead)),
     ("POST", "/v1/projects/{project}/divergences/{id}/replay", act(Failover)),
     ("POST", "/v1/projects/{project}/resubmit", act(DataWrite)),
     // Between regions: the cluster secret, never a user's key.
@@ -216,10 +217,14 @@ pub fn need_of(method: &str, template: &str) -> Option<Need> {
 }
 
 /// The scope a request's path names: `/projects/{project}` when its route has a project.
+/// The `{project}` segment of a path, as sent.
+fn project_in_path(template: &str, path: &str) -> Option<String> {
+    let index = template.split('/').position(|s| s == "{project}")?;
+    path.split('/').nth(index).map(str::to_owned)
+}
+
 fn scope_of(template: &str, path: &str) -> String {
-    let index = template.split('/').position(|s| s == "{project}");
-    let project = index.and_then(|i| path.split('/').nth(i));
-    match project {
+    match project_in_path(template, path) {
         // As sent: a segment that is not a plain project name matches no scoped assignment.
         Some(p) => format!("/projects/{p}"),
         None => "/".to_owned(),
@@ -275,6 +280,15 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         address: parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default(),
         status: 0,
         request_id: parts.extensions.get::<RequestId>().map(|r| r.as_str().to_owned()).unwrap_or_default(),
+    };
+    // A lock on the project refuses every change of its record and control-plane resources,
+    // before the body is read.
+    let checked = match (checked, action) {
+        (Ok(()), Some(action)) if action.changes_project() && method != Method::GET && template.contains("{project}") => {
+            let project = project_in_path(&template, parts.uri.path()).unwrap_or_default();
+            state.service.check_project_locks_by_ref(&project, method == Method::DELETE).await
+        }
+        (checked, _) => checked,
     };
     let response = match checked {
         Err(e) => refuse(e),

@@ -50,9 +50,11 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<&'static str> {
 }
 
 /// Prometheus metrics: request counts and latencies, per-project LSN, commit batch sizes and
-/// commit (fsync) times.
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
-    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
+/// commit (fsync) times. They name every project, so they need a key with `metrics/read` (the
+/// `monitoring_reader` role): Prometheus sends it with `authorization: {credentials: KEY}`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let body = state.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)

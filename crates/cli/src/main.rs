@@ -395,7 +395,7 @@ enum KeyCmd {
     Create {
         #[arg(long)]
         name: String,
-        /// A built-in role (admin, contributor, reader, ai_user, ai_reader, backup_operator) or a
+        /// A built-in role (admin, contributor, reader, ai_user, ai_reader, backup_operator, monitoring_reader) or a
         /// custom one.
         #[arg(long, default_value = "contributor")]
         role: String,
@@ -442,7 +442,7 @@ enum AuditCmd {
 struct AssignmentArgs {
     #[arg(long)]
     principal: String,
-    /// A built-in role (admin, contributor, reader, ai_user, ai_reader, backup_operator) or a
+    /// A built-in role (admin, contributor, reader, ai_user, ai_reader, backup_operator, monitoring_reader) or a
     /// custom one.
     #[arg(long)]
     role: String,

@@ -243,7 +243,15 @@ fn metrics_after_a_write() {
     let api = server.admin();
     api.create_project("metered");
     api.patch("/v1/projects/metered", &json!({ "description": "d" })).ok(200);
-    let r = server.api(None).get("/metrics");
+    // They name every project: a key with metrics/read, and only that, reads them.
+    assert_eq!(server.api(None).get("/metrics").status, 401);
+    let reader = api.create_key("reader", "reader")["key"].as_str().unwrap().to_owned();
+    let e = server.api(Some(&reader)).get("/metrics").err(403, "forbidden");
+    assert!(e.contains("metrics/read"), "{e}");
+    let scraper = api.create_key("prometheus", "monitoring_reader")["key"].as_str().unwrap().to_owned();
+    let scraper = server.api(Some(&scraper));
+    assert_eq!(scraper.get("/v1/projects").status, 403, "a monitoring key reads nothing else");
+    let r = scraper.get("/metrics");
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/plain"), "{:?}", r.header("content-type"));
     for name in [

@@ -176,3 +176,57 @@ fn a_lock_holds_when_the_project_is_addressed_by_id_and_a_resource_lock_keeps_it
     api.delete(&format!("/v1/projects/{id}")).ok(204);
     assert_eq!(server.stop().code(), Some(0));
 }
+
+/// Project routes that write yet are not refused by a lock on the project's control plane, and
+/// why. Every other such route of the route table must answer 409 `ScopeLocked` under one.
+const NOT_GUARDED: &[(&str, &str, &str)] = &[
+    ("POST", "/v1/projects/{project}/failover", "recovery: a lock never stands in the way of a failover"),
+    ("POST", "/v1/projects/{project}/divergences/{id}/replay", "contents, as new changes: guarded by data-plane locks"),
+    ("POST", "/v1/projects/{project}/import", "contents: guarded by data-plane locks (Data::commit)"),
+    ("POST", "/v1/projects/{project}/resources/{id}/undelete", "contents: guarded by data-plane locks (Data::commit)"),
+    ("POST", "/v1/projects/{project}/backup/snapshot", "writes the archive, not the project"),
+    ("POST", "/v1/projects/{project}/backup/verify", "reads the archive"),
+    ("POST", "/v1/projects/{project}/restore", "reads the source; the target is another project"),
+    ("DELETE", "/v1/deleted-projects/{project}", "purge: refused by any lock that forbids deletes, its own check"),
+];
+
+#[test]
+fn a_read_only_lock_refuses_every_control_plane_write_route_of_the_project() {
+    use holdfast_api::authz::{Need, ROUTES};
+    let data = tempfile::tempdir().expect("data");
+    let server = Server::start(data.path());
+    let admin = server.admin();
+    admin.create_project("proj");
+    admin.post("/v1/projects/proj/connections", &json!({"name": "up", "target": "http://127.0.0.1:9/v1"})).ok(201);
+    let id = lock(&admin, "/projects/proj", "ReadOnly", false);
+    let journal = admin.journal("proj").len();
+    let mut refused = Vec::new();
+    for (method, template, need) in ROUTES {
+        let (Need::Action(action) | Need::ActionInBody(action)) = need else { continue };
+        if *method == "GET" || !template.contains("{project}") || action.is_data() {
+            continue;
+        }
+        if NOT_GUARDED.iter().any(|(m, t, _)| m == method && t == template) {
+            continue;
+        }
+        let path = template.replace("{project}", "proj").replace("{region}", "west").replace("{name}", "up");
+        let path = path.split('/').map(|s| if s.starts_with('{') { "x" } else { s }).collect::<Vec<_>>().join("/");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let body = (method != reqwest::Method::DELETE).then(|| json!({}));
+        let resp = admin.send(method.clone(), &path, body.as_ref(), &[]);
+        assert_eq!(resp.status, 409, "{method} {template} under a ReadOnly lock: {}", resp.text);
+        let message = resp.err(409, "ScopeLocked");
+        assert!(message.contains(&id), "{method} {template}: {message}");
+        refused.push(format!("{method} {template}"));
+    }
+    for (method, template, _) in NOT_GUARDED {
+        assert!(ROUTES.iter().any(|(m, t, _)| m == method && t == template), "stale row {method} {template}");
+    }
+    // The replica topology in particular (the finding): neither adding nor removing a replica.
+    for route in ["POST /v1/projects/{project}/replicas", "DELETE /v1/projects/{project}/replicas/{region}"] {
+        assert!(refused.iter().any(|r| r == route), "{route} is refused: {refused:?}");
+    }
+    assert!(refused.len() >= 7, "{refused:?}");
+    assert_eq!(admin.journal("proj").len(), journal, "nothing was journaled");
+    assert_eq!(server.stop().code(), Some(0));
+}

@@ -242,3 +242,40 @@ fn seal_v1(master_hex: &str, plaintext: &str) -> Value {
     let b64 = base64::engine::general_purpose::STANDARD;
     json!({"alg": "aes-256-gcm", "nonce": b64.encode(nonce), "ciphertext": b64.encode(ciphertext)})
 }
+
+#[test]
+fn purge_protection_lets_the_retention_only_grow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let admin = server.admin();
+    admin.post("/v1/projects", &json!({"name": "kept", "purge_protection": true, "soft_delete_retention_days": 30})).ok(201);
+    let contributor = server.api(Some(&scoped_key(&admin, "dev", "contributor", "kept")));
+    let before = admin.journal("kept").len();
+    let e = contributor.patch("/v1/projects/kept", &json!({"soft_delete_retention_days": 7})).err(400, "invalid_input");
+    assert!(e.contains("can only grow"), "{e}");
+    assert_eq!(admin.journal("kept").len(), before, "a refused change journals nothing");
+    let grown = contributor.patch("/v1/projects/kept", &json!({"soft_delete_retention_days": 90})).ok(200);
+    assert_eq!(grown["soft_delete_retention_days"], 90);
+    let e = contributor.patch("/v1/projects/kept", &json!({"soft_delete_retention_days": 30})).err(400, "invalid_input");
+    assert!(e.contains("can only grow"), "{e}");
+    // Without purge protection the retention may shrink, as before.
+    admin.create_project("loose");
+    admin.patch("/v1/projects/loose", &json!({"soft_delete_retention_days": 30})).ok(200);
+    assert_eq!(admin.patch("/v1/projects/loose", &json!({"soft_delete_retention_days": 7})).ok(200)["soft_delete_retention_days"], 7);
+}
+
+#[test]
+fn a_divergence_record_needs_what_the_journal_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let admin = server.admin();
+    admin.create_project("proj");
+    let reader = server.api(Some(&scoped_key(&admin, "viewer", "reader", "proj")));
+    let e = reader.get("/v1/projects/proj/divergences/div_x").err(403, "forbidden");
+    assert!(e.contains("projects/journal/read"), "{e}");
+    let e = reader.get("/v1/projects/proj/journal").err(403, "forbidden");
+    assert!(e.contains("projects/journal/read"), "{e}");
+    // The list (no changes in it) stays a project read.
+    assert_eq!(reader.get("/v1/projects/proj/divergences").status, 200);
+    admin.get("/v1/projects/proj/divergences/div_x").err(404, "not_found");
+}

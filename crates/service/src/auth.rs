@@ -58,6 +58,8 @@ pub enum Action {
     ProjectsPurge,
     /// Moving a project's primary to another region (Owners only).
     Failover,
+    /// Reading the server's metrics (`/metrics`): they name every project.
+    MetricsRead,
 }
 
 impl Action {
@@ -81,11 +83,12 @@ impl Action {
             Action::AuditRead => "audit/read",
             Action::ProjectsPurge => "projects/purge",
             Action::Failover => "projects/failover",
+            Action::MetricsRead => "metrics/read",
         }
     }
 
     /// Every action, for validating role patterns and listing.
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 19] = [
         Action::ProjectsRead,
         Action::ProjectsWrite,
         Action::JournalRead,
@@ -104,7 +107,16 @@ impl Action {
         Action::AuditRead,
         Action::ProjectsPurge,
         Action::Failover,
+        Action::MetricsRead,
     ];
+
+    /// Whether this changes a project's record or its control-plane resources (connections),
+    /// so a lock on the project refuses it (`ReadOnly` always, `CanNotDelete` for a delete).
+    /// Failover, backup, restore and purge are not: a lock must never stand in the way of
+    /// recovery, a purge has its own check, and contents are guarded by data-plane locks.
+    pub fn changes_project(self) -> bool {
+        matches!(self, Action::ProjectsWrite | Action::ConnectionsWrite)
+    }
 
     /// Whether this acts on a project's contents (a role's `data_actions`) rather than the
     /// control plane (its `actions`).
@@ -159,6 +171,7 @@ pub fn built_in_definition(role: &Role) -> Option<RoleDefinition> {
             &["projects/read", "projects/backup/*", "projects/export", "projects/restore"],
             &[],
         ),
+        Role::MonitoringReader => ("Read the server's metrics (/metrics); nothing else", &["metrics/read"], &[]),
         Role::Custom(_) => return None,
     };
     Some(RoleDefinition {
@@ -578,7 +591,7 @@ impl Service {
             Ok(())
         } else {
             Err(Error::invalid(format!(
-                "unknown role {:?}: the built-in roles are admin, contributor, reader, ai_user, ai_reader, backup_operator \
+                "unknown role {:?}: the built-in roles are admin, contributor, reader, ai_user, ai_reader, backup_operator, monitoring_reader \
                  (holdfast role definitions lists the custom ones too)",
                 role.as_str()
             )))

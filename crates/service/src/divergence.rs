@@ -40,9 +40,10 @@ impl Service {
         rows.iter().map(|r| record(&r.id, &r.body, false)).collect()
     }
 
-    /// `holdfast divergence show --project P --id D`: the record with its changes.
+    /// `holdfast divergence show --project P --id D`: the record with its changes — whole
+    /// changes, with contents, actors and sealed secrets, so it needs what the journal needs.
     pub async fn get_divergence(&self, caller: &Caller, project: &str, id: &str) -> Result<Divergence> {
-        caller.require(Action::ProjectsRead, &format!("/projects/{project}"))?;
+        caller.require(Action::JournalRead, &format!("/projects/{project}"))?;
         let store = self.project_store(project).await?;
         let key = id.to_owned();
         let row = store.read(move |view| view.get(Kind::Divergence, &key)).await.map_err(Error::from)?;

@@ -186,14 +186,38 @@ impl Service {
     /// delete is also refused while any resource of the project is locked.
     pub(crate) fn check_project_locks(&self, project: &str, deleting: bool) -> Result<()> {
         let what = if deleting { "delete" } else { "change" };
-        let locked = |l: &&ActiveLock| match &l.target {
-            Target::Resource { project: p, .. } => deleting && p == project,
-            _ => l.covers_project(project) && l.forbids(deleting),
-        };
-        match self.current_locks().iter().find(locked) {
+        match self.current_locks().iter().find(|l| project_lock_forbids(l, project, deleting)) {
             Some(lock) => Err(lock.refusal(what, &format!("project {project}"))),
             None => Ok(()),
         }
+    }
+
+    /// [`check_project_locks`](Self::check_project_locks) for a project named by name or id, in
+    /// any state (a deleted project's recover is a change too). The API gate calls it for every
+    /// route that changes a project's record or its control-plane resources
+    /// ([`Action::changes_project`]), before the request body is read; an unknown project
+    /// passes (the operation answers 404).
+    pub async fn check_project_locks_by_ref(&self, project: &str, deleting: bool) -> Result<()> {
+        let key = project.to_owned();
+        let found = self.control.call(move |c| control::find_project(c, &key)).await.map_err(Error::from)?;
+        match found {
+            Some(entry) => self.check_project_locks(&entry.name, deleting),
+            None => Ok(()),
+        }
+    }
+
+    /// Wraps a plan that changes the project's own record so the locks are checked again when
+    /// it runs on the writer (a lock created while the request waited still refuses it).
+    pub(crate) fn record_plan(&self, project: &str, deleting: bool, plan: holdfast_store::Plan) -> holdfast_store::Plan {
+        let (locks, project) = (self.shared_locks(), project.to_owned());
+        Box::new(move |view| {
+            let all = locks.read().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(lock) = all.iter().find(|l| project_lock_forbids(l, &project, deleting)) {
+                let what = if deleting { "delete" } else { "change" };
+                return Err(lock.refusal(what, &format!("project {project}")));
+            }
+            plan(view)
+        })
     }
 
     /// The locks, shared with the data plane (see [`check_data_locks`]).
@@ -253,6 +277,14 @@ impl Service {
             return Err(Error::not_found(format!("lock {id:?} not found")));
         }
         self.reload_locks().await
+    }
+}
+
+/// Whether `lock` forbids a change (`deleting`: a delete) of the project named `project`.
+fn project_lock_forbids(lock: &ActiveLock, project: &str, deleting: bool) -> bool {
+    match &lock.target {
+        Target::Resource { project: p, .. } => deleting && p == project,
+        _ => lock.covers_project(project) && lock.forbids(deleting),
     }
 }
 

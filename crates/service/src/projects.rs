@@ -439,7 +439,7 @@ impl Service {
             .write(
                 caller.principal.id.as_str(),
                 caller.request_id.as_str(),
-                Box::new(move |view| {
+                self.record_plan(&entry.name, false, Box::new(move |view| {
                     let current = read_project(view, &plan_id).map_err(Error::from)?.ok_or(missing)?;
                     let mut patch = serde_json::Map::new();
                     if let Some(v) = req.display_name.filter(|v| *v != current.display_name) {
@@ -469,6 +469,15 @@ impl Service {
                         }
                     }
                     if let Some(days) = req.soft_delete_retention_days.filter(|d| *d != current.soft_delete_retention_days) {
+                        // With purge protection a deleted project is kept for its whole retention,
+                        // so the retention may only grow (as Key Vault's does).
+                        if current.purge_protection && days < current.soft_delete_retention_days {
+                            return Err(Error::invalid(format!(
+                                "project {:?} has purge protection: its soft_delete_retention_days ({}) can only grow, not \
+                                 become {days}",
+                                current.name, current.soft_delete_retention_days
+                            )));
+                        }
                         patch.insert("soft_delete_retention_days".into(), json!(days));
                     }
                     match req.purge_protection {
@@ -484,7 +493,7 @@ impl Service {
                         return Ok(Vec::new()); // nothing changes, nothing is journaled
                     }
                     Ok(vec![Op::Patch { kind: Kind::Project, id: plan_id.as_str().to_owned(), patch: patch.into() }])
-                }),
+                })),
             )
             .await
             .map_err(Error::from)?;
@@ -554,6 +563,7 @@ impl Service {
     pub async fn recover_project(&self, caller: &Caller, name: &str) -> Result<Project> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
         let entry = self.deleted_entry(name).await?;
+        self.check_project_locks(&entry.name, false)?;
         let store = self.store(&entry).await?;
         let (id, plan_id) = (entry.id.clone(), entry.id.clone());
         // The record first, then the catalog: a crash in between leaves the project deleted in
@@ -707,12 +717,14 @@ impl Service {
 }
 
 impl Service {
-    /// Journals a change of the project's topology (primary region, replicas) made by `f`.
+    /// Journals a change of the project's topology (primary region, replicas) made by `f`, as
+    /// the project's locks allow (`deleting`: it removes a copy).
     pub(crate) async fn update_topology(
         &self,
         caller: &Caller,
         entry: &CatalogEntry,
         store: &ProjectStore,
+        deleting: bool,
         f: impl FnOnce(&mut Option<String>, &mut Vec<ReplicaSpec>) + Send + 'static,
     ) -> Result<()> {
         let id = entry.id.clone();
@@ -726,6 +738,7 @@ impl Service {
             let topology = json!({ "primary_region": body.primary_region, "replicas": body.replicas });
             Ok(vec![Op::Patch { kind: Kind::Project, id: id.as_str().to_owned(), patch: topology }])
         });
+        let plan = self.record_plan(&entry.name, deleting, plan);
         store.write(caller.principal.id.as_str(), caller.request_id.as_str(), plan).await.map_err(Error::from)?;
         Ok(())
     }

@@ -289,6 +289,7 @@ impl Service {
         }
         self.replication().peer(&request.region)?;
         let entry = self.entry(project).await?;
+        self.check_project_locks(&entry.name, false)?;
         let store = self.store(&entry).await?;
         if store.role() != StoreRole::Primary {
             return Err(Error::conflict(format!("project {project:?} is not primary in region {}", self.region)));
@@ -306,7 +307,7 @@ impl Service {
         }
         let spec = ReplicaSpec { region: request.region.clone(), mode: request.mode, commit: request.commit, sync_fallback: request.sync_fallback };
         let region = self.region.clone();
-        self.update_topology(caller, &entry, &store, move |primary, replicas| {
+        self.update_topology(caller, &entry, &store, false, move |primary, replicas| {
             primary.get_or_insert(region);
             replicas.retain(|r| r.region != spec.region);
             replicas.push(spec);
@@ -320,12 +321,14 @@ impl Service {
     pub async fn unreplicate(&self, caller: &Caller, project: &str, region: &str) -> Result<Project> {
         caller.require(Action::ProjectsWrite, &format!("/projects/{project}"))?;
         let entry = self.entry(project).await?;
+        // Removing a replica deletes that region's copy: refused as a delete is.
+        self.check_project_locks(&entry.name, true)?;
         let store = self.store(&entry).await?;
         let peer = self.replication().request(reqwest::Method::DELETE, region, &format!("/internal/v1/replicas/{}", entry.id))?;
         let _: serde_json::Value = call(peer, &format!("removing the replica in {region}")).await?;
         let region = region.to_owned();
         let gone = region.clone();
-        self.update_topology(caller, &entry, &store, move |_, replicas| replicas.retain(|r| r.region != region)).await?;
+        self.update_topology(caller, &entry, &store, true, move |_, replicas| replicas.retain(|r| r.region != region)).await?;
         self.replication().followers.lock().unwrap_or_else(|e| e.into_inner()).entry(entry.id.clone()).or_default().remove(&gone);
         self.apply_sync_setting(&store).await?;
         self.get_project(caller, project).await

@@ -164,14 +164,23 @@ pub enum Role {
     AiReader,
     /// Backup, restore and export; read projects; no deletes, no contents.
     BackupOperator,
+    /// Read the server's metrics (`/metrics`, for a Prometheus scraper); nothing else.
+    MonitoringReader,
     /// A custom role, by name (see [`RoleDefinition`]).
     Custom(String),
 }
 
 impl Role {
     /// The built-in roles, most powerful first.
-    pub const BUILT_IN: [Role; 6] =
-        [Role::Admin, Role::Contributor, Role::Reader, Role::AiUser, Role::AiReader, Role::BackupOperator];
+    pub const BUILT_IN: [Role; 7] = [
+        Role::Admin,
+        Role::Contributor,
+        Role::Reader,
+        Role::AiUser,
+        Role::AiReader,
+        Role::BackupOperator,
+        Role::MonitoringReader,
+    ];
 
     pub fn as_str(&self) -> &str {
         match self {
@@ -181,6 +190,7 @@ impl Role {
             Role::AiUser => "ai_user",
             Role::AiReader => "ai_reader",
             Role::BackupOperator => "backup_operator",
+            Role::MonitoringReader => "monitoring_reader",
             Role::Custom(name) => name,
         }
     }
@@ -195,6 +205,7 @@ impl Role {
             "ai_user" | "AI User" => Role::AiUser,
             "ai_reader" | "AI Reader" => Role::AiReader,
             "backup_operator" | "Backup Operator" => Role::BackupOperator,
+            "monitoring_reader" | "Monitoring Reader" => Role::MonitoringReader,
             other => Role::Custom(other.to_owned()),
         }
     }
@@ -220,7 +231,7 @@ impl utoipa::PartialSchema for Role {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .description(Some("admin, contributor, reader, ai_user, ai_reader, backup_operator, or a custom role's name"))
+            .description(Some("admin, contributor, reader, ai_user, ai_reader, backup_operator, monitoring_reader, or a custom role's name"))
             .into()
     }
 }
