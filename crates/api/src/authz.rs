@@ -233,10 +233,14 @@ fn scope_of(template: &str, path: &str) -> String {
 
 /// The one authorization gate, over every route.
 pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(template) = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) else {
-        return next.run(request).await; // no route: the fallback answers 404
-    };
     let method = request.method().clone();
+    let Some(template) = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) else {
+        // No route: the fallback answers 404, and the probe is audited.
+        let audited = unmatched(&state, &request);
+        let response = next.run(request).await;
+        state.service.audit(Audited { status: response.status().as_u16(), ..audited });
+        return response;
+    };
     // The Foundry and OpenAI facades answer in the OpenAI error shape.
     let openai_shape = template.starts_with("/api/");
     let refuse = |e: Error| if openai_shape { OaError(e).into_response() } else { ApiError(e).into_response() };
@@ -246,9 +250,17 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         // A real route the table does not know: refused. Another method on a known path: 405,
         // answered here, so nothing unlisted ever reaches a handler.
         None if route_table().contains(&(declared.to_owned(), template.clone())) => {
-            return refuse(undeclared(&method, &template));
+            let audited = Audited { route: template.clone(), ..unmatched(&state, &request) };
+            let response = refuse(undeclared(&method, &template));
+            state.service.audit(Audited { status: response.status().as_u16(), ..audited });
+            return response;
         }
-        None => return crate::error::method_not_allowed(method, request.uri().clone()).await,
+        None => {
+            let audited = Audited { route: template.clone(), ..unmatched(&state, &request) };
+            let response = crate::error::method_not_allowed(method, request.uri().clone()).await;
+            state.service.audit(Audited { status: response.status().as_u16(), ..audited });
+            return response;
+        }
     };
     let (parts, body) = request.into_parts();
     let scope = scope_of(&template, parts.uri.path());
@@ -294,13 +306,38 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         Err(e) => refuse(e),
         Ok(()) => next.run(Request::from_parts(parts, body)).await,
     };
-    // Every mutation and every refusal, whatever said no (this gate or the operation).
+    // Every mutation and every refusal, whatever said no (this gate or the operation). A
+    // mutation's entry is durable before its response leaves.
     let status = response.status().as_u16();
     let reads = method == Method::GET || method == Method::HEAD;
-    if !reads || status == 401 || status == 403 {
+    if !reads {
+        state.service.audit_durable(Audited { status, ..audited }).await;
+    } else if status == 401 || status == 403 {
         state.service.audit(Audited { status, ..audited });
     }
     response
+}
+
+/// The audit entry of a request no route (or no method of its route) answers: whoever its key
+/// names, if any, and where it came from.
+fn unmatched(state: &AppState, request: &Request) -> Audited {
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let principal = token.and_then(|t| state.service.authenticate(Some(t)).ok()).map(|p| p.id.as_str().to_owned());
+    Audited {
+        principal: principal.unwrap_or_default(),
+        method: request.method().as_str().to_owned(),
+        route: String::new(),
+        path: request.uri().path().to_owned(),
+        scope: "/".to_owned(),
+        action: String::new(),
+        address: request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default(),
+        status: 0,
+        request_id: request.extensions().get::<RequestId>().map(|r| r.as_str().to_owned()).unwrap_or_default(),
+    }
 }
 
 /// Every route of the application as (method, template), from the OpenAPI document built from

@@ -156,3 +156,78 @@ fn the_archived_copy_finds_removed_newest_entries_and_its_own_corruption() {
     assert!(report["archive"]["message"].as_str().expect("message").contains("lacks entry 4"), "{report:#}");
     assert_eq!(server.stop().code(), Some(0));
 }
+
+/// The finding: rewriting every entry's principal in `control.db` and recomputing the chain's
+/// hashes made verify report it intact. The chain is keyed now: plain sha256 hashes (what a
+/// rewriter without the master key can compute) are refused.
+#[test]
+fn a_chain_rewritten_without_the_master_key_does_not_verify() {
+    use sha2::{Digest, Sha256};
+    let data = tempfile::tempdir().expect("data");
+    let server = Server::start(data.path());
+    let admin = server.admin();
+    admin.create_project("audited");
+    admin.patch("/v1/projects/audited", &json!({ "description": "x" })).ok(200);
+    let cli = Cli::new();
+    let env = [("HOLDFAST_ENDPOINT", server.base.as_str()), ("HOLDFAST_KEY", ADMIN_KEY)];
+    let (code, report) = verify(&cli, &env);
+    assert_eq!((code, report["ok"].as_bool(), report["unkeyed_entries"].as_u64()), (0, Some(true), Some(0)), "{report}");
+    assert_eq!(server.stop().code(), Some(0));
+
+    let db = rusqlite::Connection::open(data.path().join("control.db")).expect("open control.db");
+    type Row = (i64, i64, String, String, String, String, String, String, u16, String, String);
+    let rows: Vec<Row> = db
+        .prepare("SELECT seq, ts_us, method, route, path, scope, action, address, status, outcome, request_id FROM audit ORDER BY seq")
+        .expect("prepare")
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?))
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert!(rows.len() >= 2);
+    let mut prev = "0".repeat(64);
+    for (seq, ts, method, route, path, scope, action, address, status, outcome, request_id) in &rows {
+        let principal = "prn_mallory";
+        let line = format!("{prev}\n{seq}\n{ts}\n{principal}\n{method}\n{route}\n{path}\n{scope}\n{action}\n{address}\n{status}\n{outcome}\n{request_id}");
+        let hash = hex::encode(Sha256::digest(line.as_bytes()));
+        db.execute(
+            "UPDATE audit SET principal = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+            rusqlite::params![principal, prev, hash, seq],
+        )
+        .expect("rewrite");
+        prev = hash;
+    }
+    drop(db);
+    let server = Server::start(data.path());
+    let env = [("HOLDFAST_ENDPOINT", server.base.as_str()), ("HOLDFAST_KEY", ADMIN_KEY)];
+    let (code, report) = verify(&cli, &env);
+    assert_eq!((code, report["ok"].as_bool(), report["first_bad_seq"].as_i64()), (1, Some(false), Some(1)), "{report}");
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+/// Probes are audited too (a path no route has, a method a route lacks), and a mutation's entry
+/// is durable before its response: a kill -9 right after the answer keeps it.
+#[test]
+fn probes_are_audited_and_a_mutations_entry_survives_a_kill() {
+    let data = tempfile::tempdir().expect("data");
+    let server = Server::start(data.path());
+    let admin = server.admin();
+    assert_eq!(admin.get("/v1/no-such-route").status, 404);
+    assert_eq!(admin.send(reqwest::Method::PUT, "/v1/projects", Some(&json!({})), &[]).status, 405);
+    admin.create_project("durable");
+    let made = admin.post("/v1/projects/durable/connections", &json!({"name": "up", "target": "http://127.0.0.1:9/v1"}));
+    made.ok(201);
+    let request_id = made.header("x-request-id").expect("request id");
+    server.kill9();
+
+    let server = Server::start(data.path());
+    let page = server.admin().get("/v1/audit?limit=1000").ok(200);
+    let all = page["data"].as_array().expect("entries").clone();
+    assert!(all.iter().any(|e| e["request_id"] == request_id.as_str() && e["status"] == 201), "{all:#?}");
+    assert!(all.iter().any(|e| e["status"] == 404 && e["route"] == "" && e["method"] == "GET"), "{all:#?}");
+    assert!(all.iter().any(|e| e["status"] == 405 && e["method"] == "PUT" && e["route"] == "/v1/projects"), "{all:#?}");
+    let cli = Cli::new();
+    let env = [("HOLDFAST_ENDPOINT", server.base.as_str()), ("HOLDFAST_KEY", ADMIN_KEY)];
+    assert_eq!(verify(&cli, &env).0, 0);
+}

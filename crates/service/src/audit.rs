@@ -1,12 +1,15 @@
-//! The audit log: every mutation and every denied request — who, what, at which scope, when,
-//! from which address, with what outcome — in `control.db`, each entry hashing its
-//! predecessor so an edited or removed entry is detected (`holdfast audit-log verify`).
+//! The audit log: every mutation, every denied request and every request no route matched —
+//! who, what, at which scope, when, from which address, with what outcome — in `control.db`,
+//! each entry chained to its predecessor by an HMAC-SHA-256 under a key derived from the node's
+//! master key (kept apart from `control.db`), so an edited, reordered or removed entry is
+//! detected (`holdfast audit-log verify`), and a rewritten chain cannot be made to verify by
+//! whoever can write `control.db` but lacks the master key.
 //!
-//! The API's authorization gate records each request once it is answered; a writer thread of
-//! its own batches whatever is queued into one transaction (one fsync for many entries), so
-//! auditing never holds a request. An entry is written after its response: a crash can lose the
-//! last few entries (the changes themselves are in the project journals, with actor and request
-//! id).
+//! The API's authorization gate records each request once it is answered. A mutation's entry is
+//! durable before its response is sent ([`Service::audit_durable`]); a writer thread of its own
+//! batches whatever is queued into one transaction (one fsync for many entries). Refusals and
+//! unmatched requests are queued without waiting, after a short gathering delay, so a crash can
+//! lose the last few milliseconds of those.
 
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -15,19 +18,23 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use holdfast_archive::{AuditManifest, audit as archived};
-use holdfast_store::control::{self, AuditChain, AuditFilter, AuditRecord, ControlStore};
+use holdfast_store::control::{self, AuditChain, AuditFilter, AuditKey, AuditRecord, ControlStore};
 use holdfast_types::api::{AuditArchiveCheck, AuditEntry, AuditPage, AuditVerify};
 use holdfast_types::{Error, now_micros, parse_rfc3339, rfc3339};
 
 use crate::auth::{Action, Caller};
 use crate::{Result, Service};
 
+/// The label of the audit chain's key, derived from the master key.
+pub(crate) const AUDIT_KEY_LABEL: &str = "holdfast/audit-chain/v1";
 /// How long the writer waits for more entries before it writes a batch.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 /// Most entries one page returns.
 const MAX_PAGE: usize = 1000;
 /// Most entries one archived segment holds.
 const SEGMENT_ENTRIES: usize = 10_000;
+/// Longest a mutation's response waits for its audit entry to be durable.
+const DURABLE_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait between retries when shipping the audit log fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -45,37 +52,57 @@ pub struct Audited {
     pub request_id: String,
 }
 
+/// An entry for the writer, with whoever waits for it to be durable.
+struct Queued {
+    record: AuditRecord,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// The writer thread and the queue in front of it.
 pub(crate) struct AuditLog {
-    tx: Mutex<Option<mpsc::Sender<AuditRecord>>>,
+    tx: Mutex<Option<mpsc::Sender<Queued>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The chain's MAC key, for verifying.
+    key: AuditKey,
 }
 
 impl AuditLog {
-    pub(crate) fn start(control: ControlStore) -> Result<Self> {
-        let (tx, rx) = mpsc::channel::<AuditRecord>();
+    pub(crate) fn start(control: ControlStore, key: AuditKey) -> Result<Self> {
+        if let Some(until) = control.call_blocking(|c| control::seal_audit_keying(c, &key)).map_err(Error::from)? {
+            if until > 0 {
+                tracing::warn!(entries = until, "the audit chain is keyed from now on; its first entries carry plain hashes");
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Queued>();
         let writer = std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    // Gather what arrives in the next few milliseconds too: under load one
-                    // transaction (one fsync) takes hundreds of entries, and the audit's fsyncs
-                    // stay out of the way of the projects' own.
-                    std::thread::sleep(GATHER);
+                    // Nobody waits for a refusal's entry: gather what arrives in the next few
+                    // milliseconds too, so a flood of them costs one transaction (one fsync) per
+                    // batch. A mutation's entry is written at once; those that queue meanwhile
+                    // share the next transaction.
+                    if first.done.is_none() {
+                        std::thread::sleep(GATHER);
+                    }
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    if let Err(e) = control.call_blocking(|c| control::append_audit(c, &mut batch)) {
-                        tracing::error!(error = %e, lost = batch.len(), "cannot write audit entries");
+                    let (mut records, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.record, q.done)).unzip();
+                    match control.call_blocking(|c| control::append_audit(c, &mut records, &key)) {
+                        Ok(()) => waiters.into_iter().flatten().for_each(|w| {
+                            let _ = w.send(());
+                        }),
+                        Err(e) => tracing::error!(error = %e, lost = records.len(), "cannot write audit entries"),
                     }
                 }
             })
             .map_err(|e| Error::internal(format!("cannot start the audit writer: {e}")))?;
-        Ok(Self { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+        Ok(Self { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), key })
     }
 
-    fn send(&self, record: AuditRecord) {
+    fn send(&self, record: AuditRecord, done: Option<tokio::sync::oneshot::Sender<()>>) {
         if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let _ = tx.send(record);
+            let _ = tx.send(Queued { record, done });
         }
     }
 
@@ -147,8 +174,29 @@ pub struct AuditQuery {
 impl Service {
     /// Queues a request for the audit log (returns at once).
     pub fn audit(&self, request: Audited) {
-        let status = request.status;
-        self.audit.send(AuditRecord {
+        self.audit.send(record_of(request), None);
+    }
+
+    /// Records a request in the audit log and returns once its entry is durable: the gate calls
+    /// it for every mutation before the response leaves. The change itself is committed already,
+    /// so a failure to write the entry is logged and counted, and the response still goes out
+    /// (answering an error would invite a retry of a write that happened).
+    pub async fn audit_durable(&self, request: Audited) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.audit.send(record_of(request), Some(done));
+        match tokio::time::timeout(DURABLE_WAIT, written).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                metrics::counter!("holdfast_audit_write_failures_total").increment(1);
+                tracing::error!("a mutation's audit entry could not be made durable before its response");
+            }
+        }
+    }
+}
+
+fn record_of(request: Audited) -> AuditRecord {
+    let status = request.status;
+    AuditRecord {
             seq: 0,
             ts_us: now_micros(),
             principal: request.principal,
@@ -160,11 +208,13 @@ impl Service {
             address: request.address,
             status,
             outcome: outcome(status).to_owned(),
-            request_id: request.request_id,
-            prev_hash: String::new(),
-            hash: String::new(),
-        });
+        request_id: request.request_id,
+        prev_hash: String::new(),
+        hash: String::new(),
     }
+}
+
+impl Service {
 
     /// `GET /v1/audit`: entries by time, principal and scope, oldest first.
     pub async fn audit_log(&self, caller: &Caller, query: AuditQuery) -> Result<AuditPage> {
@@ -196,10 +246,16 @@ impl Service {
     /// what was archived (so removing the newest entries is found too).
     pub async fn audit_verify(&self, caller: &Caller) -> Result<AuditVerify> {
         caller.require(Action::AuditRead, "/")?;
-        let (entries, bad) = self.control.call(control::verify_audit).await.map_err(Error::from)?;
+        let key = self.audit.key;
+        let found = self.control.call(move |c| control::verify_audit(c, &key)).await.map_err(Error::from)?;
+        let (entries, bad, unkeyed) = (found.entries, found.first_bad, found.unkeyed);
         let message = match bad {
+            None if unkeyed > 0 => format!(
+                "{entries} entries, the chain is intact; the first {unkeyed} predate the keyed chain and are proven \
+                 only against the archive"
+            ),
             None => format!("{entries} entries, the chain is intact"),
-            Some(seq) => format!("entry {seq} does not match its hash or its predecessor: the log was changed there"),
+            Some(seq) => format!("entry {seq} does not match its MAC or its predecessor: the log was changed there"),
         };
         let archive = match &self.archiver {
             Some(archiver) => {
@@ -210,7 +266,7 @@ impl Service {
             None => None,
         };
         let ok = bad.is_none() && archive.as_ref().is_none_or(|a| a.ok);
-        Ok(AuditVerify { ok, entries, first_bad_seq: bad, message, archive })
+        Ok(AuditVerify { ok, entries, first_bad_seq: bad, unkeyed_entries: unkeyed, message, archive })
     }
 
     /// Walks the archived audit log's chain, then compares its newest entry with the local one.
@@ -220,7 +276,7 @@ impl Service {
             Ok(m) => m.unwrap_or_default(),
             Err(e) => return Ok(failed(0, format!("cannot read the archived audit log: {e}"))),
         };
-        let mut chain = AuditChain::default();
+        let mut chain = AuditChain::new(self.audit.key);
         for segment in &manifest.segments {
             let records = match archive.read_audit_segment(&self.region, segment).await {
                 Ok(records) => records,
@@ -299,7 +355,7 @@ impl Service {
             }
             // Ship only a log that continues what was archived: a changed local log is for
             // `audit-log verify` to report, not for the archive to take in.
-            let mut chain = AuditChain::after(manifest.shipped_seq, &manifest.last_hash);
+            let mut chain = AuditChain::after(manifest.shipped_seq, &manifest.last_hash, self.audit.key);
             if let Some(r) = records.iter().find(|r| !chain.push(r)) {
                 return Err(Error::internal(format!(
                     "local audit entry {} does not continue the archived log: the log was changed; run `holdfast audit-log verify`",

@@ -144,10 +144,10 @@ impl Service {
                 .map_err(|e| Error::internal(format!("cannot clear {}: {e}", scratch.display())))?;
         }
         let control = ControlStore::open(&data.join("control.db")).map_err(Error::from)?;
-        let audit = audit::AuditLog::start(control.clone())?;
+        let master = data::MasterKey::load(config.master_key.as_deref(), &data.join("master.key"))?;
+        let audit = audit::AuditLog::start(control.clone(), control::AuditKey(master.derive(audit::AUDIT_KEY_LABEL)))?;
         let blobs = BlobStore::local(&data.join("blobs"))
             .map_err(|e| Error::internal(format!("cannot open blob store: {e}")))?;
-        let master = data::MasterKey::load(config.master_key.as_deref(), &data.join("master.key"))?;
         let archiver = match config.archive.clone() {
             Some(archive) => Some(Arc::new(backup::Archiver::open(archive, data.join("tmp"))?)),
             None => None,

@@ -12,7 +12,7 @@ use holdfast_types::now_micros;
 use crate::sqlite;
 
 /// Schema version of the control database (`PRAGMA user_version`).
-pub const CONTROL_SCHEMA_VERSION: i64 = 4;
+pub const CONTROL_SCHEMA_VERSION: i64 = 5;
 
 /// Version 2 adds resource locks and the audit log.
 const V2_SCHEMA: &str = "
@@ -83,6 +83,17 @@ CREATE TABLE replicas (
     mode          TEXT NOT NULL CHECK (mode IN ('hot', 'warm')),
     created_us    INTEGER NOT NULL
 ) WITHOUT ROWID;
+";
+
+/// Version 5 keys the audit chain: entries up to `unkeyed_until` were written before (a bare
+/// sha256 each); `mac`, set at the first start under the audit key, pins that number, so a
+/// rewritten chain of plain hashes is not taken for an old one.
+const V5_SCHEMA: &str = "
+CREATE TABLE audit_keying (
+    unkeyed_until INTEGER NOT NULL,
+    mac           TEXT
+);
+INSERT INTO audit_keying (unkeyed_until, mac) SELECT COALESCE(MAX(seq), 0), NULL FROM audit;
 ";
 
 const CONTROL_SCHEMA: &str = "
@@ -165,17 +176,20 @@ impl ControlStore {
             0 => {
                 // Each older version is brought forward by the later versions' steps, in one transaction.
             conn.execute_batch(&format!(
-                "BEGIN; {CONTROL_SCHEMA} {V2_SCHEMA} {V3_SCHEMA} {V4_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {CONTROL_SCHEMA} {V2_SCHEMA} {V3_SCHEMA} {V4_SCHEMA} {V5_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"
             ))?;
             }
             1 => {
-                conn.execute_batch(&format!("BEGIN; {V2_SCHEMA} {V3_SCHEMA} {V4_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V2_SCHEMA} {V3_SCHEMA} {V4_SCHEMA} {V5_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             2 => {
-                conn.execute_batch(&format!("BEGIN; {V3_SCHEMA} {V4_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V3_SCHEMA} {V4_SCHEMA} {V5_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             3 => {
-                conn.execute_batch(&format!("BEGIN; {V4_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V4_SCHEMA} {V5_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+            }
+            4 => {
+                conn.execute_batch(&format!("BEGIN; {V5_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             CONTROL_SCHEMA_VERSION => {}
             v => {
@@ -692,19 +706,75 @@ pub struct AuditRecord {
 /// The hash before the first entry.
 pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// What an entry's hash covers: its predecessor's hash and every field, one per line.
-fn audit_hash(prev: &str, r: &AuditRecord) -> String {
+/// The prefix of a keyed entry's hash: `k1:` and HMAC-SHA-256 under the [`AuditKey`], hex.
+/// Entries written before the chain was keyed carry a bare sha256 (hex) and are verified as such
+/// but counted as unkeyed; no unkeyed entry may follow a keyed one.
+pub const KEYED_PREFIX: &str = "k1:";
+
+/// The key of the audit chain's MAC: kept apart from `control.db` (the service derives it from
+/// the node's master key), so whoever can rewrite `control.db` cannot make a rewritten chain
+/// verify.
+#[derive(Clone, Copy)]
+pub struct AuditKey(pub [u8; 32]);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(..)")
+    }
+}
+
+/// What an entry's hash covers: its predecessor's hash and every field, one per line. Keyed
+/// (`key`): [`KEYED_PREFIX`] and the HMAC; else the bare sha256 of the first chain version.
+fn audit_hash(prev: &str, r: &AuditRecord, key: Option<&AuditKey>) -> String {
     use sha2::{Digest, Sha256};
     let line = format!(
         "{prev}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
         r.seq, r.ts_us, r.principal, r.method, r.route, r.path, r.scope, r.action, r.address, r.status, r.outcome,
         r.request_id
     );
-    hex::encode(Sha256::digest(line.as_bytes()))
+    match key {
+        Some(key) => format!("{KEYED_PREFIX}{}", key.mac(&line)),
+        None => hex::encode(Sha256::digest(line.as_bytes())),
+    }
 }
 
-/// Appends entries (their `seq`, `prev_hash` and `hash` are assigned here), chained to the last.
-pub fn append_audit(conn: &Connection, entries: &mut [AuditRecord]) -> Result<()> {
+impl AuditKey {
+    /// HMAC-SHA-256 of `text` under this key, hex.
+    fn mac(&self, text: &str) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(text.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// At start: pins, under `key`, how many entries were written before the chain was keyed (set
+/// when this schema version was reached; trusted on this first start). Returns that number when
+/// it was pinned now.
+pub fn seal_audit_keying(conn: &Connection, key: &AuditKey) -> Result<Option<i64>> {
+    let (until, mac): (i64, Option<String>) =
+        conn.query_row("SELECT unkeyed_until, mac FROM audit_keying", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if mac.is_some() {
+        return Ok(None);
+    }
+    conn.execute("UPDATE audit_keying SET mac = ?1", [key.mac(&format!("unkeyed_until:{until}"))])?;
+    Ok(Some(until))
+}
+
+/// How many leading entries may carry no MAC: the pinned number when its MAC holds, else 0.
+fn unkeyed_allowed(conn: &Connection, key: &AuditKey) -> Result<i64> {
+    let row: Option<(i64, Option<String>)> = conn
+        .query_row("SELECT unkeyed_until, mac FROM audit_keying", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        Some((until, Some(mac))) if mac == key.mac(&format!("unkeyed_until:{until}")) => until,
+        _ => 0,
+    })
+}
+
+/// Appends entries (their `seq`, `prev_hash` and `hash` are assigned here), chained to the last
+/// and keyed with `key`.
+pub fn append_audit(conn: &Connection, entries: &mut [AuditRecord], key: &AuditKey) -> Result<()> {
     let last: Option<(i64, String)> =
         conn.query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
     let (mut seq, mut prev) = last.unwrap_or((0, AUDIT_GENESIS.to_owned()));
@@ -717,7 +787,7 @@ pub fn append_audit(conn: &Connection, entries: &mut [AuditRecord]) -> Result<()
         seq += 1;
         e.seq = seq;
         e.prev_hash = prev;
-        e.hash = audit_hash(&e.prev_hash, e);
+        e.hash = audit_hash(&e.prev_hash, e, Some(key));
         stmt.execute(params![
             e.seq, e.ts_us, e.principal, e.method, e.route, e.path, e.scope, e.action, e.address, e.status, e.outcome,
             e.request_id, e.prev_hash, e.hash
@@ -778,35 +848,48 @@ pub fn list_audit(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRe
 }
 
 /// Follows a run of audit entries from the first: each must follow its predecessor in `seq`,
-/// link to its hash, and hash to what it says. Used on `control.db` and on the archived copy.
+/// link to its hash, and hash to what it says under the key (or, for an entry written before the
+/// chain was keyed, to its bare sha256 — only before the first keyed entry). Used on
+/// `control.db` and on the archived copy.
 #[derive(Clone, Debug)]
 pub struct AuditChain {
     prev: String,
     next_seq: i64,
+    key: AuditKey,
+    /// A keyed entry was accepted: no unkeyed one may follow.
+    keyed: bool,
     /// Entries accepted so far.
     pub count: u64,
-}
-
-impl Default for AuditChain {
-    fn default() -> Self {
-        Self { prev: AUDIT_GENESIS.to_owned(), next_seq: 1, count: 0 }
-    }
+    /// Of those, entries written before the chain was keyed (proven against the archive only).
+    pub unkeyed: u64,
 }
 
 impl AuditChain {
+    /// A chain from the first entry.
+    pub fn new(key: AuditKey) -> Self {
+        Self { prev: AUDIT_GENESIS.to_owned(), next_seq: 1, key, keyed: false, count: 0, unkeyed: 0 }
+    }
+
     /// A chain that continues after entry `seq`, whose hash is `hash`.
-    pub fn after(seq: i64, hash: &str) -> Self {
-        Self { prev: hash.to_owned(), next_seq: seq + 1, count: 0 }
+    pub fn after(seq: i64, hash: &str, key: AuditKey) -> Self {
+        let keyed = hash.starts_with(KEYED_PREFIX);
+        Self { prev: hash.to_owned(), next_seq: seq + 1, key, keyed, count: 0, unkeyed: 0 }
     }
 
     /// Takes the next entry; `false` (and nothing changes) when it breaks the chain.
     pub fn push(&mut self, r: &AuditRecord) -> bool {
-        if r.seq != self.next_seq || r.prev_hash != self.prev || audit_hash(&r.prev_hash, r) != r.hash {
+        let keyed = r.hash.starts_with(KEYED_PREFIX);
+        if r.seq != self.next_seq || r.prev_hash != self.prev || (self.keyed && !keyed) {
+            return false;
+        }
+        if audit_hash(&r.prev_hash, r, keyed.then_some(&self.key)) != r.hash {
             return false;
         }
         self.prev.clone_from(&r.hash);
         self.next_seq += 1;
         self.count += 1;
+        self.keyed |= keyed;
+        self.unkeyed += u64::from(!keyed);
         true
     }
 
@@ -816,18 +899,33 @@ impl AuditChain {
     }
 }
 
-/// Walks the whole chain: the number of entries, and the first whose hash or link is wrong.
-pub fn verify_audit(conn: &Connection) -> Result<(u64, Option<i64>)> {
+/// What [`verify_audit`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditVerified {
+    /// Entries read (up to and including the first bad one).
+    pub entries: u64,
+    /// The first entry whose hash or link is wrong.
+    pub first_bad: Option<i64>,
+    /// Entries from before the chain was keyed.
+    pub unkeyed: u64,
+}
+
+/// Walks the whole chain. Entries without a MAC are accepted only as many as were written
+/// before the chain was keyed (see [`seal_audit_keying`]): a chain rewritten with plain hashes
+/// fails at the first entry past that number.
+pub fn verify_audit(conn: &Connection, key: &AuditKey) -> Result<AuditVerified> {
+    let allowed = unkeyed_allowed(conn, key)?;
     let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
-    let mut chain = AuditChain::default();
+    let mut chain = AuditChain::new(*key);
     while let Some(row) = rows.next()? {
         let r = audit_from_row(row)?;
-        if !chain.push(&r) {
-            return Ok((chain.count + 1, Some(r.seq)));
+        let pushed = chain.push(&r);
+        if !pushed || chain.unkeyed as i64 > allowed {
+            return Ok(AuditVerified { entries: chain.count + u64::from(!pushed), first_bad: Some(r.seq), unkeyed: chain.unkeyed });
         }
     }
-    Ok((chain.count, None))
+    Ok(AuditVerified { entries: chain.count, first_bad: None, unkeyed: chain.unkeyed })
 }
 
 #[cfg(test)]
@@ -853,14 +951,106 @@ mod audit_tests {
         }
     }
 
+    const KEY: AuditKey = AuditKey([7; 32]);
+
+    /// An entry as it is, hash and all.
+    fn insert_raw(c: &Connection, r: &AuditRecord) -> Result<()> {
+        c.execute(
+            "INSERT INTO audit (seq, ts_us, principal, method, route, path, scope, action, address, status, outcome,
+                                request_id, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![r.seq, r.ts_us, r.principal, r.method, r.route, r.path, r.scope, r.action, r.address, r.status,
+                r.outcome, r.request_id, r.prev_hash, r.hash],
+        )?;
+        Ok(())
+    }
+
+    fn verified(entries: u64, first_bad: Option<i64>, unkeyed: u64) -> AuditVerified {
+        AuditVerified { entries, first_bad, unkeyed }
+    }
+
     #[test]
     fn the_chain_verifies_across_batches_and_an_edit_is_found() {
         let dir = tempfile::tempdir().expect("dir");
         let store = ControlStore::open(&dir.path().join("control.db")).expect("open");
-        store.call_blocking(|c| append_audit(c, &mut [record("a", 200), record("b", 201)])).expect("first batch");
-        store.call_blocking(|c| append_audit(c, &mut [record("c", 403)])).expect("second batch");
-        assert_eq!(store.call_blocking(verify_audit).expect("verify"), (3, None));
+        store.call_blocking(|c| append_audit(c, &mut [record("a", 200), record("b", 201)], &KEY)).expect("first batch");
+        store.call_blocking(|c| append_audit(c, &mut [record("c", 403)], &KEY)).expect("second batch");
+        assert_eq!(store.call_blocking(|c| verify_audit(c, &KEY)).expect("verify"), verified(3, None, 0));
         store.call_blocking(|c| Ok(c.execute("UPDATE audit SET status = 200 WHERE seq = 2", [])?)).expect("edit");
-        assert_eq!(store.call_blocking(verify_audit).expect("verify"), (2, Some(2)));
+        assert_eq!(store.call_blocking(|c| verify_audit(c, &KEY)).expect("verify"), verified(2, Some(2), 0));
+    }
+
+    /// The finding: rewriting every principal and recomputing plain hashes made the chain
+    /// verify. Now the rewriter needs the key, whether it recomputes keyed hashes (with a key of
+    /// its own) or plain ones.
+    #[test]
+    fn a_rewritten_chain_does_not_verify_without_the_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ControlStore::open(&dir.path().join("control.db")).expect("open");
+        store.call_blocking(|c| append_audit(c, &mut [record("alice", 200), record("alice", 204)], &KEY)).expect("append");
+        for forged_key in [Some(AuditKey([9; 32])), None] {
+            store
+                .call_blocking(|c| {
+                    let mut rows = list_audit(c, &AuditFilter { limit: 10, ..AuditFilter::default() })?;
+                    let mut prev = AUDIT_GENESIS.to_owned();
+                    for r in &mut rows {
+                        r.principal = "mallory".into();
+                        r.prev_hash = prev.clone();
+                        r.hash = audit_hash(&r.prev_hash, r, forged_key.as_ref());
+                        c.execute("UPDATE audit SET principal = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+                            params![r.principal, r.prev_hash, r.hash, r.seq])?;
+                        prev = r.hash.clone();
+                    }
+                    Ok(())
+                })
+                .expect("rewrite");
+            let found = store.call_blocking(|c| verify_audit(c, &KEY)).expect("verify");
+            match forged_key {
+                Some(_) => assert_eq!(found, verified(1, Some(1), 0), "a chain keyed with another key"),
+                // All plain, as the finding rewrote it: no entry was written before keying here.
+                None => assert_eq!(found, verified(1, Some(1), 1), "a chain rewritten with plain hashes"),
+            }
+        }
+    }
+
+    #[test]
+    fn unkeyed_entries_are_read_only_before_the_first_keyed_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ControlStore::open(&dir.path().join("control.db")).expect("open");
+        // Two entries of the first chain version (plain sha256), then the keyed chain.
+        store
+            .call_blocking(|c| {
+                let mut prev = AUDIT_GENESIS.to_owned();
+                for seq in 1..=2 {
+                    let mut r = record("old", 200);
+                    r.seq = seq;
+                    r.prev_hash = prev;
+                    r.hash = audit_hash(&r.prev_hash, &r, None);
+                    insert_raw(c, &r)?;
+                    prev = r.hash;
+                }
+                Ok(())
+            })
+            .expect("legacy rows");
+        // Two entries predate keying (as the schema step would have recorded), pinned under the key.
+        store.call_blocking(|c| Ok(c.execute("UPDATE audit_keying SET unkeyed_until = 2", [])?)).expect("boundary");
+        assert_eq!(store.call_blocking(|c| seal_audit_keying(c, &KEY)).expect("seal"), Some(2));
+        assert_eq!(store.call_blocking(|c| seal_audit_keying(c, &KEY)).expect("seal again"), None);
+        store.call_blocking(|c| append_audit(c, &mut [record("new", 200)], &KEY)).expect("keyed");
+        assert_eq!(store.call_blocking(|c| verify_audit(c, &KEY)).expect("verify"), verified(3, None, 2));
+        // A plain entry after a keyed one breaks the chain.
+        store
+            .call_blocking(|c| {
+                let rows = list_audit(c, &AuditFilter { limit: 10, ..AuditFilter::default() })?;
+                let mut r = rows[2].clone();
+                r.seq = 4;
+                r.prev_hash = rows[2].hash.clone();
+                r.hash = audit_hash(&r.prev_hash, &r, None);
+                insert_raw(c, &r)
+            })
+            .expect("plain after keyed");
+        assert_eq!(store.call_blocking(|c| verify_audit(c, &KEY)).expect("verify"), verified(4, Some(4), 2));
+        // Moving the boundary without the key is found: its MAC no longer holds, none may be plain.
+        store.call_blocking(|c| Ok(c.execute("UPDATE audit_keying SET unkeyed_until = 3", [])?)).expect("move");
+        assert_eq!(store.call_blocking(|c| verify_audit(c, &KEY)).expect("verify"), verified(1, Some(1), 1));
     }
 }

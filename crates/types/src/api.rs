@@ -559,8 +559,13 @@ pub struct AuditPage {
 pub struct AuditVerify {
     pub ok: bool,
     pub entries: u64,
-    /// The first entry whose hash or link to its predecessor is wrong.
+    /// The first entry whose MAC or link to its predecessor is wrong.
     pub first_bad_seq: Option<i64>,
+    /// Entries written before the chain was keyed (a bare sha256 each): they verify only as a
+    /// chain, which anyone who can write `control.db` can recompute, so only the archived copy
+    /// proves them.
+    #[serde(default)]
+    pub unkeyed_entries: u64,
     pub message: String,
     /// The archived copy, when the server archives: its own chain, and whether the local log
     /// still holds every archived entry unchanged. `ok` is false when this is.
