@@ -41,12 +41,25 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(resubmit))
 }
 
-/// Runs again, as new background responses, the responses a failover cut off (`region_failover`).
-#[utoipa::path(post, path = "/v1/projects/{project}/resubmit", tag = "replication", params(("project" = String, Path)),
-    responses((status = 200, description = "[{id, resubmitted_as}]"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
-async fn resubmit(State(state): State<AppState>, Authed(caller): Authed, Path(project): Path<String>) -> ApiResult<Json<Vec<serde_json::Value>>> {
-    Ok(Json(state.service.resubmit(&caller, &project).await?))
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// Runs again, as new background responses, the responses a failover cut off (`region_failover`):
+/// at most `limit` (default 100, at most 1000) per call; call again until fewer come back.
+#[utoipa::path(post, path = "/v1/projects/{project}/resubmit", tag = "replication",
+    params(("project" = String, Path), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "[{id, resubmitted_as}]"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn resubmit(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path(project): Path<String>,
+    ApiQuery(query): ApiQuery<LimitQuery>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    Ok(Json(state.service.resubmit(&caller, &project, query.limit).await?))
 }
 
 /// Starts a replica of the project in a peer region (hot or warm, async or sync commit).
@@ -96,11 +109,18 @@ async fn failover(
 
 /// The project's divergence records: changes a deposed primary committed that never reached the
 /// region that took over.
-#[utoipa::path(get, path = "/v1/projects/{project}/divergences", tag = "replication", params(("project" = String, Path)),
-    responses((status = 200, body = Vec<Divergence>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
-async fn divergences(State(state): State<AppState>, Authed(caller): Authed, Path(project): Path<String>) -> ApiResult<Json<Vec<Divergence>>> {
-    Ok(Json(state.service.list_divergences(&caller, &project).await?))
+/// A page, oldest first: `after` a record's id, at most `limit` (default 100, at most 1000).
+#[utoipa::path(get, path = "/v1/projects/{project}/divergences", tag = "replication",
+    params(("project" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, body = Vec<Divergence>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn divergences(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path(project): Path<String>,
+    ApiQuery(page): ApiQuery<holdfast_service::divergence::PageQuery>,
+) -> ApiResult<Json<Vec<Divergence>>> {
+    Ok(Json(state.service.list_divergences(&caller, &project, page).await?))
 }
 
 /// One divergence record with its changes.

@@ -103,6 +103,10 @@ pub struct FileUpstream {
 pub struct FileLimits {
     pub max_body_bytes: Option<usize>,
     pub max_file_bytes: Option<usize>,
+    /// Most projects a principal other than an Owner may hold (default 100; 0: no limit).
+    pub max_projects_per_principal: Option<u64>,
+    /// Close a project nobody used for this many seconds (default 600; 0: never).
+    pub idle_close_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +131,8 @@ pub struct ServeConfig {
     pub region: String,
     pub max_body_bytes: usize,
     pub max_file_bytes: usize,
+    pub max_projects_per_principal: Option<u64>,
+    pub idle_close: Option<std::time::Duration>,
     pub upstream_timeout_secs: u64,
     pub egress: holdfast_service::data::egress::EgressConfig,
     pub log: String,
@@ -223,6 +229,16 @@ impl ServeConfig {
                 "upstream allow_hosts entry {host:?} must be a host name, an IP address or *.suffix (no scheme, port or path)"
             );
         }
+        let max_projects_per_principal = match file.limits.max_projects_per_principal {
+            None => Some(holdfast_service::DEFAULT_MAX_PROJECTS_PER_PRINCIPAL),
+            Some(0) => None,
+            Some(n) => Some(n),
+        };
+        let idle_close = match file.limits.idle_close_secs {
+            None => Some(holdfast_service::DEFAULT_IDLE_CLOSE),
+            Some(0) => None,
+            Some(secs) => Some(std::time::Duration::from_secs(secs)),
+        };
         let egress = holdfast_service::data::egress::EgressConfig {
             allow_private: file.upstream.allow_private.unwrap_or(true),
             allow_hosts: file.upstream.allow_hosts.clone(),
@@ -241,6 +257,8 @@ impl ServeConfig {
             region,
             max_body_bytes,
             max_file_bytes,
+            max_projects_per_principal,
+            idle_close,
             upstream_timeout_secs,
             egress,
             log: over.log.or(file.log.level).unwrap_or_else(|| "info".to_owned()),

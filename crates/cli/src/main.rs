@@ -635,12 +635,34 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             print(format, &report, &[])?;
         }
         Command::Resubmit { project } => {
-            let done: Vec<serde_json::Value> = client.post(&format!("/v1/projects/{}/resubmit", seg(&project)), &json!({})).await?;
+            // The server resubmits a bounded batch per call; the rest follow in later calls.
+            const BATCH: usize = 100;
+            let mut done: Vec<serde_json::Value> = Vec::new();
+            loop {
+                let path = format!("/v1/projects/{}/resubmit?limit={BATCH}", seg(&project));
+                let batch: Vec<serde_json::Value> = client.post(&path, &json!({})).await?;
+                let last = batch.len() < BATCH;
+                done.extend(batch);
+                if last {
+                    break;
+                }
+            }
             print(format, &done, &["id", "resubmitted_as"])?;
         }
         Command::Divergence(cmd) => match cmd {
             DivergenceCmd::List { project } => {
-                let all: Vec<Divergence> = client.get(&format!("/v1/projects/{}/divergences", seg(&project))).await?;
+                const PAGE: usize = 1000;
+                let mut all: Vec<Divergence> = Vec::new();
+                loop {
+                    let after = all.last().map(|d| format!("&after={}", seg(&d.id))).unwrap_or_default();
+                    let path = format!("/v1/projects/{}/divergences?limit={PAGE}{after}", seg(&project));
+                    let page: Vec<Divergence> = client.get(&path).await?;
+                    let last = page.len() < PAGE;
+                    all.extend(page);
+                    if last {
+                        break;
+                    }
+                }
                 print(format, &all, &["id", "from_region", "epoch", "first_lsn", "last_lsn", "count", "detected_at", "replayed"])?;
             }
             DivergenceCmd::Show { project, id } => {

@@ -16,6 +16,8 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
     let service_config = ServiceConfig {
         master_key,
         max_file_bytes: config.max_file_bytes,
+        max_projects_per_principal: config.max_projects_per_principal,
+        idle_close: config.idle_close,
         upstream_timeout: std::time::Duration::from_secs(config.upstream_timeout_secs),
         egress: config.egress.clone(),
         archive: config.archive.clone(),
@@ -58,6 +60,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         "holdfast is serving"
     );
     let archiver = service.spawn_archiver();
+    let idle_closer = service.spawn_idle_closer();
     service.spawn_replicators().map_err(|e| Exit::error(anyhow::anyhow!("cannot start replication: {e}")))?;
     service.spawn_topology_watch();
     service.spawn_coordinator();
@@ -82,6 +85,9 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), archiver).await;
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), purger).await;
+    if let Some(closer) = idle_closer {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), closer).await;
+    }
     service.shutdown().await;
     tracing::info!("stopped");
     Ok(())

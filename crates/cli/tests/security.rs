@@ -279,3 +279,73 @@ fn a_divergence_record_needs_what_the_journal_needs() {
     assert_eq!(reader.get("/v1/projects/proj/divergences").status, 200);
     admin.get("/v1/projects/proj/divergences/div_x").err(404, "not_found");
 }
+
+/// The server's OS threads (each open project has a writer thread of its own).
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).expect("Threads line").trim().parse().expect("number")
+}
+
+#[test]
+fn idle_projects_are_closed_and_open_again_on_their_next_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "listen = \"127.0.0.1:{port}\"\n[limits]\nidle_close_secs = 1\n";
+    let server = Server::start_with(dir.path(), Opts { config: Some(config.to_owned()), ..Opts::default() });
+    let admin = server.admin();
+    let names: Vec<String> = (0..6).map(|i| format!("idle-{i}")).collect();
+    let mut conversations = Vec::new();
+    for name in &names {
+        admin.create_project(name);
+        let conv = admin.post(&oa(name, "/conversations"), &json!({"items": [{"role": "user", "content": "kept"}]})).ok(200);
+        conversations.push(conv["id"].as_str().expect("id").to_owned());
+    }
+    let busy = threads(server.pid());
+    // Bounded wait: the closer runs every second once a project has been idle for a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while threads(server.pid()) + names.len() > busy && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let idle = threads(server.pid());
+    assert!(idle + names.len() <= busy, "writer threads were released: {busy} threads busy, {idle} idle");
+    // Each project opens again on its next use, with everything it held.
+    for (name, conv) in names.iter().zip(&conversations) {
+        let items = admin.get(&oa(name, &format!("/conversations/{conv}/items"))).ok(200);
+        assert_eq!(items["data"][0]["content"][0]["text"], "kept", "{items}");
+        admin.post(&oa(name, &format!("/conversations/{conv}/items")), &json!({"items": [{"role": "user", "content": "more"}]})).ok(200);
+    }
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+#[test]
+fn a_principal_holds_at_most_its_project_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "listen = \"127.0.0.1:{port}\"\n[limits]\nmax_projects_per_principal = 2\n";
+    let server = Server::start_with(dir.path(), Opts { config: Some(config.to_owned()), ..Opts::default() });
+    let admin = server.admin();
+    let contributor = server.api(Some(admin.create_key("builder", "contributor")["key"].as_str().expect("key")));
+    contributor.create_project("first");
+    contributor.create_project("second");
+    let e = contributor.post("/v1/projects", &json!({"name": "third"})).err(403, "quota_exceeded");
+    assert!(e.contains("max_projects_per_principal"), "{e}");
+    assert_eq!(admin.get("/v1/projects/third").status, 404, "nothing was created");
+    // A soft-deleted project still counts (it keeps its data until purged); Owners are not limited.
+    contributor.delete("/v1/projects/second").ok(204);
+    contributor.post("/v1/projects", &json!({"name": "third"})).err(403, "quota_exceeded");
+    for name in ["owned-1", "owned-2", "owned-3"] {
+        admin.create_project(name);
+    }
+}
+
+#[test]
+fn scans_of_divergences_and_cut_off_responses_are_paged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let admin = server.admin();
+    admin.create_project("proj");
+    assert_eq!(admin.get("/v1/projects/proj/divergences?limit=100").ok(200), json!([]));
+    let e = admin.get("/v1/projects/proj/divergences?limit=100000").err(400, "invalid_input");
+    assert!(e.contains("at most") || e.contains("between 1 and 1000"), "{e}");
+    let e = admin.post("/v1/projects/proj/resubmit?limit=0", &json!({})).err(400, "invalid_input");
+    assert!(e.contains("between 1 and 1000"), "{e}");
+    assert_eq!(admin.post("/v1/projects/proj/resubmit?limit=5", &json!({})).ok(200), json!([]));
+}

@@ -85,6 +85,10 @@ struct Tracked {
     manifest_saved: Option<Instant>,
     /// The archived LSN, shared with `watcher`.
     archived: Arc<AtomicU64>,
+    /// Set when the project's store was closed for idleness with every change archived: passes
+    /// leave it closed until its next use, or until maintenance (compaction, expiry, snapshot)
+    /// is due again after `snapshot_interval`.
+    resting_since: Option<Instant>,
     /// Follows the project's journal and wakes the archiver when a segment is full.
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// The cached manifest continues this journal's lineage (checked once per manifest read).
@@ -117,6 +121,46 @@ impl Archiver {
         {
             watcher.abort();
         }
+    }
+
+    /// For an idle project about to be closed: `true` (and it rests from now on) when every
+    /// change up to `last` is archived; `false` when not, or when a pass is busy with it.
+    pub(crate) fn rest(&self, id: &ProjectId, last: Lsn) -> bool {
+        let tracked = self.tracked(id);
+        let Ok(mut tracked) = tracked.try_lock() else { return false };
+        if tracked.manifest.is_none() || tracked.archived.load(Ordering::Relaxed) < last.0 {
+            return false;
+        }
+        tracked.resting_since = Some(Instant::now());
+        true
+    }
+
+    /// For a closed project at rest: advances its manifest's restorable time to `settled` (the
+    /// journal cannot have changed while the store was closed) as often as an idle open
+    /// project's, and answers whether the pass may leave it closed — `false` once maintenance
+    /// (compaction, expiry, snapshot) is due again, after `snapshot_interval`.
+    async fn keep_resting(&self, id: &ProjectId, settled: holdfast_types::Micros) -> Result<bool> {
+        let tracked = self.tracked(id);
+        let mut tracked = tracked.lock().await;
+        match tracked.resting_since {
+            Some(at) if at.elapsed() < self.config.snapshot_interval => {}
+            _ => {
+                tracked.resting_since = None;
+                return Ok(false);
+            }
+        }
+        let idle_due = tracked.manifest_saved.is_none_or(|t| t.elapsed() >= IDLE_MANIFEST_EVERY);
+        let archived = tracked.archived.load(Ordering::Relaxed);
+        if let Some(manifest) = tracked.manifest.as_mut()
+            && idle_due
+            && manifest.archived_lsn.0 == archived
+            && settled > manifest.complete_through
+        {
+            manifest.complete_through = settled;
+            self.archive.save_manifest(manifest).await.map_err(Error::from)?;
+            tracked.manifest_saved = Some(Instant::now());
+        }
+        Ok(true)
     }
 
     fn tracked(&self, id: &ProjectId) -> Arc<tokio::sync::Mutex<Tracked>> {
@@ -202,6 +246,17 @@ impl Service {
             if self.replication.is_replica(&entry.id) {
                 archiver.forget(&entry.id);
                 continue;
+            }
+            // A project closed for idleness with everything archived stays closed.
+            if let Some(settled) = self.settled_if_closed(&entry.id).await {
+                match archiver.keep_resting(&entry.id, settled).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(project = %entry.name, error = %e.message, "advancing a resting project's manifest failed");
+                        continue;
+                    }
+                }
             }
             // The store first, with no archive lock held: opening a project whose delete a crash
             // cut off ships its last changes (`archive_final`), which takes that lock.

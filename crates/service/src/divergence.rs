@@ -28,13 +28,36 @@ fn record(id: &str, body: &Value, with_changes: bool) -> Result<Divergence> {
     })
 }
 
+/// A page of a bounded scan: `after` an id, at most `limit` (default 100, at most 1000).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Most records one page returns.
+pub const MAX_PAGE: usize = 1000;
+
+impl PageQuery {
+    pub fn limit(&self) -> Result<usize> {
+        match self.limit {
+            None => Ok(100),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(n) => Err(Error::invalid(format!("limit must be between 1 and {MAX_PAGE}, got {n}"))),
+        }
+    }
+}
+
 impl Service {
-    /// `holdfast divergence list --project P`.
-    pub async fn list_divergences(&self, caller: &Caller, project: &str) -> Result<Vec<Divergence>> {
+    /// `holdfast divergence list --project P`: a page of records, oldest first, without their
+    /// changes.
+    pub async fn list_divergences(&self, caller: &Caller, project: &str, page: PageQuery) -> Result<Vec<Divergence>> {
         caller.require(Action::ProjectsRead, &format!("/projects/{project}"))?;
+        let limit = page.limit()?;
         let store = self.project_store(project).await?;
         let rows = store
-            .read(|view| view.list(Kind::Divergence, None, None, usize::MAX >> 1, holdfast_store::Order::Asc))
+            .read(move |view| view.list(Kind::Divergence, None, page.after.as_deref(), limit, holdfast_store::Order::Asc))
             .await
             .map_err(Error::from)?;
         rows.iter().map(|r| record(&r.id, &r.body, false)).collect()

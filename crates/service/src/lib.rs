@@ -48,6 +48,11 @@ pub struct ServiceConfig {
     pub master_key: Option<String>,
     /// Largest uploaded file, in bytes.
     pub max_file_bytes: usize,
+    /// Most projects a principal other than an Owner may hold (`None`: no limit).
+    pub max_projects_per_principal: Option<u64>,
+    /// A project nobody used for this long is closed (its writer thread and connections
+    /// released) and opened again on its next use; `None`: never.
+    pub idle_close: Option<std::time::Duration>,
     /// How long a call to an upstream model may take, end to end.
     pub upstream_timeout: std::time::Duration,
     /// Where model calls may go (`[upstream]` allow_private, allow_hosts; the listen address).
@@ -70,6 +75,8 @@ impl ServiceConfig {
             admin_key,
             master_key: None,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_projects_per_principal: Some(DEFAULT_MAX_PROJECTS_PER_PRINCIPAL),
+            idle_close: Some(DEFAULT_IDLE_CLOSE),
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             egress: data::egress::EgressConfig::default(),
             archive: None,
@@ -80,6 +87,8 @@ impl ServiceConfig {
 }
 
 pub const DEFAULT_MAX_FILE_BYTES: usize = 32 * 1024 * 1024;
+pub const DEFAULT_MAX_PROJECTS_PER_PRINCIPAL: u64 = 100;
+pub const DEFAULT_IDLE_CLOSE: std::time::Duration = std::time::Duration::from_secs(600);
 pub const DEFAULT_UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct Service {
@@ -102,6 +111,10 @@ pub struct Service {
     locks_update: tokio::sync::Mutex<()>,
     /// Limits from the configuration.
     pub(crate) max_file_bytes: usize,
+    pub(crate) max_projects_per_principal: Option<u64>,
+    idle_close: Option<std::time::Duration>,
+    /// When each open project was last asked for ([`Service::store`]), for closing idle ones.
+    used: std::sync::Mutex<HashMap<ProjectId, std::time::Instant>>,
     pub(crate) upstream_timeout: std::time::Duration,
     /// Seals and opens connection secrets.
     master: data::MasterKey,
@@ -162,6 +175,9 @@ impl Service {
             archiver,
             operations: std::sync::Mutex::new(HashMap::new()),
             max_file_bytes: config.max_file_bytes,
+            max_projects_per_principal: config.max_projects_per_principal,
+            idle_close: config.idle_close,
+            used: std::sync::Mutex::new(HashMap::new()),
             upstream_timeout: config.upstream_timeout,
             master,
             region: config.region.clone(),

@@ -147,6 +147,41 @@ fn not_found(name: &str) -> Error {
 }
 
 impl Service {
+    /// Reserves `name` for a project being created by `caller` (state `creating`), within the
+    /// caller's project quota: `[limits] max_projects_per_principal` counts the projects a
+    /// principal created that the catalog still holds; Owners (who may manage keys at `/`) are
+    /// not limited. `false` when the name is taken.
+    pub(crate) async fn reserve_project(&self, caller: &Caller, id: &ProjectId, name: &str) -> Result<bool> {
+        let quota = match caller.require(Action::KeysManage, "/") {
+            Ok(()) => None,
+            Err(_) => self.max_projects_per_principal,
+        };
+        let (id, name, principal) = (id.clone(), name.to_owned(), caller.principal.id.as_str().to_owned());
+        let outcome = self
+            .control
+            .call(move |c| {
+                if let Some(quota) = quota {
+                    let held = control::projects_created_by(c, &principal)?;
+                    if held >= quota {
+                        return Ok(Err(held));
+                    }
+                }
+                control::insert_created_by(c, &id, &name, Some(&principal)).map(Ok)
+            })
+            .await
+            .map_err(Error::from)?;
+        outcome.map_err(|held| {
+            Error::new(
+                ErrorKind::QuotaExceeded,
+                format!(
+                    "principal {} holds {held} projects, its quota ([limits] max_projects_per_principal); purge one or \
+                     ask an Owner",
+                    caller.principal.id
+                ),
+            )
+        })
+    }
+
     /// The catalog entry of an active project, by name or id.
     pub(crate) async fn entry(&self, name: &str) -> Result<CatalogEntry> {
         let entry = self.entry_any(name).await?;
@@ -167,6 +202,7 @@ impl Service {
 
     /// The open store of a project, opening it on first use.
     pub(crate) async fn store(&self, entry: &CatalogEntry) -> Result<Arc<ProjectStore>> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.id.clone(), std::time::Instant::now());
         let mut open = self.projects.lock().await;
         if let Some(store) = open.get(&entry.id) {
             return Ok(store.clone());
@@ -232,6 +268,71 @@ impl Service {
         Ok(store)
     }
 
+    /// Closes every project nobody has asked for in `idle` (releasing its writer thread and its
+    /// connections; [`Service::store`] opens it again on its next use), that nothing holds now
+    /// (no request, no running response), that this region holds as an unreplicated primary,
+    /// and whose archive, if any, has every change. Returns how many it closed.
+    pub async fn close_idle(&self, idle: std::time::Duration) -> usize {
+        let now = std::time::Instant::now();
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Held until the stores are closed: a request for one of them waits, then opens it anew
+        // (never beside a closing writer).
+        let mut open = self.projects.lock().await;
+        let mut closing = Vec::new();
+        for (id, store) in open.iter() {
+            let idle_enough = used.get(id).is_none_or(|at| now.duration_since(*at) >= idle);
+            let alone = Arc::strong_count(store) == 1;
+            if !idle_enough || !alone || store.role() != holdfast_store::Role::Primary || store.is_deleted() {
+                continue;
+            }
+            let topology_id = id.clone();
+            let replicated = match store.read(move |view| topology(view, &topology_id)).await {
+                Ok((primary, replicas)) => primary.is_some() || !replicas.is_empty(),
+                Err(_) => true,
+            };
+            let archived = self.archiver.as_ref().is_none_or(|a| a.rest(id, store.last_lsn()));
+            if !replicated && archived {
+                closing.push(id.clone());
+            }
+        }
+        let stores: Vec<Arc<ProjectStore>> = closing.iter().filter_map(|id| open.remove(id)).collect();
+        let closed = stores.len();
+        if closed > 0 {
+            let _ = tokio::task::spawn_blocking(move || stores.iter().for_each(|s| s.close())).await;
+            let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &closing {
+                used.remove(id);
+            }
+            tracing::debug!(closed, "closed idle projects");
+        }
+        metrics::gauge!("holdfast_open_projects").set(open.len() as f64);
+        closed
+    }
+
+    /// Runs [`Service::close_idle`] until shutdown, when `[limits] idle_close_secs` is set.
+    pub fn spawn_idle_closer(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let idle = self.idle_close?;
+        let every = (idle / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
+        let service = self.clone();
+        Some(tokio::spawn(async move {
+            let mut stopping = service.stopping.subscribe();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+                service.close_idle(idle).await;
+            }
+        }))
+    }
+
+    /// For a project whose store is closed now: a time up to which its journal is complete (a
+    /// change after this can only come from a store opened later, so its time is later).
+    pub(crate) async fn settled_if_closed(&self, id: &ProjectId) -> Option<holdfast_types::Micros> {
+        let open = self.projects.lock().await;
+        (!open.contains_key(id)).then(|| now_micros() - 1)
+    }
+
     async fn mark_soft_deleted(&self, entry: &CatalogEntry, body: &ProjectBody) -> Result<()> {
         let at = body.deleted_us.unwrap_or_else(now_micros);
         let purge_after = at + i64::from(body.retention_days()) * DAY_US;
@@ -291,12 +392,7 @@ impl Service {
 
         let id = ProjectId::generate();
         let name = body.name.clone();
-        let (cid, cname) = (id.clone(), name.clone());
-        let reserved = self
-            .control
-            .call(move |c| control::insert_creating(c, &cid, &cname))
-            .await
-            .map_err(Error::from)?;
+        let reserved = self.reserve_project(caller, &id, &name).await?;
         if !reserved {
             return Err(self.name_taken(&name).await);
         }

@@ -144,9 +144,7 @@ impl Service {
     ) -> Result<RestoreSummary> {
         validate::project_name(into)?;
         let id = ProjectId::generate();
-        let (cid, cname) = (id.clone(), into.to_owned());
-        let reserved =
-            self.control.call(move |c| control::insert_creating(c, &cid, &cname)).await.map_err(Error::from)?;
+        let reserved = self.reserve_project(caller, &id, into).await?;
         if !reserved {
             return Err(Error::conflict(format!("a project named {into:?} exists already")));
         }

@@ -87,8 +87,10 @@ CREATE TABLE replicas (
 
 /// Version 5 keys the audit chain: entries up to `unkeyed_until` were written before (a bare
 /// sha256 each); `mac`, set at the first start under the audit key, pins that number, so a
-/// rewritten chain of plain hashes is not taken for an old one.
+/// rewritten chain of plain hashes is not taken for an old one. It also records who created
+/// each project (the per-principal project quota counts them).
 const V5_SCHEMA: &str = "
+ALTER TABLE projects ADD COLUMN created_by TEXT;
 CREATE TABLE audit_keying (
     unkeyed_until INTEGER NOT NULL,
     mac           TEXT
@@ -233,12 +235,24 @@ impl ControlStore {
 
 /// Reserves `name` for a project being created. `Ok(false)` if the name is taken.
 pub fn insert_creating(conn: &Connection, id: &ProjectId, name: &str) -> Result<bool> {
+    insert_created_by(conn, id, name, None)
+}
+
+/// [`insert_creating`], recording the principal that creates the project.
+pub fn insert_created_by(conn: &Connection, id: &ProjectId, name: &str, created_by: Option<&str>) -> Result<bool> {
     let n = conn.execute(
-        "INSERT INTO projects (id, name, state, created_us) VALUES (?1, ?2, 'creating', ?3)
+        "INSERT INTO projects (id, name, state, created_us, created_by) VALUES (?1, ?2, 'creating', ?3, ?4)
          ON CONFLICT (name) DO NOTHING",
-        params![id.as_str(), name, now_micros()],
+        params![id.as_str(), name, now_micros(), created_by],
     )?;
     Ok(n == 1)
+}
+
+/// How many projects `principal` created that the catalog still holds (soft-deleted ones too:
+/// they keep their data until purged).
+pub fn projects_created_by(conn: &Connection, principal: &str) -> Result<u64> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM projects WHERE created_by = ?1", [principal], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 pub fn mark_active(conn: &Connection, id: &ProjectId) -> Result<()> {

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// A lock at the target's scope (or above it) forbids the operation; remove the lock first.
     Locked,
+    /// The caller holds as many of something as it may (projects per principal).
+    QuotaExceeded,
     /// The server cannot take the request now (shutting down, storage failing); retry later.
     Unavailable,
     /// A bug or corruption; details are in the server log under the request id.
@@ -37,6 +39,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             // The name the platforms use for the same refusal.
             ErrorKind::Locked => "ScopeLocked",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
         }

@@ -1108,6 +1108,9 @@ impl Run {
     }
 }
 
+/// Responses read per step of a scan.
+const SCAN_PAGE: usize = 500;
+
 impl Service {
     /// `holdfast resubmit --project P`: runs again, as new background responses, the responses
     /// a failover cut off (failed with `region_failover`), each once: the old response records
@@ -1115,17 +1118,30 @@ impl Service {
     /// instructions, tools and options (an agent's already merged in), and its input: the old
     /// input items, or, for a response in a conversation (whose input the conversation already
     /// holds), the conversation itself.
-    pub async fn resubmit(self: &Arc<Self>, caller: &Caller, project: &str) -> Result<Vec<Value>> {
+    ///
+    /// At most `limit` are resubmitted per call (the scan reads the responses a page at a time,
+    /// so memory stays bounded); call again until it returns fewer.
+    pub async fn resubmit(self: &Arc<Self>, caller: &Caller, project: &str, limit: Option<usize>) -> Result<Vec<Value>> {
         let data = self.data(caller, project, Action::DataWrite).await?;
+        let limit = crate::divergence::PageQuery { after: None, limit }.limit()?;
         let cut_off = data
-            .read(|view| {
-                let rows = view
-                    .list(Kind::Response, None, None, usize::MAX >> 1, holdfast_store::Order::Asc)
-                    .map_err(super::store_err)?;
-                Ok(rows
-                    .into_iter()
-                    .filter(|r| r.body["error"]["code"] == REGION_FAILOVER && r.body.get("resubmitted_as").is_none_or(Value::is_null))
-                    .collect::<Vec<_>>())
+            .read(move |view| {
+                let mut found = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let page = view
+                        .list(Kind::Response, None, after.as_deref(), SCAN_PAGE, holdfast_store::Order::Asc)
+                        .map_err(super::store_err)?;
+                    let full = page.len() == SCAN_PAGE;
+                    after = page.last().map(|r| r.id.clone());
+                    found.extend(page.into_iter().filter(|r| {
+                        r.body["error"]["code"] == REGION_FAILOVER && r.body.get("resubmitted_as").is_none_or(Value::is_null)
+                    }));
+                    if found.len() >= limit || !full {
+                        found.truncate(limit);
+                        return Ok(found);
+                    }
+                }
             })
             .await?;
         let mut out = Vec::with_capacity(cut_off.len());
