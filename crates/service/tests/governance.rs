@@ -174,7 +174,7 @@ async fn custom_roles_with_wildcards() {
         let name = def.name.clone();
         kind(service.create_role(&c, def).await, ErrorKind::InvalidInput, &name);
     }
-    assert_eq!(service.list_roles(&c).await.expect("roles").data.len(), 6);
+    assert_eq!(service.list_roles(&c).await.expect("roles").data.len(), 7);
 
     // Everything of the control plane but writes and purges; reads contents, never secrets.
     let auditor = RoleDefinition {

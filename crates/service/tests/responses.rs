@@ -470,7 +470,9 @@ async fn upstream_errors_fail_the_response_with_the_upstreams_message() {
 
     let r = env.respond(json!({"model": "gpt", "input": "send garbage"})).await;
     assert_eq!(r["status"], "failed");
-    assert!(r["error"]["message"].as_str().expect("message").contains("malformed"), "{r:#}");
+    let message = r["error"]["message"].as_str().expect("message");
+    // What the upstream sent is not repeated (it may not be a model server at all).
+    assert!(message.contains("not JSON") && !message.contains("choices"), "{r:#}");
 
     // Streamed, the failure is the last event.
     let Created::Stream(events) =
