@@ -68,10 +68,9 @@ pub(crate) struct AuditLog {
 
 impl AuditLog {
     pub(crate) fn start(control: ControlStore, key: AuditKey) -> Result<Self> {
-        if let Some(until) = control.call_blocking(|c| control::seal_audit_keying(c, &key)).map_err(Error::from)? {
-            if until > 0 {
-                tracing::warn!(entries = until, "the audit chain is keyed from now on; its first entries carry plain hashes");
-            }
+        let sealed = control.call_blocking(|c| control::seal_audit_keying(c, &key)).map_err(Error::from)?;
+        if let Some(until) = sealed.filter(|n| *n > 0) {
+            tracing::warn!(entries = until, "the audit chain is keyed from now on; its first entries carry plain hashes");
         }
         let (tx, rx) = mpsc::channel::<Queued>();
         let writer = std::thread::Builder::new()
