@@ -16,6 +16,8 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
     let service_config = ServiceConfig {
         master_key,
         max_file_bytes: config.max_file_bytes,
+        max_import_bytes: config.max_import_bytes,
+        import_min_free_bytes: config.import_min_free_bytes,
         upstream_timeout: std::time::Duration::from_secs(config.upstream_timeout_secs),
         archive: config.archive.clone(),
         cluster: config.cluster.clone(),

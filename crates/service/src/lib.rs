@@ -48,6 +48,10 @@ pub struct ServiceConfig {
     pub master_key: Option<String>,
     /// Largest uploaded file, in bytes.
     pub max_file_bytes: usize,
+    /// Largest import file, in bytes.
+    pub max_import_bytes: u64,
+    /// Free space, in bytes, an import leaves on the data directory's filesystem.
+    pub import_min_free_bytes: u64,
     /// How long a call to an upstream model may take, end to end.
     pub upstream_timeout: std::time::Duration,
     /// Continuous backup, when configured.
@@ -68,6 +72,8 @@ impl ServiceConfig {
             admin_key,
             master_key: None,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_import_bytes: DEFAULT_MAX_IMPORT_BYTES,
+            import_min_free_bytes: DEFAULT_IMPORT_MIN_FREE_BYTES,
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             archive: None,
             cluster: replication::ClusterConfig { sync_timeout: replication::DEFAULT_SYNC_TIMEOUT, ..Default::default() },
@@ -77,6 +83,10 @@ impl ServiceConfig {
 }
 
 pub const DEFAULT_MAX_FILE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest import file by default: 1 GiB.
+pub const DEFAULT_MAX_IMPORT_BYTES: u64 = 1024 * 1024 * 1024;
+/// Free space an import leaves by default: 256 MiB, room for the databases' own writes.
+pub const DEFAULT_IMPORT_MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct Service {
@@ -99,6 +109,8 @@ pub struct Service {
     locks_update: tokio::sync::Mutex<()>,
     /// Limits from the configuration.
     pub(crate) max_file_bytes: usize,
+    pub(crate) max_import_bytes: u64,
+    pub(crate) import_min_free_bytes: u64,
     pub(crate) upstream_timeout: std::time::Duration,
     /// Seals and opens connection secrets.
     master: data::MasterKey,
@@ -154,6 +166,8 @@ impl Service {
             archiver,
             operations: std::sync::Mutex::new(HashMap::new()),
             max_file_bytes: config.max_file_bytes,
+            max_import_bytes: config.max_import_bytes,
+            import_min_free_bytes: config.import_min_free_bytes,
             upstream_timeout: config.upstream_timeout,
             master,
             region: config.region.clone(),
