@@ -74,12 +74,14 @@ struct ImportQuery {
 
 /// Imports an export file into a project (created when missing), keeping ids and times.
 /// Idempotent: importing the same file again writes nothing. The file may be as large as the
-/// server's import limit (`limits.max_import_bytes`, 1 GiB by default).
+/// server's import limit (`limits.max_import_bytes`, 1 GiB by default); connections in it must
+/// carry no secret (exports never do).
 #[utoipa::path(post, path = "/v1/projects/{project}/import", tag = "projects", params(
         ("project" = String, Path, description = "project name or id"), ImportQuery),
     request_body(content = String, content_type = "application/x-ndjson", description = "an export file"),
     responses((status = 200, description = "import summary", body = Object),
-        (status = 400, description = "corrupt file (a line too long among others), or a newer format version", body = ErrorBody),
+        (status = 400, description = "corrupt file (a line too long among others), a newer format version, \
+            or a connection with a secret", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "on_conflict=fail and a resource exists", body = ErrorBody),
         (status = 413, description = "larger than the import limit", body = ErrorBody),

@@ -3,7 +3,9 @@
 //! - exceed the import limit (`--max-import-bytes`): 413, streamed or announced by
 //!   `Content-Length` (refused before the body is read), and nothing is imported;
 //! - take the disk below its reserve (`[limits] import_min_free_bytes`): 507, nothing imported;
-//! - hold a line longer than its record can be: 400 "line N is longer than …", nothing imported.
+//! - hold a line longer than its record can be: 400 "line N is longer than …", nothing imported;
+//! - bring a connection's sealed secret: 400, nothing imported (connections import as
+//!   references only).
 
 mod common;
 
@@ -132,7 +134,8 @@ fn imports_beyond_the_limits_are_refused_and_change_nothing() {
     assert!(spools.is_empty(), "no spool is left behind: {spools:?}");
     drop(full);
 
-    // Default limits: a resource line longer than any record can be (16 MiB) is refused.
+    // Default limits: a resource line longer than any record can be (16 MiB), and a
+    // connection that carries a sealed secret, are refused whole.
     let server = Server::start(d2.path());
     let api = server.admin();
     let long = work.path().join("long.jsonl");
@@ -143,4 +146,32 @@ fn imports_beyond_the_limits_are_refused_and_change_nothing() {
     assert!(refused.stderr.contains("corrupt export file: line 3 is longer than 16777216 bytes"), "{}", refused.stderr);
     assert!(refused.stderr.contains("HTTP 400"), "{}", refused.stderr);
     assert_eq!(api.get("/v1/projects/fresh").status, 404);
+
+    let sealed = work.path().join("sealed.jsonl");
+    let connection = ExportedResource {
+        kind: Kind::Connection,
+        id: "conn:up".into(),
+        parent: None,
+        created_us: 1_795_317_826_030_400,
+        updated_us: 1_795_317_826_030_400,
+        body: json!({"name": "up", "type": "openai", "target": "http://127.0.0.1:9/v1", "metadata": {},
+            "secret": {"nonce": "AAAAAAAAAAAAAAAA", "ciphertext": "c2VhbGVkIGVsc2V3aGVyZQ=="}}),
+        secret_removed: false,
+    };
+    std::fs::write(&sealed, export_file(&[connection, conversation(0, json!({}))])).expect("write");
+    api.create_project("there");
+    let lsn = api.get("/v1/projects/there").ok(200)["lsn"].clone();
+    for project in ["fresh", "there"] {
+        let refused = import(&cli, &server, &sealed, project, "overwrite");
+        refused.code(1);
+        assert!(
+            refused.stderr.contains(r#"connections import without their secret; this file carries one for connection "up""#),
+            "{}",
+            refused.stderr
+        );
+        assert!(refused.stderr.contains("HTTP 400"), "{}", refused.stderr);
+    }
+    assert_eq!(api.get("/v1/projects/fresh").status, 404);
+    assert_eq!(api.get("/v1/projects/there").ok(200)["lsn"], lsn, "nothing was imported");
+    assert_eq!(api.get("/api/projects/there/connections/up").status, 404);
 }

@@ -354,8 +354,9 @@ pub fn verify<R: BufRead>(reader: R) -> Result<Verified> {
 }
 
 /// Reads a whole export file and checks it: header and version, every line (each within
-/// `limits`), every blob's hash and size, that every referenced blob is present, the trailer's
-/// counts and checksum, and that nothing follows the trailer. It keeps per resource only a hash of its id, so its memory does not grow with the
+/// `limits`), every blob's hash and size, that every referenced blob is present, that no
+/// connection carries a secret, the trailer's counts and checksum, and that nothing follows the
+/// trailer. It keeps per resource only a hash of its id, so its memory does not grow with the
 /// resources' bodies.
 pub fn verify_with<R: BufRead>(reader: R, limits: LineLimits) -> Result<Verified> {
     let mut lines = Lines::new(reader, limits);
@@ -385,6 +386,13 @@ pub fn verify_with<R: BufRead>(reader: R, limits: LineLimits) -> Result<Verified
                 }
                 if !ids.insert(id_key(r.kind, &r.id)) {
                     return Err(corrupt(format!("{} {} appears twice", r.kind.as_str(), r.id)));
+                }
+                if r.kind == Kind::Connection && r.body.get("secret").is_some_and(|s| !s.is_null()) {
+                    return Err(Error::invalid(format!(
+                        "connections import without their secret; this file carries one for connection {:?}; \
+                         nothing was imported",
+                        connection_name(&r)
+                    )));
                 }
                 *counts.entry(r.kind.as_str().to_owned()).or_default() += 1;
                 resources += 1;
@@ -1155,6 +1163,21 @@ mod tests {
         // A blob line for the largest file fits the limit.
         let limits = LineLimits::for_max_file_bytes(5);
         assert!(limits.blob >= blob && verify_with(&good[..], limits).is_ok());
+    }
+
+    /// Exports never carry a connection's sealed secret; a file that does is refused whole.
+    #[test]
+    fn a_connection_with_a_secret_is_refused() {
+        let text = String::from_utf8(sample()).expect("utf8");
+        let sealed = text.replacen(r#""secret":null"#, r#""secret":{"ciphertext":"AAAA","nonce":"BBBB"}"#, 1);
+        assert_ne!(sealed, text);
+        let e = verify(sealed.as_bytes()).expect_err("sealed secret");
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert!(
+            e.message.starts_with(r#"connections import without their secret; this file carries one for connection "upstream""#),
+            "{}",
+            e.message
+        );
     }
 
     /// Verification keeps no resource: what it returns is the same size whatever the file holds.
