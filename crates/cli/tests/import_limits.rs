@@ -5,7 +5,9 @@
 //! - take the disk below its reserve (`[limits] import_min_free_bytes`): 507, nothing imported;
 //! - hold a line longer than its record can be: 400 "line N is longer than …", nothing imported;
 //! - bring a connection's sealed secret: 400, nothing imported (connections import as
-//!   references only).
+//!   references only);
+//! - repoint a connection and keep its key: an overwrite that changes a connection's target
+//!   drops its secret, one that keeps the target keeps it.
 
 mod common;
 
@@ -174,4 +176,38 @@ fn imports_beyond_the_limits_are_refused_and_change_nothing() {
     assert_eq!(api.get("/v1/projects/fresh").status, 404);
     assert_eq!(api.get("/v1/projects/there").ok(200)["lsn"], lsn, "nothing was imported");
     assert_eq!(api.get("/api/projects/there/connections/up").status, 404);
+}
+
+#[test]
+fn an_import_that_repoints_a_connection_drops_its_key() {
+    let (data, work) = (tempfile::tempdir().expect("data"), tempfile::tempdir().expect("work"));
+    let server = Server::start(data.path());
+    let api = server.admin();
+    let cli = Cli::new();
+    let connection = |project: &str, target: &str, key: &str| {
+        api.create_project(project);
+        let body = json!({"name": "up", "type": "openai", "target": target, "api_key": key});
+        api.post(&format!("/v1/projects/{project}/connections"), &body).ok(201);
+    };
+    let credentials = |project: &str| {
+        let path = format!("/api/projects/{project}/connections/up/getConnectionWithCredentials");
+        api.post(&path, &json!({})).ok(200)["credentials"].clone()
+    };
+    connection("src", "http://upstream.test/v1", "sk-source-0123456789");
+    let file = work.path().join("src.jsonl");
+    let path = file.to_str().expect("path");
+    cli.run(&["--endpoint", &server.base, "--key", ADMIN_KEY, "export", "--project", "src", "--out", path]).success();
+    connection("same", "http://upstream.test/v1", "sk-same-0123456789");
+    connection("moved", "http://elsewhere.test/v1", "sk-moved-0123456789");
+
+    let same = import(&cli, &server, &file, "same", "overwrite").json();
+    assert_eq!(same["kinds"]["connection"]["overwritten"], 1, "{same}");
+    assert_eq!(same["secrets_removed"], json!([]), "{same}");
+    assert_eq!(credentials("same"), json!({"type": "ApiKey", "key": "sk-same-0123456789"}), "the same target keeps its key");
+
+    let moved = import(&cli, &server, &file, "moved", "overwrite").json();
+    assert_eq!(moved["kinds"]["connection"]["overwritten"], 1, "{moved}");
+    assert_eq!(moved["secrets_removed"], json!(["up"]), "{moved}");
+    assert_eq!(credentials("moved"), json!({"type": "None"}), "a repointed connection keeps no key");
+    assert_eq!(api.get("/api/projects/moved/connections/up").ok(200)["target"], "http://upstream.test/v1");
 }

@@ -847,7 +847,10 @@ impl Service {
                     for r in chunk {
                         let entry = local.entry(r.kind.as_str().to_owned()).or_default();
                         let current = view.get(r.kind, &r.id).map_err(Error::from)?;
+                        let had_secret = current.as_ref().is_some_and(|e| has_secret(&e.body));
                         let mut body = r.body.clone();
+                        // What the target holds once this resource is done with.
+                        let mut result_has_secret = has_secret(&body);
                         let mut write = true;
                         if let Some(e) = &current {
                             if same(e, &r) {
@@ -871,11 +874,14 @@ impl Service {
                             }
                             if write {
                                 keep_secret(e, &r, &mut body);
+                                result_has_secret = has_secret(&body);
+                            } else {
+                                result_has_secret = had_secret;
                             }
                         } else {
                             entry.imported += 1;
                         }
-                        if r.secret_removed {
+                        if r.kind == Kind::Connection && !result_has_secret && (r.secret_removed || had_secret) {
                             local_keyless.push(connection_name(&r).to_owned());
                         }
                         if write {
@@ -1014,10 +1020,18 @@ fn same(current: &holdfast_store::Resource, r: &ExportedResource) -> bool {
     current.parent == r.parent && current.created_us == r.created_us && current.updated_us == r.updated_us && current.body == body
 }
 
-/// A connection imported without its secret keeps the secret the target already has.
+/// Whether a connection's body holds a sealed secret.
+fn has_secret(body: &Value) -> bool {
+    body.get("secret").is_some_and(|s| !s.is_null())
+}
+
+/// A connection imported without its secret keeps the secret the target already has, as long
+/// as it still points where that secret was given for: an import that changes the connection's
+/// target drops the secret (the connection then needs a key again).
 fn keep_secret(current: &holdfast_store::Resource, r: &ExportedResource, body: &mut Value) {
     if r.kind == Kind::Connection
         && body.get("secret").is_none_or(Value::is_null)
+        && current.body.get("target") == body.get("target")
         && let Some(secret) = current.body.get("secret").filter(|s| !s.is_null())
         && let Some(map) = body.as_object_mut()
     {
@@ -1186,6 +1200,36 @@ mod tests {
         let verified = verify(&sample()[..]).expect("verify");
         let Verified { header: _, blobs, blob_offsets, trailer, bytes: _ } = verified;
         assert_eq!((trailer.resources, blobs.len(), blob_offsets.len()), (4, 1, 1));
+    }
+
+    /// A connection imported without a secret keeps the target's secret only when it still
+    /// points at the same target.
+    #[test]
+    fn a_kept_secret_needs_the_same_target() {
+        let current = |target: &str| holdfast_store::Resource {
+            kind: Kind::Connection,
+            id: "conn:up".into(),
+            parent: None,
+            seq: 0,
+            created_us: 1,
+            updated_us: 1,
+            body: serde_json::json!({"name": "up", "target": target, "secret": {"ciphertext": "c", "nonce": "n"}}),
+        };
+        let file = ExportedResource {
+            kind: Kind::Connection,
+            id: "conn:up".into(),
+            parent: None,
+            created_us: 1,
+            updated_us: 1,
+            body: serde_json::json!({"name": "up", "target": "http://a/v1", "secret": null}),
+            secret_removed: true,
+        };
+        let mut body = file.body.clone();
+        keep_secret(&current("http://a/v1"), &file, &mut body);
+        assert!(has_secret(&body), "same target: the secret is kept");
+        let mut body = file.body.clone();
+        keep_secret(&current("http://elsewhere/v1"), &file, &mut body);
+        assert!(!has_secret(&body), "another target: the secret is dropped");
     }
 
     #[test]

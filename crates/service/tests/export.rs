@@ -7,12 +7,14 @@
 //! - only admins import; readers cannot export;
 //! - an import over the import limit (413) or the disk's reserve (507) changes nothing and
 //!   leaves no spool behind;
-//! - a large import is written and checked for conflicts chunk by chunk.
+//! - an overwrite that changes a connection's target drops its secret; one that keeps the
+//!   target keeps it.
 
 use std::path::Path;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use holdfast_service::data::connections::ConnectionCreate;
 use holdfast_service::data::conversations::{ConversationCreate, ConversationUpdate, ItemsCreate};
 use holdfast_service::data::files::FileUpload;
 use holdfast_service::export::{EXPORT_FORMAT, Encoder, ExportedProject, ExportedResource, Header, OnConflict, Selection};
@@ -235,6 +237,52 @@ async fn an_import_over_the_limit_or_the_disk_reserve_changes_nothing() {
     for s in [a, b, c] {
         s.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn an_overwrite_that_repoints_a_connection_drops_its_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let service = open(dir.path());
+    let caller = admin(&service);
+    let connection = |target: &str, key: Option<&str>| ConnectionCreate {
+        name: "up".into(),
+        kind: "openai".into(),
+        target: target.into(),
+        api_key: key.map(str::to_owned),
+        metadata: Default::default(),
+    };
+    for project in ["src", "same", "moved"] {
+        service.create_project(&caller, ProjectCreate { name: project.into(), ..Default::default() }).await.expect("project");
+    }
+    service.create_connection(&caller, "src", connection("http://upstream.test/v1", Some("sk-source-key"))).await.expect("source");
+    let file = export_bytes(&service, "src").await;
+    // "same" points where the file's connection does, "moved" elsewhere; both hold a key.
+    service.create_connection(&caller, "same", connection("http://upstream.test/v1", Some("sk-same-key"))).await.expect("same");
+    service.create_connection(&caller, "moved", connection("http://attacker.test/v1", Some("sk-moved-key"))).await.expect("moved");
+    let key = |project: &'static str| {
+        let (service, caller) = (&service, caller.clone());
+        async move { service.get_connection(&caller, project, "up", true).await.expect("connection")["credentials"].clone() }
+    };
+    let overwrite = |project: &'static str| {
+        let (service, caller, file) = (&service, caller.clone(), file.clone());
+        async move {
+            let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(file))]);
+            service.import_project(&caller, project, OnConflict::Overwrite, body).await.expect("import")
+        }
+    };
+
+    let same = overwrite("same").await;
+    assert_eq!(same.kinds["connection"].overwritten, 1);
+    assert!(same.secrets_removed.is_empty(), "the key is kept: {:?}", same.secrets_removed);
+    assert_eq!(key("same").await, json!({"type": "ApiKey", "key": "sk-same-key"}));
+
+    let moved = overwrite("moved").await;
+    assert_eq!(moved.kinds["connection"].overwritten, 1);
+    assert_eq!(moved.secrets_removed, vec!["up".to_owned()], "the connection needs a key again");
+    assert_eq!(key("moved").await, json!({"type": "None"}), "a repointed connection keeps no key");
+    let shown = service.get_connection(&caller, "moved", "up", false).await.expect("connection");
+    assert_eq!(shown["target"], "http://upstream.test/v1");
+    service.shutdown().await;
 }
 
 /// An export file of `n` conversations, made with the encoder.
