@@ -1,11 +1,14 @@
 //! Export and import of a project (`docs/formats/export.md`): the export file streams out of
-//! `GET /v1/projects/{project}/export`, and streams into `POST /v1/projects/{project}/import`,
-//! whose size the service limits (`Service::max_import_bytes`) instead of the global body limit.
+//! `GET /v1/projects/{project}/export`, and streams into `POST /v1/projects/{project}/import`.
+//! The import body is not collected, so no body-limit layer applies to it: its limit is the
+//! import limit (`limits.max_import_bytes`), which the service enforces on the bytes as they
+//! arrive (413), and on an announced `Content-Length` before reading any (413, or 507 when the
+//! disk cannot hold it).
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderValue, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use holdfast_service::export::{ImportSummary, OnConflict, Selection, parse_kinds};
 use holdfast_types::api::ErrorBody;
@@ -22,8 +25,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(export))
         .routes(routes!(import))
-        // Import bodies may be far larger than the global limit; the service enforces its own.
-        .layer(DefaultBodyLimit::disable())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -72,20 +73,25 @@ struct ImportQuery {
 }
 
 /// Imports an export file into a project (created when missing), keeping ids and times.
-/// Idempotent: importing the same file again writes nothing.
+/// Idempotent: importing the same file again writes nothing. The file may be as large as the
+/// server's import limit (`limits.max_import_bytes`, 1 GiB by default); connections in it must
+/// carry no secret (exports never do).
 #[utoipa::path(post, path = "/v1/projects/{project}/import", tag = "projects", params(
         ("project" = String, Path, description = "project name or id"), ImportQuery),
     request_body(content = String, content_type = "application/x-ndjson", description = "an export file"),
     responses((status = 200, description = "import summary", body = Object),
-        (status = 400, description = "corrupt file, or a newer format version", body = ErrorBody),
+        (status = 400, description = "corrupt file (a line too long among others), a newer format version, \
+            or a connection with a secret", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "on_conflict=fail and a resource exists", body = ErrorBody),
-        (status = 413, body = ErrorBody)))]
+        (status = 413, description = "larger than the import limit", body = ErrorBody),
+        (status = 507, description = "the data directory's disk cannot hold it and keep its reserve", body = ErrorBody)))]
 async fn import(
     State(state): State<AppState>,
     Authed(caller): Authed,
     Path(project): Path<String>,
     ApiQuery(q): ApiQuery<ImportQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<ImportSummary>> {
     let on_conflict = match q.on_conflict.as_deref() {
@@ -99,6 +105,7 @@ async fn import(
             .into());
         }
     };
-    let summary = state.service.import_project(&caller, &project, on_conflict, body.into_data_stream()).await?;
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let summary = state.service.import_upload(&caller, &project, on_conflict, length, body.into_data_stream()).await?;
     Ok(Json(summary))
 }

@@ -56,10 +56,13 @@ impl Client {
 
     /// Sends a request whose body `body` makes (once per endpoint tried), with no overall
     /// time limit (exports and imports may be large); an error status is decoded as usual.
+    /// `length`, when known, is announced as the body's `Content-Length`, so the server can
+    /// refuse a body it cannot take before it is sent.
     pub async fn stream(
         &self,
         method: Method,
         path: &str,
+        length: Option<u64>,
         body: impl Fn() -> Result<Option<reqwest::Body>, Exit>,
     ) -> Result<reqwest::Response, Exit> {
         let mut last_error = None;
@@ -71,6 +74,9 @@ impl Client {
             }
             if let Some(body) = body()? {
                 request = request.header(reqwest::header::CONTENT_TYPE, "application/x-ndjson").body(body);
+                if let Some(length) = length {
+                    request = request.header(reqwest::header::CONTENT_LENGTH, length);
+                }
             }
             match request.send().await {
                 Ok(response) if response.status().is_success() => return Ok(response),

@@ -107,6 +107,11 @@ pub struct FileLimits {
     pub max_projects_per_principal: Option<u64>,
     /// Close a project nobody used for this many seconds (default 600; 0: never).
     pub idle_close_secs: Option<u64>,
+    /// Largest import file (`POST /v1/projects/{p}/import`), in bytes (default 1 GiB).
+    pub max_import_bytes: Option<u64>,
+    /// Free space an import leaves on the data directory's filesystem, in bytes (default
+    /// 256 MiB): an import that would go below it is refused with 507.
+    pub import_min_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +138,8 @@ pub struct ServeConfig {
     pub max_file_bytes: usize,
     pub max_projects_per_principal: Option<u64>,
     pub idle_close: Option<std::time::Duration>,
+    pub max_import_bytes: u64,
+    pub import_min_free_bytes: u64,
     pub upstream_timeout_secs: u64,
     pub egress: holdfast_service::data::egress::EgressConfig,
     pub log: String,
@@ -148,6 +155,8 @@ pub struct Overrides {
     pub region: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub max_file_bytes: Option<usize>,
+    pub max_import_bytes: Option<u64>,
+    pub import_min_free_bytes: Option<u64>,
     pub upstream_timeout_secs: Option<u64>,
     pub log: Option<String>,
     pub archive: Option<String>,
@@ -216,6 +225,15 @@ impl ServeConfig {
             .or(file.limits.max_file_bytes)
             .unwrap_or(holdfast_service::DEFAULT_MAX_FILE_BYTES);
         anyhow::ensure!(max_file_bytes >= 1, "max_file_bytes must be at least 1");
+        let max_import_bytes = over
+            .max_import_bytes
+            .or(file.limits.max_import_bytes)
+            .unwrap_or(holdfast_service::DEFAULT_MAX_IMPORT_BYTES);
+        anyhow::ensure!(max_import_bytes >= 1024, "max_import_bytes must be at least 1024");
+        let import_min_free_bytes = over
+            .import_min_free_bytes
+            .or(file.limits.import_min_free_bytes)
+            .unwrap_or(holdfast_service::DEFAULT_IMPORT_MIN_FREE_BYTES);
         let upstream_timeout_secs =
             over.upstream_timeout_secs.or(file.upstream.timeout_secs).unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_SECS);
         anyhow::ensure!(
@@ -259,6 +277,8 @@ impl ServeConfig {
             max_file_bytes,
             max_projects_per_principal,
             idle_close,
+            max_import_bytes,
+            import_min_free_bytes,
             upstream_timeout_secs,
             egress,
             log: over.log.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
@@ -306,6 +326,8 @@ mod tests {
             region: None,
             max_body_bytes: None,
             max_file_bytes: None,
+            max_import_bytes: None,
+            import_min_free_bytes: None,
             upstream_timeout_secs: None,
             log: None,
             archive: None,
@@ -324,6 +346,14 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.max_body_bytes, 4096);
         assert_eq!(c.data, PathBuf::from(DEFAULT_DATA));
+        assert_eq!(c.max_import_bytes, holdfast_service::DEFAULT_MAX_IMPORT_BYTES);
+        let file: FileConfig =
+            toml::from_str("[limits]\nmax_import_bytes = 65536\nimport_min_free_bytes = 0\n").expect("parse");
+        let c = ServeConfig::resolve(file, none()).expect("resolve");
+        assert_eq!((c.max_import_bytes, c.import_min_free_bytes), (65536, 0));
+        let c = ServeConfig::resolve(FileConfig::default(), Overrides { max_import_bytes: Some(4096), ..none() }).expect("resolve");
+        assert_eq!(c.max_import_bytes, 4096);
+        assert!(ServeConfig::resolve(FileConfig::default(), Overrides { max_import_bytes: Some(10), ..none() }).is_err());
     }
 
     #[test]

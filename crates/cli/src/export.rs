@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Args, ValueEnum};
-use holdfast_service::export::{ImportSummary, verify_file};
+use holdfast_service::export::{ImportSummary, LineLimits, verify_file};
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::json;
@@ -80,7 +80,7 @@ pub async fn export(client: &Client, args: ExportArgs, format: Format) -> Result
         query.push(format!("exclude={}", seg(e)));
     }
     let path = format!("/v1/projects/{}/export?{}", seg(&args.project), query.join("&"));
-    let mut response = client.stream(Method::GET, &path, || Ok(None)).await?;
+    let mut response = client.stream(Method::GET, &path, None, || Ok(None)).await?;
     let partial = args.out.with_extension("partial");
     let mut file =
         std::fs::File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
@@ -100,7 +100,7 @@ pub async fn export(client: &Client, args: ExportArgs, format: Format) -> Result
         b.finish_and_clear();
     }
     let check = written.and_then(|()| {
-        verify_file(&partial).map_err(|e| anyhow!("the export is incomplete or damaged: {}", e.message))
+        verify_file(&partial, LineLimits::unbounded()).map_err(|e| anyhow!("the export is incomplete or damaged: {}", e.message))
     });
     let verified = match check {
         Ok(v) => v,
@@ -164,7 +164,7 @@ pub async fn import(client: &Client, args: ImportArgs, format: Format) -> Result
         });
         Ok(Some(reqwest::Body::wrap_stream(stream)))
     };
-    let result = client.stream(Method::POST, &path, body).await;
+    let result = client.stream(Method::POST, &path, Some(size), body).await;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

@@ -194,6 +194,13 @@ struct ServeArgs {
     /// Largest uploaded file in bytes [default: 33554432].
     #[arg(long, env = "HOLDFAST_MAX_FILE_BYTES")]
     max_file_bytes: Option<usize>,
+    /// Largest import file in bytes [default: 1073741824].
+    #[arg(long, env = "HOLDFAST_MAX_IMPORT_BYTES")]
+    max_import_bytes: Option<u64>,
+    /// Free disk space, in bytes, an import must leave on the data directory's filesystem
+    /// [default: 268435456].
+    #[arg(long, env = "HOLDFAST_IMPORT_MIN_FREE_BYTES")]
+    import_min_free_bytes: Option<u64>,
     /// Seconds a call to an upstream model may take [default: 120].
     #[arg(long, env = "HOLDFAST_UPSTREAM_TIMEOUT_SECS")]
     upstream_timeout_secs: Option<u64>,
@@ -589,6 +596,8 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 region: args.region,
                 max_body_bytes: args.max_body_bytes,
                 max_file_bytes: args.max_file_bytes,
+                max_import_bytes: args.max_import_bytes,
+                import_min_free_bytes: args.import_min_free_bytes,
                 upstream_timeout_secs: args.upstream_timeout_secs,
                 log: args.log,
                 archive: args.archive,

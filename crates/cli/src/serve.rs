@@ -18,6 +18,8 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         max_file_bytes: config.max_file_bytes,
         max_projects_per_principal: config.max_projects_per_principal,
         idle_close: config.idle_close,
+        max_import_bytes: config.max_import_bytes,
+        import_min_free_bytes: config.import_min_free_bytes,
         upstream_timeout: std::time::Duration::from_secs(config.upstream_timeout_secs),
         egress: config.egress.clone(),
         archive: config.archive.clone(),

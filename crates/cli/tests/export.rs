@@ -129,7 +129,7 @@ fn export_import_round_trip_across_servers() {
     let (dir_a, dir_b, work) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"), tempfile::tempdir().expect("w"));
     let a = Server::start(dir_a.path());
     // B's body limit is far below the file's size: import bodies are limited by the service
-    // (1024 × the largest file), not by the global limit.
+    // (limits.max_import_bytes, 1 GiB by default), not by the global limit.
     let b = Server::start_with(dir_b.path(), common::Opts::default().arg("--max-body-bytes").arg("4096"));
     let (api_a, api_b) = (a.admin(), b.admin());
     let cli = Cli::new();

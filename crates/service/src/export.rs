@@ -5,10 +5,14 @@
 //!
 //! Import verifies the whole file (version, checksum, blob hashes, counts) before it writes
 //! anything, stores the blobs durably, then journals the resources as `put` + `stamp` ops through
-//! the project's writer, so the imported state is replayable like any other.
+//! the project's writer, so the imported state is replayable like any other. It works in bounded
+//! memory: the upload is spooled to disk (within `max_import_bytes`, and only while the disk
+//! keeps its reserve), every line is read with a bound on its length, verification keeps per
+//! resource only a 16-byte hash of its id, and the resources are read again from the spool a
+//! chunk at a time to be checked for conflicts and written.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{BufRead, Seek};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -33,6 +37,19 @@ pub const EXPORT_FORMAT: &str = "holdfast-export";
 pub const EXPORT_FORMAT_VERSION: u32 = 1;
 /// Resources journaled per import change (each is a `put` and a `stamp` op).
 const RESOURCES_PER_CHANGE: usize = 8192;
+/// Bytes of resource lines journaled per import change, at most (a chunk ends at whichever of
+/// this and [`RESOURCES_PER_CHANGE`] comes first), so a chunk's memory is bounded too.
+const CHUNK_LINE_BYTES: usize = 16 * 1024 * 1024;
+/// Longest line of an export file other than a blob line (a header, a resource, the trailer),
+/// without its newline.
+pub const MAX_RECORD_LINE_BYTES: usize = 16 * 1024 * 1024;
+/// What a blob line holds besides its base64 data (type, hash, size, quotes), with room to spare.
+const BLOB_LINE_OVERHEAD: usize = 1024;
+/// How blob lines start as the encoder writes them; the import skips them by this prefix when
+/// it reads the resources again.
+const BLOB_PREFIX: &[u8] = br#"{"type":"blob""#;
+/// While an upload is spooled, free space is checked again after every this many bytes.
+const FREE_SPACE_CHECK_BYTES: u64 = 8 * 1024 * 1024;
 /// Bytes of resource lines gathered before a chunk is handed to the HTTP stream.
 const CHUNK_BYTES: usize = 256 * 1024;
 
@@ -172,16 +189,127 @@ impl Encoder {
     }
 }
 
-/// A verified export file: everything but the blobs' bytes.
+/// How long a line of an export file may be, so that a line without an end is refused once it
+/// passes its bound instead of being read whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineLimits {
+    /// A header, resource or trailer line, in bytes without its newline.
+    pub record: usize,
+    /// A blob line, in bytes without its newline.
+    pub blob: usize,
+}
+
+impl LineLimits {
+    /// The limits of a server whose largest file is `max_file_bytes`: a blob line holds at most
+    /// that many bytes in base64 plus its fields; any other line is at most
+    /// [`MAX_RECORD_LINE_BYTES`].
+    pub fn for_max_file_bytes(max_file_bytes: usize) -> Self {
+        let blob = max_file_bytes.div_ceil(3).saturating_mul(4).saturating_add(BLOB_LINE_OVERHEAD);
+        Self { record: MAX_RECORD_LINE_BYTES, blob }
+    }
+
+    /// No bound: for a file whose reader trusts its source (the CLI checking the export it has
+    /// just received from its server).
+    pub fn unbounded() -> Self {
+        Self { record: usize::MAX, blob: usize::MAX }
+    }
+
+    /// The longest any line may be, before it is parsed and its type known.
+    fn any(&self) -> usize {
+        self.record.max(self.blob)
+    }
+}
+
+impl Default for LineLimits {
+    /// The limits of a server with the default `max_file_bytes`.
+    fn default() -> Self {
+        Self::for_max_file_bytes(crate::DEFAULT_MAX_FILE_BYTES)
+    }
+}
+
+/// An export file read line by line, each line bounded by [`LineLimits::any`].
+struct Lines<R> {
+    reader: R,
+    limits: LineLimits,
+    /// The last line read, with its newline.
+    line: Vec<u8>,
+    /// Its number, from 1.
+    number: u64,
+    /// Where it starts in the file.
+    start: u64,
+    /// Bytes read so far.
+    read: u64,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn new(reader: R, limits: LineLimits) -> Self {
+        Self { reader, limits, line: Vec::new(), number: 0, start: 0, read: 0 }
+    }
+
+    /// Reads the next line into `self.line`; false at the end of the file. A line longer than
+    /// the limit is refused once its first `limit + 1` bytes are read; a last line without its
+    /// newline is a truncated file.
+    fn next(&mut self) -> Result<bool> {
+        self.line.clear();
+        self.start = self.read;
+        let max = self.limits.any();
+        loop {
+            let buf = self.reader.fill_buf().map_err(|e| Error::invalid(format!("cannot read the export file: {e}")))?;
+            if buf.is_empty() {
+                if self.line.is_empty() {
+                    return Ok(false);
+                }
+                return Err(corrupt("the file is truncated (its last line is incomplete)"));
+            }
+            let (take, ends) = match buf.iter().position(|b| *b == b'\n') {
+                Some(at) => (at + 1, true),
+                None => (buf.len(), false),
+            };
+            if self.line.len() + take - usize::from(ends) > max {
+                return Err(corrupt(format!(
+                    "line {} is longer than {max} bytes, the most any line can be on this server",
+                    self.number + 1
+                )));
+            }
+            self.line.extend_from_slice(&buf[..take]);
+            self.reader.consume(take);
+            self.read += take as u64;
+            if ends {
+                self.number += 1;
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Checks the line just read against the bound for its type.
+    fn check(&self, blob: bool) -> Result<()> {
+        let (limit, what) = if blob {
+            (self.limits.blob, "a blob line can be on this server (its max_file_bytes in base64)")
+        } else {
+            (self.limits.record, "a header, resource or trailer line can be")
+        };
+        if self.line.len() - 1 > limit {
+            return Err(corrupt(format!("line {} is longer than {limit} bytes, the most {what}", self.number)));
+        }
+        Ok(())
+    }
+}
+
+/// A verified export file: what the import needs to know before it writes anything, without the
+/// resources themselves (they are read again from the file) or the blobs' bytes.
 #[derive(Clone, Debug)]
 pub struct Verified {
     pub header: Header,
-    pub resources: Vec<ExportedResource>,
     /// Blob hash → size.
     pub blobs: BTreeMap<String, u64>,
+    /// Where each blob's line starts in the file, once per blob.
+    pub blob_offsets: Vec<u64>,
+    /// The trailer, whose counts and checksum matched the file.
     pub trailer: Trailer,
     /// Size of the file.
     pub bytes: u64,
+    /// Each connection's name and target (connections are few), for the egress rules.
+    pub connection_targets: Vec<(String, String)>,
 }
 
 fn corrupt(message: impl std::fmt::Display) -> Error {
@@ -207,49 +335,79 @@ fn read_header(line: &[u8]) -> Result<Header> {
     serde_json::from_value(value).map_err(|e| corrupt(format!("bad header: {e}")))
 }
 
-/// Reads a whole export file and checks it: header and version, every line, every blob's hash
-/// and size, that every referenced blob is present, the trailer's counts and checksum, and that
-/// nothing follows the trailer.
-pub fn verify<R: BufRead>(mut reader: R) -> Result<Verified> {
-    let mut line = Vec::new();
-    let mut bytes = 0u64;
-    let mut next = |reader: &mut R, line: &mut Vec<u8>| -> Result<bool> {
-        line.clear();
-        let n = reader.read_until(b'\n', line).map_err(|e| Error::invalid(format!("cannot read the export file: {e}")))?;
-        bytes += n as u64;
-        if n == 0 {
-            return Ok(false);
-        }
-        if line.last() != Some(&b'\n') {
-            return Err(corrupt("the file is truncated (its last line is incomplete)"));
-        }
-        Ok(true)
-    };
-    if !next(&mut reader, &mut line)? {
+/// What verification keeps of a resource's id to find one that appears twice: 16 bytes of the
+/// sha256 of its kind and id (a false "appears twice" would need a 128-bit collision).
+fn id_key(kind: Kind, id: &str) -> u128 {
+    let digest = Sha256::new().chain_update(kind.as_str()).chain_update([0]).chain_update(id).finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(key)
+}
+
+/// A connection's name, for messages.
+fn connection_name(r: &ExportedResource) -> &str {
+    r.body.get("name").and_then(Value::as_str).unwrap_or(&r.id)
+}
+
+/// Reads a whole export file and checks it, with the line limits of a server with the default
+/// settings; see [`verify_with`].
+pub fn verify<R: BufRead>(reader: R) -> Result<Verified> {
+    verify_with(reader, LineLimits::default())
+}
+
+/// Reads a whole export file and checks it: header and version, every line (each within
+/// `limits`), every blob's hash and size, that every referenced blob is present, that no
+/// connection carries a secret, the trailer's counts and checksum, and that nothing follows the
+/// trailer. It keeps per resource only a hash of its id, so its memory does not grow with the
+/// resources' bodies.
+pub fn verify_with<R: BufRead>(reader: R, limits: LineLimits) -> Result<Verified> {
+    let mut lines = Lines::new(reader, limits);
+    if !lines.next()? {
         return Err(Error::invalid("not a holdfast export file: it is empty"));
     }
-    let header = read_header(&line)?;
+    lines.check(false)?;
+    let header = read_header(&lines.line)?;
     let mut hasher = Sha256::new();
-    hasher.update(&line);
-    let mut resources = Vec::new();
-    let mut blobs = BTreeMap::new();
+    hasher.update(&lines.line);
+    let (mut blobs, mut blob_offsets) = (BTreeMap::new(), Vec::new());
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut ids = BTreeSet::new();
+    let mut resources = 0u64;
+    let mut ids = HashSet::new();
+    let mut connection_targets = Vec::new();
+    // Blobs referenced before their line came: hash → the first resource that references it.
+    let mut missing: BTreeMap<String, String> = BTreeMap::new();
     let trailer = loop {
-        if !next(&mut reader, &mut line)? {
+        if !lines.next()? {
             return Err(corrupt("the file is truncated (it has no trailer)"));
         }
-        let record: Record = serde_json::from_slice(&line).map_err(|e| corrupt(format!("bad line: {e}")))?;
+        let record: Record = serde_json::from_slice(&lines.line).map_err(|e| corrupt(format!("bad line {}: {e}", lines.number)))?;
+        lines.check(matches!(record, Record::Blob { .. }))?;
         match record {
             Record::Resource(r) => {
                 if r.kind == Kind::Project {
                     return Err(corrupt("a project record outside the header"));
                 }
-                if !ids.insert((r.kind, r.id.clone())) {
+                if !ids.insert(id_key(r.kind, &r.id)) {
                     return Err(corrupt(format!("{} {} appears twice", r.kind.as_str(), r.id)));
                 }
+                if r.kind == Kind::Connection && r.body.get("secret").is_some_and(|s| !s.is_null()) {
+                    return Err(Error::invalid(format!(
+                        "connections import without their secret; this file carries one for connection {:?}; \
+                         nothing was imported",
+                        connection_name(&r)
+                    )));
+                }
+                if r.kind == Kind::Connection {
+                    let target = r.body.get("target").and_then(Value::as_str).unwrap_or_default().to_owned();
+                    connection_targets.push((connection_name(&r).to_owned(), target));
+                }
                 *counts.entry(r.kind.as_str().to_owned()).or_default() += 1;
-                resources.push(r);
+                resources += 1;
+                if let Some(hash) = referenced_by(&r.body)
+                    && !blobs.contains_key(hash.as_str())
+                {
+                    missing.entry(hash.as_str().to_owned()).or_insert_with(|| format!("{} {}", r.kind.as_str(), r.id));
+                }
             }
             Record::Blob { sha256, bytes: size, data } => {
                 let decoded = B64.decode(data.as_bytes()).map_err(|e| corrupt(format!("blob {sha256} is not base64: {e}")))?;
@@ -257,40 +415,102 @@ pub fn verify<R: BufRead>(mut reader: R) -> Result<Verified> {
                 if actual.as_str() != sha256 || decoded.len() as u64 != size {
                     return Err(corrupt(format!("blob {sha256} does not match its bytes")));
                 }
-                blobs.insert(sha256, size);
+                missing.remove(&sha256);
+                if blobs.insert(sha256, size).is_none() {
+                    blob_offsets.push(lines.start);
+                }
             }
             Record::Trailer(t) => break t,
         }
-        hasher.update(&line);
+        hasher.update(&lines.line);
     };
-    if next(&mut reader, &mut line)? {
+    if lines.next()? {
         return Err(corrupt("data follows the trailer"));
     }
     if hex::encode(hasher.finalize()) != trailer.sha256 {
         return Err(corrupt("checksum mismatch"));
     }
     let blob_bytes: u64 = blobs.values().sum();
-    if trailer.counts != counts
-        || trailer.resources != resources.len() as u64
-        || trailer.blobs != blobs.len() as u64
-        || trailer.blob_bytes != blob_bytes
-    {
+    if trailer.counts != counts || trailer.resources != resources || trailer.blobs != blobs.len() as u64 || trailer.blob_bytes != blob_bytes {
         return Err(corrupt("the trailer's counts do not match the file"));
     }
-    for r in &resources {
-        if let Some(hash) = referenced_by(&r.body)
-            && !blobs.contains_key(hash.as_str())
-        {
-            return Err(corrupt(format!("{} {} references blob {hash}, which the file does not hold", r.kind.as_str(), r.id)));
-        }
+    if let Some((hash, by)) = missing.iter().next() {
+        return Err(corrupt(format!("{by} references blob {hash}, which the file does not hold")));
     }
-    Ok(Verified { header, resources, blobs, trailer, bytes })
+    Ok(Verified { header, blobs, blob_offsets, trailer, bytes: lines.read, connection_targets })
 }
 
-/// Verifies the export file at `path`.
-pub fn verify_file(path: &Path) -> Result<Verified> {
+/// Opens a file for reading with a buffer sized for long lines.
+fn open_buffered(path: &Path) -> Result<std::io::BufReader<std::fs::File>> {
     let file = std::fs::File::open(path).map_err(|e| Error::invalid(format!("cannot open {}: {e}", path.display())))?;
-    verify(std::io::BufReader::with_capacity(1 << 20, file))
+    Ok(std::io::BufReader::with_capacity(1 << 20, file))
+}
+
+/// Verifies the export file at `path`, each line within `limits`.
+pub fn verify_file(path: &Path, limits: LineLimits) -> Result<Verified> {
+    verify_with(open_buffered(path)?, limits)
+}
+
+/// The resources of a verified file, read again from it a chunk at a time.
+struct ResourceChunks {
+    lines: Lines<std::io::BufReader<std::fs::File>>,
+    done: bool,
+}
+
+impl ResourceChunks {
+    fn open(path: &Path, limits: LineLimits) -> Result<Self> {
+        let mut lines = Lines::new(open_buffered(path)?, limits);
+        lines.next()?; // the header
+        Ok(Self { lines, done: false })
+    }
+
+    /// The next resources, at most [`RESOURCES_PER_CHANGE`] of them and about
+    /// [`CHUNK_LINE_BYTES`] of their lines; empty after the last.
+    fn chunk(&mut self) -> Result<Vec<ExportedResource>> {
+        let (mut out, mut size) = (Vec::new(), 0);
+        while !self.done && out.len() < RESOURCES_PER_CHANGE && size < CHUNK_LINE_BYTES {
+            if !self.lines.next()? {
+                self.done = true;
+                break;
+            }
+            if self.lines.line.starts_with(BLOB_PREFIX) {
+                continue;
+            }
+            match serde_json::from_slice::<Record>(&self.lines.line) {
+                Ok(Record::Resource(r)) => {
+                    size += self.lines.line.len();
+                    out.push(r);
+                }
+                Ok(Record::Blob { .. }) => {}
+                Ok(Record::Trailer(_)) => self.done = true,
+                Err(_) => return Err(corrupt(format!("line {} changed after verification", self.lines.number))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`ResourceChunks::chunk`] off the async runtime.
+    async fn next(mut self) -> Result<(Self, Vec<ExportedResource>)> {
+        tokio::task::spawn_blocking(move || self.chunk().map(|chunk| (self, chunk)))
+            .await
+            .map_err(|e| Error::internal(format!("import read task failed: {e}")))?
+    }
+}
+
+/// The blob whose line starts at `offset` in a verified file: its hash and its bytes.
+fn read_blob_at(path: &Path, offset: u64, limits: LineLimits) -> Result<(String, Vec<u8>)> {
+    let mut reader = open_buffered(path)?;
+    reader.seek(std::io::SeekFrom::Start(offset)).map_err(|e| Error::internal(format!("cannot read the upload: {e}")))?;
+    let mut lines = Lines::new(reader, limits);
+    let changed = || corrupt("a blob line changed after verification");
+    if !lines.next()? {
+        return Err(changed());
+    }
+    let Ok(Record::Blob { sha256, data, .. }) = serde_json::from_slice::<Record>(&lines.line) else {
+        return Err(changed());
+    };
+    let bytes = B64.decode(data.as_bytes()).map_err(|e| corrupt(format!("blob {sha256}: {e}")))?;
+    Ok((sha256, bytes))
 }
 
 /// Parses a comma-separated list of kind names.
@@ -383,9 +603,27 @@ impl Drop for TempFile {
 }
 
 impl Service {
-    /// Largest import file accepted, in bytes: 1024 times the largest uploaded file.
+    /// Largest import file accepted, in bytes (`limits.max_import_bytes`).
     pub fn max_import_bytes(&self) -> u64 {
-        (self.max_file_bytes as u64).saturating_mul(1024)
+        self.max_import_bytes
+    }
+
+    /// Refuses (507) when the data directory's filesystem has less than `need` bytes plus the
+    /// reserve (`limits.import_min_free_bytes`) available.
+    fn ensure_free_space(&self, need: u64, what: &str) -> Result<()> {
+        let free = fs4::available_space(&self.data_dir)
+            .map_err(|e| Error::internal(format!("cannot read the free space of {}: {e}", self.data_dir.display())))?;
+        let reserve = self.import_min_free_bytes;
+        if free < need.saturating_add(reserve) {
+            return Err(Error::new(
+                ErrorKind::InsufficientStorage,
+                format!(
+                    "not enough free disk space {what}: {free} bytes are free where the data directory is, and it needs \
+                     {need} bytes plus a reserve of {reserve} (limits.import_min_free_bytes); nothing was imported"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Exports the selected kinds of `project` as a stream of the file's bytes. The state is
@@ -505,12 +743,40 @@ impl Service {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        self.import_upload(caller, project, on_conflict, None, body).await
+    }
+
+    /// [`Service::import_project`] of an upload that announced its `length` (HTTP
+    /// `Content-Length`): one above the import limit (413) or the free disk space (507) is
+    /// refused before a byte of it is read.
+    pub async fn import_upload<S, E>(
+        &self,
+        caller: &Caller,
+        project: &str,
+        on_conflict: OnConflict,
+        length: Option<u64>,
+        body: S,
+    ) -> Result<ImportSummary>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         caller.require(Action::Import, &format!("/projects/{project}"))?;
-        let spool = self.spool(body).await?;
+        let spool = self.spool(length, body).await?;
+        let limits = LineLimits::for_max_file_bytes(self.max_file_bytes);
         let path = spool.0.clone();
-        let verified = tokio::task::spawn_blocking(move || verify_file(&path))
+        let verified = tokio::task::spawn_blocking(move || verify_file(&path, limits))
             .await
             .map_err(|e| Error::internal(format!("verify task failed: {e}")))??;
+        // An imported connection is held to the same rules as one made through the API.
+        for (name, target) in &verified.connection_targets {
+            self.upstream_client.check_target(target).map_err(|e| {
+                Error::invalid(format!("connection {name:?} of the file: {}; nothing was imported", e.message))
+            })?;
+        }
+        // What the import writes (decoded blobs, resources in the database) is about the file's
+        // size again, beside the spool.
+        self.ensure_free_space(verified.bytes, "to store this import")?;
 
         let existing = match self.project_store(project).await {
             Ok(store) => Some(store),
@@ -518,26 +784,37 @@ impl Service {
             Err(e) => return Err(e),
         };
         if let (Some(store), OnConflict::Fail) = (&existing, on_conflict) {
-            let resources = verified.resources.clone();
-            let conflicts = store
-                .read(move |view| {
-                    let mut found = Vec::new();
-                    for r in &resources {
-                        if let Some(e) = view.get(r.kind, &r.id)?
-                            && !same(&e, r)
-                        {
-                            found.push(format!("{} {}", r.kind.as_str(), r.id));
+            let (mut conflicts, mut first) = (0usize, None);
+            let mut chunks = ResourceChunks::open(&spool.0, limits)?;
+            loop {
+                let (rest, chunk) = chunks.next().await?;
+                chunks = rest;
+                if chunk.is_empty() {
+                    break;
+                }
+                let found = store
+                    .read(move |view| {
+                        let mut found = Vec::new();
+                        for r in &chunk {
+                            if let Some(e) = view.get(r.kind, &r.id)?
+                                && !same(&e, r)
+                            {
+                                found.push(format!("{} {}", r.kind.as_str(), r.id));
+                            }
                         }
-                    }
-                    Ok(found)
-                })
-                .await
-                .map_err(Error::from)?;
-            if let Some(first) = conflicts.first() {
+                        Ok(found)
+                    })
+                    .await
+                    .map_err(Error::from)?;
+                conflicts += found.len();
+                if first.is_none() {
+                    first = found.into_iter().next();
+                }
+            }
+            if let Some(first) = first {
                 return Err(Error::conflict(format!(
-                    "{} resources of the file exist in project {project:?} with other contents (first: {first}); \
-                     nothing was imported (use --on-conflict skip or overwrite)",
-                    conflicts.len()
+                    "{conflicts} resources of the file exist in project {project:?} with other contents (first: {first}); \
+                     nothing was imported (use --on-conflict skip or overwrite)"
                 )));
             }
         }
@@ -560,48 +837,70 @@ impl Service {
         let lsn_before = store.last_lsn().0;
 
         // Blobs first (DESIGN.md invariant 3): durable before any change references them.
-        self.store_blobs(&spool.0, store.id()).await?;
+        self.store_blobs(&spool.0, &verified, limits, store.id()).await?;
 
         let counts: Arc<Mutex<BTreeMap<String, KindCounts>>> = Arc::default();
+        let secrets_removed: Arc<Mutex<Vec<String>>> = Arc::default();
         let data = self.data_on(store.clone(), caller);
         let mut changes = 0;
         let mut index_touched = false;
-        for chunk in verified.resources.chunks(RESOURCES_PER_CHANGE) {
-            let chunk = chunk.to_vec();
-            let tally = counts.clone();
+        let mut chunks = ResourceChunks::open(&spool.0, limits)?;
+        loop {
+            let (rest, chunk) = chunks.next().await?;
+            chunks = rest;
+            if chunk.is_empty() {
+                break;
+            }
+            let (tally, keyless) = (counts.clone(), secrets_removed.clone());
             let committed = data
                 .commit(Box::new(move |view| {
                     let mut ops = Vec::new();
                     let mut local: BTreeMap<String, KindCounts> = BTreeMap::new();
+                    let mut local_keyless = Vec::new();
                     for r in chunk {
                         let entry = local.entry(r.kind.as_str().to_owned()).or_default();
                         let current = view.get(r.kind, &r.id).map_err(Error::from)?;
+                        let had_secret = current.as_ref().is_some_and(|e| has_secret(&e.body));
                         let mut body = r.body.clone();
+                        // What the target holds once this resource is done with.
+                        let mut result_has_secret = has_secret(&body);
+                        let mut write = true;
                         if let Some(e) = &current {
                             if same(e, &r) {
                                 entry.unchanged += 1;
-                                continue;
-                            }
-                            match on_conflict {
-                                OnConflict::Skip => {
-                                    entry.skipped += 1;
-                                    continue;
+                                write = false;
+                            } else {
+                                match on_conflict {
+                                    OnConflict::Skip => {
+                                        entry.skipped += 1;
+                                        write = false;
+                                    }
+                                    OnConflict::Fail => {
+                                        return Err(Error::conflict(format!(
+                                            "{} {} was changed during the import",
+                                            r.kind.as_str(),
+                                            r.id
+                                        )));
+                                    }
+                                    OnConflict::Overwrite => entry.overwritten += 1,
                                 }
-                                OnConflict::Fail => {
-                                    return Err(Error::conflict(format!(
-                                        "{} {} was changed during the import",
-                                        r.kind.as_str(),
-                                        r.id
-                                    )));
-                                }
-                                OnConflict::Overwrite => entry.overwritten += 1,
                             }
-                            keep_secret(e, &r, &mut body);
+                            if write {
+                                keep_secret(e, &r, &mut body);
+                                result_has_secret = has_secret(&body);
+                            } else {
+                                result_has_secret = had_secret;
+                            }
                         } else {
                             entry.imported += 1;
                         }
-                        ops.push(Op::Put { kind: r.kind, id: r.id.clone(), parent: r.parent.clone(), body });
-                        ops.push(Op::Stamp { kind: r.kind, id: r.id, created_us: r.created_us, updated_us: r.updated_us });
+                        if r.kind == Kind::Connection && !result_has_secret && (r.secret_removed || had_secret) {
+                            local_keyless.push(connection_name(&r).to_owned());
+                        }
+                        if write {
+                            ops.push(Op::Put { kind: r.kind, id: r.id.clone(), parent: r.parent.clone(), body });
+                            ops.push(Op::Stamp { kind: r.kind, id: r.id, created_us: r.created_us, updated_us: r.updated_us });
+                        }
                     }
                     let mut all = tally.lock().unwrap_or_else(|e| e.into_inner());
                     for (k, c) in local {
@@ -611,6 +910,7 @@ impl Service {
                         t.skipped += c.skipped;
                         t.unchanged += c.unchanged;
                     }
+                    keyless.lock().unwrap_or_else(|e| e.into_inner()).extend(local_keyless);
                     Ok(ops)
                 }))
                 .await?;
@@ -619,11 +919,13 @@ impl Service {
                 index_touched = true;
             }
         }
-        let touches_index = verified.resources.iter().any(|r| matches!(r.kind, Kind::VectorStore | Kind::VectorStoreFile));
+        let touches_index =
+            [Kind::VectorStore, Kind::VectorStoreFile].iter().any(|k| verified.trailer.counts.contains_key(k.as_str()));
         if index_touched && touches_index {
             self.index_catch_up(&data, Default::default()).await?;
         }
         let kinds = counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let secrets_removed = std::mem::take(&mut *secrets_removed.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(ImportSummary {
             project: project.to_owned(),
             created_project,
@@ -637,30 +939,47 @@ impl Service {
             blobs: verified.trailer.blobs,
             blob_bytes: verified.trailer.blob_bytes,
             bytes: verified.bytes,
-            secrets_removed: verified
-                .resources
-                .iter()
-                .filter(|r| r.secret_removed)
-                .map(|r| r.body.get("name").and_then(Value::as_str).unwrap_or(&r.id).to_owned())
-                .collect(),
+            secrets_removed,
         })
     }
 
     /// Writes an upload to a temporary file under `<data>/tmp`, refusing one larger than
-    /// [`Service::max_import_bytes`].
-    async fn spool<S, E>(&self, body: S) -> Result<TempFile>
+    /// [`Service::max_import_bytes`] (413), and one the disk cannot hold while it keeps its
+    /// reserve (507): up front for an announced `length`, and all along while spooling. The
+    /// spool is removed however this ends.
+    async fn spool<S, E>(&self, length: Option<u64>, body: S) -> Result<TempFile>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
         use tokio::io::AsyncWriteExt;
+        let limit = self.max_import_bytes;
+        if let Some(length) = length
+            && length > limit
+        {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "import file is {length} bytes, larger than this server's import limit of {limit} bytes \
+                     (limits.max_import_bytes); nothing was imported"
+                ),
+            ));
+        }
+        self.ensure_free_space(length.unwrap_or(0), "to take this import")?;
         let dir = self.data_dir.join("tmp");
         tokio::fs::create_dir_all(&dir).await.map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
         let spool = TempFile(dir.join(format!("import-{}.jsonl", ulid::Ulid::generate().to_string().to_lowercase())));
         let mut file = tokio::fs::File::create(&spool.0)
             .await
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", spool.0.display())))?;
-        let (limit, mut size) = (self.max_import_bytes(), 0u64);
+        let write_err = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                Error::new(ErrorKind::InsufficientStorage, "the disk filled up while the upload was spooled; nothing was imported")
+            } else {
+                Error::internal(format!("cannot spool the upload: {e}"))
+            }
+        };
+        let (mut size, mut checked) = (0u64, 0u64);
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| Error::invalid(format!("cannot read the upload: {e}")))?;
@@ -668,36 +987,31 @@ impl Service {
             if size > limit {
                 return Err(Error::new(
                     ErrorKind::PayloadTooLarge,
-                    format!("import file is larger than this server's limit of {limit} bytes"),
+                    format!(
+                        "import file is larger than this server's import limit of {limit} bytes (limits.max_import_bytes); \
+                         nothing was imported"
+                    ),
                 ));
             }
-            file.write_all(&chunk).await.map_err(|e| Error::internal(format!("cannot spool the upload: {e}")))?;
+            file.write_all(&chunk).await.map_err(write_err)?;
+            if size - checked >= FREE_SPACE_CHECK_BYTES {
+                checked = size;
+                let rest = length.map_or(0, |l| l.saturating_sub(size));
+                self.ensure_free_space(rest, "to go on taking this import")?;
+            }
         }
-        file.flush().await.map_err(|e| Error::internal(format!("cannot spool the upload: {e}")))?;
+        file.flush().await.map_err(write_err)?;
         Ok(spool)
     }
 
     /// Stores every blob of a verified file in the project's blob store (a blob already there
-    /// is not written again).
-    async fn store_blobs(&self, path: &Path, project: &holdfast_types::ProjectId) -> Result<()> {
-        use tokio::io::AsyncBufReadExt;
-        let file = tokio::fs::File::open(path).await.map_err(|e| Error::internal(format!("cannot reopen the upload: {e}")))?;
-        let mut reader = tokio::io::BufReader::with_capacity(1 << 20, file);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = reader.read_until(b'\n', &mut line).await.map_err(|e| Error::internal(format!("cannot read the upload: {e}")))?;
-            if n == 0 {
-                return Ok(());
-            }
-            // Only blob lines start so; the header and other records are skipped unparsed.
-            if !line.starts_with(br#"{"type":"blob""#) {
-                continue;
-            }
-            let Ok(Record::Blob { sha256, data, .. }) = serde_json::from_slice::<Record>(&line) else {
-                return Err(corrupt("a blob line changed after verification"));
-            };
-            let bytes = B64.decode(data.as_bytes()).map_err(|e| corrupt(format!("blob {sha256}: {e}")))?;
+    /// is not written again), reading one blob line at a time.
+    async fn store_blobs(&self, path: &Path, verified: &Verified, limits: LineLimits, project: &holdfast_types::ProjectId) -> Result<()> {
+        for &offset in &verified.blob_offsets {
+            let path = path.to_owned();
+            let (sha256, bytes) = tokio::task::spawn_blocking(move || read_blob_at(&path, offset, limits))
+                .await
+                .map_err(|e| Error::internal(format!("import read task failed: {e}")))??;
             let hash = self
                 .blobs
                 .put(project, Bytes::from(bytes))
@@ -707,6 +1021,7 @@ impl Service {
                 return Err(corrupt(format!("blob {sha256} changed after verification")));
             }
         }
+        Ok(())
     }
 }
 
@@ -718,10 +1033,18 @@ fn same(current: &holdfast_store::Resource, r: &ExportedResource) -> bool {
     current.parent == r.parent && current.created_us == r.created_us && current.updated_us == r.updated_us && current.body == body
 }
 
-/// A connection imported without its secret keeps the secret the target already has.
+/// Whether a connection's body holds a sealed secret.
+fn has_secret(body: &Value) -> bool {
+    body.get("secret").is_some_and(|s| !s.is_null())
+}
+
+/// A connection imported without its secret keeps the secret the target already has, as long
+/// as it still points where that secret was given for: an import that changes the connection's
+/// target drops the secret (the connection then needs a key again).
 fn keep_secret(current: &holdfast_store::Resource, r: &ExportedResource, body: &mut Value) {
     if r.kind == Kind::Connection
         && body.get("secret").is_none_or(Value::is_null)
+        && current.body.get("target") == body.get("target")
         && let Some(secret) = current.body.get("secret").filter(|s| !s.is_null())
         && let Some(map) = body.as_object_mut()
     {
@@ -806,7 +1129,7 @@ mod tests {
         }
         let verified = verify(&fixture[..]).expect("fixture verifies");
         assert_eq!(verified.header.version, EXPORT_FORMAT_VERSION);
-        assert_eq!(verified.resources.len(), 4);
+        assert_eq!(verified.trailer.resources, 4);
         assert_eq!(verified.blobs.len(), 1);
         assert_eq!(verified.trailer.counts.get("item"), Some(&1));
         assert_eq!(sample(), fixture.to_vec(), "the encoder reproduces the golden file");
@@ -832,6 +1155,94 @@ mod tests {
         let e = verify(newer.as_bytes()).expect_err("newer");
         assert!(e.message.contains("newer"), "{}", e.message);
         assert!(verify(&b"hello\n"[..]).is_err());
+    }
+
+    /// A line without an end is refused once it passes the longest a line may be, without being
+    /// read whole (here it never ends).
+    #[test]
+    fn a_line_without_end_is_refused_at_its_limit() {
+        use std::io::Read as _;
+        let good = sample();
+        let header = &good[..=good.iter().position(|b| *b == b'\n').expect("header line")];
+        let limits = LineLimits { record: 4096, blob: 8192 };
+        let endless = std::io::BufReader::new(header.chain(std::io::repeat(b'x')));
+        let e = verify_with(endless, limits).expect_err("endless line");
+        assert!(e.message.starts_with("corrupt export file: line 2 is longer than 8192 bytes"), "{}", e.message);
+        // With the default limits (32 MiB files), a 100 MiB line is refused the same way.
+        let long = std::io::BufReader::new(header.chain(std::io::repeat(b'x').take(100 << 20)));
+        let e = verify(long).expect_err("long line");
+        assert!(e.message.contains("line 2 is longer than"), "{}", e.message);
+    }
+
+    /// A blob line may be as long as a file in base64; any other line only as long as a record.
+    #[test]
+    fn records_and_blobs_have_their_own_line_limits() {
+        let good = sample();
+        let lines: Vec<&[u8]> = good.split_inclusive(|b| *b == b'\n').collect();
+        let record = lines.iter().filter(|l| !l.starts_with(BLOB_PREFIX)).map(|l| l.len() - 1).max().expect("lines");
+        let blob = lines.iter().filter(|l| l.starts_with(BLOB_PREFIX)).map(|l| l.len() - 1).max().expect("blob");
+        assert!(blob < record, "the sample's blob is small");
+        assert!(verify_with(&good[..], LineLimits { record, blob }).is_ok());
+        let e = verify_with(&good[..], LineLimits { record: record - 1, blob: record }).expect_err("record limit");
+        assert!(e.message.contains("the most a header, resource or trailer line can be"), "{}", e.message);
+        let e = verify_with(&good[..], LineLimits { record, blob: blob - 1 }).expect_err("blob limit");
+        assert!(e.message.contains("the most a blob line can be"), "{}", e.message);
+        // A blob line for the largest file fits the limit.
+        let limits = LineLimits::for_max_file_bytes(5);
+        assert!(limits.blob >= blob && verify_with(&good[..], limits).is_ok());
+    }
+
+    /// Exports never carry a connection's sealed secret; a file that does is refused whole.
+    #[test]
+    fn a_connection_with_a_secret_is_refused() {
+        let text = String::from_utf8(sample()).expect("utf8");
+        let sealed = text.replacen(r#""secret":null"#, r#""secret":{"ciphertext":"AAAA","nonce":"BBBB"}"#, 1);
+        assert_ne!(sealed, text);
+        let e = verify(sealed.as_bytes()).expect_err("sealed secret");
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert!(
+            e.message.starts_with(r#"connections import without their secret; this file carries one for connection "upstream""#),
+            "{}",
+            e.message
+        );
+    }
+
+    /// Verification keeps no resource: what it returns is the same size whatever the file holds.
+    #[test]
+    fn verified_holds_no_resources() {
+        let verified = verify(&sample()[..]).expect("verify");
+        let Verified { header: _, blobs, blob_offsets, trailer, bytes: _ } = verified;
+        assert_eq!((trailer.resources, blobs.len(), blob_offsets.len()), (4, 1, 1));
+    }
+
+    /// A connection imported without a secret keeps the target's secret only when it still
+    /// points at the same target.
+    #[test]
+    fn a_kept_secret_needs_the_same_target() {
+        let current = |target: &str| holdfast_store::Resource {
+            kind: Kind::Connection,
+            id: "conn:up".into(),
+            parent: None,
+            seq: 0,
+            created_us: 1,
+            updated_us: 1,
+            body: serde_json::json!({"name": "up", "target": target, "secret": {"ciphertext": "c", "nonce": "n"}}),
+        };
+        let file = ExportedResource {
+            kind: Kind::Connection,
+            id: "conn:up".into(),
+            parent: None,
+            created_us: 1,
+            updated_us: 1,
+            body: serde_json::json!({"name": "up", "target": "http://a/v1", "secret": null}),
+            secret_removed: true,
+        };
+        let mut body = file.body.clone();
+        keep_secret(&current("http://a/v1"), &file, &mut body);
+        assert!(has_secret(&body), "same target: the secret is kept");
+        let mut body = file.body.clone();
+        keep_secret(&current("http://elsewhere/v1"), &file, &mut body);
+        assert!(!has_secret(&body), "another target: the secret is dropped");
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub struct ServiceConfig {
     /// A project nobody used for this long is closed (its writer thread and connections
     /// released) and opened again on its next use; `None`: never.
     pub idle_close: Option<std::time::Duration>,
+    /// Largest import file, in bytes.
+    pub max_import_bytes: u64,
+    /// Free space, in bytes, an import leaves on the data directory's filesystem.
+    pub import_min_free_bytes: u64,
     /// How long a call to an upstream model may take, end to end.
     pub upstream_timeout: std::time::Duration,
     /// Where model calls may go (`[upstream]` allow_private, allow_hosts; the listen address).
@@ -77,6 +81,8 @@ impl ServiceConfig {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_projects_per_principal: Some(DEFAULT_MAX_PROJECTS_PER_PRINCIPAL),
             idle_close: Some(DEFAULT_IDLE_CLOSE),
+            max_import_bytes: DEFAULT_MAX_IMPORT_BYTES,
+            import_min_free_bytes: DEFAULT_IMPORT_MIN_FREE_BYTES,
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             egress: data::egress::EgressConfig::default(),
             archive: None,
@@ -89,6 +95,10 @@ impl ServiceConfig {
 pub const DEFAULT_MAX_FILE_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_PROJECTS_PER_PRINCIPAL: u64 = 100;
 pub const DEFAULT_IDLE_CLOSE: std::time::Duration = std::time::Duration::from_secs(600);
+/// Largest import file by default: 1 GiB.
+pub const DEFAULT_MAX_IMPORT_BYTES: u64 = 1024 * 1024 * 1024;
+/// Free space an import leaves by default: 256 MiB, room for the databases' own writes.
+pub const DEFAULT_IMPORT_MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct Service {
@@ -115,6 +125,8 @@ pub struct Service {
     idle_close: Option<std::time::Duration>,
     /// When each open project was last asked for ([`Service::store`]), for closing idle ones.
     used: std::sync::Mutex<HashMap<ProjectId, std::time::Instant>>,
+    pub(crate) max_import_bytes: u64,
+    pub(crate) import_min_free_bytes: u64,
     pub(crate) upstream_timeout: std::time::Duration,
     /// Seals and opens connection secrets.
     master: data::MasterKey,
@@ -178,6 +190,8 @@ impl Service {
             max_projects_per_principal: config.max_projects_per_principal,
             idle_close: config.idle_close,
             used: std::sync::Mutex::new(HashMap::new()),
+            max_import_bytes: config.max_import_bytes,
+            import_min_free_bytes: config.import_min_free_bytes,
             upstream_timeout: config.upstream_timeout,
             master,
             region: config.region.clone(),

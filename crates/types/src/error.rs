@@ -17,6 +17,9 @@ pub enum ErrorKind {
     /// The target exists already or is in a state that forbids the operation.
     Conflict,
     PayloadTooLarge,
+    /// The server has too little free disk space to take the request (an import larger than
+    /// what its data directory can hold with its reserve); retry once space is freed.
+    InsufficientStorage,
     /// A lock at the target's scope (or above it) forbids the operation; remove the lock first.
     Locked,
     /// The caller holds as many of something as it may (projects per principal).
@@ -37,6 +40,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::Conflict => "conflict",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::InsufficientStorage => "insufficient_storage",
             // The name the platforms use for the same refusal.
             ErrorKind::Locked => "ScopeLocked",
             ErrorKind::QuotaExceeded => "quota_exceeded",
