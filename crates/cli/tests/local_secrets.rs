@@ -1,7 +1,8 @@
 //! What the server keeps on its own disk, against the real binary (issue 13): the data
 //! directory is its owner's alone (directories 0700, files 0600, WAL files too, and what an
-//! older version left open is tightened at start), and a stale temporary file never lends its
-//! mode to a secret.
+//! older version left open is tightened at start), a stale temporary file never lends its mode
+//! to a secret, and API keys are stored peppered (a legacy sha256 row still works and is
+//! upgraded when used).
 
 mod common;
 
@@ -9,9 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::cluster::oa;
-use common::{Opts, Server};
+use common::{ADMIN_KEY, Opts, Server};
 use reqwest::Method;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).expect("stat").permissions().mode() & 0o777
@@ -129,4 +131,88 @@ fn a_stale_temporary_file_does_not_lend_its_mode_to_the_admin_key() {
     assert_eq!(mode(&data.path().join("master.key")), 0o600, "master.key");
     assert!(!data.path().join("admin.tmp").exists() && !data.path().join("master.tmp").exists());
     server.api(Some(&key)).get("/v1/keys").ok(200);
+}
+
+fn sha256_hex(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// `(id, hash, source, revoked)` of every key in `control.db`.
+fn stored_keys(data: &Path) -> Vec<(String, String, String, bool)> {
+    let db = rusqlite::Connection::open_with_flags(data.join("control.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open control.db");
+    let mut stmt = db.prepare("SELECT id, hash, source, revoked_us IS NOT NULL FROM api_keys ORDER BY created_us, id").expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+fn hash_of(data: &Path, id: &str) -> String {
+    stored_keys(data).into_iter().find(|k| k.0 == id).unwrap_or_else(|| panic!("no key {id}")).1
+}
+
+/// Puts a key's hash back as an older version stored it (offline: the server is stopped).
+fn store_legacy_hash(data: &Path, id: &str, key: &str) {
+    let db = rusqlite::Connection::open(data.join("control.db")).expect("open control.db");
+    let changed = db.execute("UPDATE api_keys SET hash = ?2 WHERE id = ?1", [id, &sha256_hex(key)]).expect("update");
+    assert_eq!(changed, 1);
+}
+
+#[test]
+fn key_hashes_are_peppered_and_a_legacy_sha256_row_still_works_and_is_upgraded() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path());
+    let admin = server.admin();
+    let reader = admin.create_key("reader", "reader");
+    let (reader_key, reader_id) = (reader["key"].as_str().expect("key").to_owned(), reader["key_id"].as_str().expect("id").to_owned());
+    let revoked = admin.create_key("gone", "reader");
+    let (revoked_key, revoked_id) = (revoked["key"].as_str().expect("key").to_owned(), revoked["key_id"].as_str().expect("id").to_owned());
+    admin.delete(&format!("/v1/keys/{revoked_id}")).ok(204);
+    admin.post("/v1/identities", &json!({"name": "runner"})).ok(201);
+    let identity_key = admin.post("/v1/identities/runner/keys", &json!({})).ok(201)["key"].as_str().expect("key").to_owned();
+
+    // Nothing in control.db is a plain sha256 of a key: the admin key (HOLDFAST_ADMIN_KEY, 31
+    // characters — guessable offline from sha256 at some effort), API and identity keys.
+    let keys = stored_keys(data.path());
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    for (id, hash, _, _) in &keys {
+        assert!(hash.starts_with("v1:") && hash.len() == 3 + 64, "key {id}: {hash}");
+    }
+    for key in [ADMIN_KEY, &reader_key, &revoked_key, &identity_key] {
+        assert!(!keys.iter().any(|k| k.1.contains(&sha256_hex(key))), "sha256 of a key is stored: {keys:?}");
+    }
+    let admin_row = keys.iter().find(|k| k.2 == "env").expect("the env admin key").clone();
+    assert_eq!(server.stop().code(), Some(0));
+
+    // As an older version stored them: plain sha256.
+    store_legacy_hash(data.path(), &admin_row.0, ADMIN_KEY);
+    store_legacy_hash(data.path(), &reader_id, &reader_key);
+    store_legacy_hash(data.path(), &revoked_id, &revoked_key);
+    let server = Server::start(data.path());
+    // The environment's admin key is stored peppered at start, the same key under its id (not
+    // revoked and made again).
+    let keys = stored_keys(data.path());
+    let env_rows: Vec<_> = keys.iter().filter(|k| k.2 == "env").collect();
+    assert_eq!(env_rows.len(), 1, "{keys:?}");
+    assert_eq!((&env_rows[0].0, env_rows[0].3), (&admin_row.0, false));
+    assert_eq!(env_rows[0].1, admin_row.1, "the same peppered hash as before");
+    // The legacy reader key works, and is stored peppered once it has.
+    assert_eq!(hash_of(data.path(), &reader_id), sha256_hex(&reader_key));
+    let api = server.api(Some(&reader_key));
+    api.get("/v1/projects").ok(200);
+    let upgraded = hash_of(data.path(), &reader_id);
+    assert!(upgraded.starts_with("v1:") && upgraded != sha256_hex(&reader_key), "{upgraded}");
+    api.get("/v1/projects").ok(200);
+    assert_eq!(hash_of(data.path(), &reader_id), upgraded, "stable once upgraded");
+    // A revoked key stays revoked whatever its hash.
+    server.api(Some(&revoked_key)).get("/v1/projects").err(401, "unauthenticated");
+    assert_eq!(hash_of(data.path(), &revoked_id), sha256_hex(&revoked_key));
+    assert_eq!(server.stop().code(), Some(0));
+
+    // After a restart the upgraded key is found by its peppered hash.
+    let server = Server::start(data.path());
+    server.api(Some(&reader_key)).get("/v1/projects").ok(200);
+    let identity = server.api(Some(&identity_key)).get("/v1/projects");
+    assert_ne!(identity.status, 401, "the identity's key authenticates: {}", identity.text);
 }

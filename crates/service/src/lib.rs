@@ -105,6 +105,8 @@ pub struct Service {
     pub(crate) upstream_timeout: std::time::Duration,
     /// Seals and opens connection secrets.
     master: data::MasterKey,
+    /// Hashes API keys under a pepper derived from the master key.
+    key_hasher: auth::KeyHasher,
     /// Calls upstream models, within the egress rules.
     upstream_client: Arc<data::UpstreamClient>,
     /// Ships journals to the archive, when one is configured.
@@ -165,6 +167,7 @@ impl Service {
             operations: std::sync::Mutex::new(HashMap::new()),
             max_file_bytes: config.max_file_bytes,
             upstream_timeout: config.upstream_timeout,
+            key_hasher: auth::KeyHasher::new(&master),
             master,
             region: config.region.clone(),
             data_dir: data.clone(),
