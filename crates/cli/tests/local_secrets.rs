@@ -1,16 +1,16 @@
 //! What the server keeps on its own disk, against the real binary (issue 13): the data
 //! directory is its owner's alone (directories 0700, files 0600, WAL files too, and what an
 //! older version left open is tightened at start), a stale temporary file never lends its mode
-//! to a secret, and API keys are stored peppered (a legacy sha256 row still works and is
-//! upgraded when used).
+//! to a secret, API keys are stored peppered (a legacy sha256 row still works and is upgraded
+//! when used), and the cluster secret can come from a file, kept out of `ps`.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::cluster::oa;
-use common::{ADMIN_KEY, Opts, Server};
+use common::cluster::{MASTER_KEY, oa, status, wait_applied};
+use common::{ADMIN_KEY, Cli, Opts, Server, free_port};
 use reqwest::Method;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -215,4 +215,88 @@ fn key_hashes_are_peppered_and_a_legacy_sha256_row_still_works_and_is_upgraded()
     server.api(Some(&reader_key)).get("/v1/projects").ok(200);
     let identity = server.api(Some(&identity_key)).get("/v1/projects");
     assert_ne!(identity.status, 401, "the identity's key authenticates: {}", identity.text);
+}
+
+/// Options of region `region` on `port` knowing `peer` on `peer_port`, with the shared master
+/// key and no cluster secret (the test gives it).
+fn region_opts(region: &str, port: u16, peer: &str, peer_port: u16) -> Opts {
+    Opts {
+        port: Some(port),
+        ..Opts::default()
+            .arg("--region")
+            .arg(region)
+            .arg("--peer")
+            .arg(format!("{peer}=http://127.0.0.1:{peer_port}"))
+            .env("HOLDFAST_MASTER_KEY", MASTER_KEY)
+    }
+}
+
+const FILE_SECRET: &str = "file-cluster-secret-0123456789";
+
+#[test]
+fn regions_replicate_with_the_cluster_secret_from_a_file_and_refuse_a_wrong_one_of_any_length() {
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret_file = secrets.path().join("cluster.secret");
+    // Written by an editor or `echo`: surrounding whitespace and a newline are not the secret.
+    std::fs::write(&secret_file, format!("  {FILE_SECRET}\n")).expect("write");
+    chmod(&secret_file, 0o600);
+    let (da, db) = (tempfile::tempdir().expect("data a"), tempfile::tempdir().expect("data b"));
+    let (pa, pb) = (free_port(), free_port());
+    let path = secret_file.display().to_string();
+    // Region a by the flag, region b by the environment variable.
+    let a = Server::start_with(da.path(), region_opts("a", pa, "b", pb).arg("--cluster-secret-file").arg(&path));
+    let b = Server::start_with(db.path(), region_opts("b", pb, "a", pa).env("HOLDFAST_CLUSTER_SECRET_FILE", &path));
+    for server in [&a, &b] {
+        assert!(!server.stderr().contains("other local users"), "no warning for a secret file: {}", server.stderr());
+    }
+    let (api_a, api_b) = (a.admin(), b.admin());
+    let id = api_a.create_project("filed")["id"].as_str().expect("id").to_owned();
+    write_conversation(&api_a, "filed");
+    api_a.post("/v1/projects/filed/replicas", &json!({"region": "b", "mode": "hot"})).ok(200);
+    let lsn = status(&api_a, "filed")["lsn"].as_u64().expect("lsn");
+    wait_applied(&api_b, "filed", lsn);
+    assert_eq!(api_b.journal("filed"), api_a.journal("filed"));
+
+    // A peer proves the secret itself: shorter, longer, or of the same length but wrong, it is
+    // refused.
+    let pull = format!("/internal/v1/projects/{id}/journal?after=0&region=b");
+    let same_length_wrong = format!("{}X", &FILE_SECRET[..FILE_SECRET.len() - 1]);
+    let longer = format!("{FILE_SECRET}-and-more");
+    for wrong in ["short", &FILE_SECRET[..20], &same_length_wrong, &longer] {
+        let refused = api_a.send(Method::GET, &pull, None, &[("x-holdfast-cluster-secret", wrong)]);
+        assert_eq!(refused.status, 401, "{wrong:?}: {}", refused.text);
+    }
+    let admitted = api_a.send(Method::GET, &pull, None, &[("x-holdfast-cluster-secret", FILE_SECRET)]);
+    assert_eq!(admitted.status, 200, "{}", admitted.text);
+}
+
+#[test]
+fn a_cluster_secret_on_the_command_line_is_warned_about_and_bad_secret_files_are_refused() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let flagged = Server::start_with(data.path(), Opts::default().arg("--cluster-secret").arg("flag-cluster-secret-0123456789"));
+    let stderr = flagged.stderr();
+    assert!(stderr.contains("WARN") && stderr.contains("--cluster-secret-file"), "{stderr}");
+    assert_eq!(flagged.stop().code(), Some(0));
+    // Through the environment: no warning.
+    let env = Server::start_with(data.path(), Opts::default().env("HOLDFAST_CLUSTER_SECRET", "env-cluster-secret-0123456789"));
+    assert!(!env.stderr().contains("--cluster-secret-file"), "{}", env.stderr());
+    assert_eq!(env.stop().code(), Some(0));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cli = Cli::new();
+    let serve = |file: &Path| {
+        let (d, f) = (data.path().display().to_string(), file.display().to_string());
+        cli.run(&["serve", "--data", &d, "--listen", "127.0.0.1:0", "--cluster-secret-file", &f])
+    };
+    for (name, text, says) in [("empty", "\n \n", "is empty"), ("short", "fifteen-chars!!\n", "at least 16")] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        chmod(&path, 0o600);
+        let out = serve(&path);
+        assert_ne!(out.code, 0, "{name}: {out:?}");
+        assert!(out.stderr.contains(says), "{name}: {}", out.stderr);
+    }
+    let out = serve(&dir.path().join("missing"));
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("cannot read --cluster-secret-file"), "{}", out.stderr);
 }
