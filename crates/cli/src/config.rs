@@ -31,9 +31,12 @@ pub struct FileConfig {
     /// Peer regions: `[[peers]] region = "b", url = "http://…"`.
     #[serde(default)]
     pub peers: Vec<FilePeer>,
-    /// Shared by every region of the cluster; required for replication. Prefer the environment
-    /// (`HOLDFAST_CLUSTER_SECRET`) to keep it out of files.
+    /// Shared by every region of the cluster; required for replication. Prefer
+    /// `cluster_secret_file` (or the environment) to keep it out of the configuration.
     pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (surrounding whitespace is ignored); give this or
+    /// `cluster_secret`, not both.
+    pub cluster_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub replication: FileReplication,
     #[serde(default)]
@@ -146,7 +149,20 @@ pub struct ServeConfig {
     pub archive: Option<holdfast_service::backup::ArchiveConfig>,
     pub cluster: holdfast_service::replication::ClusterConfig,
     pub coordinator: Option<holdfast_service::coordinator::CoordinatorConfig>,
+    /// Said at start, once logging is on (a secret on the command line, a secret file others
+    /// can read).
+    pub warnings: Vec<String>,
 }
+
+/// Where a value clap read came from: its flag or its environment variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Given {
+    Flag,
+    Env,
+}
+
+/// The shortest cluster secret accepted.
+pub const MIN_CLUSTER_SECRET: usize = 16;
 
 /// Values from flags or environment (clap reads both; flags win).
 pub struct Overrides {
@@ -162,7 +178,10 @@ pub struct Overrides {
     pub archive: Option<String>,
     /// `--peer REGION=URL`, added to (and overriding) the file's peers.
     pub peers: Vec<String>,
-    pub cluster_secret: Option<String>,
+    /// `--cluster-secret` / `HOLDFAST_CLUSTER_SECRET`.
+    pub cluster_secret: Option<(String, Given)>,
+    /// `--cluster-secret-file` / `HOLDFAST_CLUSTER_SECRET_FILE`.
+    pub cluster_secret_file: Option<(PathBuf, Given)>,
     /// `--etcd URL`, replacing the file's list when given.
     pub etcd: Vec<String>,
 }
@@ -194,10 +213,12 @@ impl ServeConfig {
             anyhow::ensure!(matches!(parsed.scheme(), "http" | "https"), "peer {peer_region}: URL must be http(s), got {url:?}");
             peers.insert(peer_region, url);
         }
-        let secret = over.cluster_secret.or(file.cluster_secret).filter(|s| !s.is_empty());
-        if let Some(secret) = &secret {
-            anyhow::ensure!(secret.len() >= 16, "the cluster secret must be at least 16 characters");
-        }
+        let mut warnings = Vec::new();
+        let secret = cluster_secret(
+            (over.cluster_secret, over.cluster_secret_file),
+            (file.cluster_secret, file.cluster_secret_file),
+            &mut warnings,
+        )?;
         let sync_timeout_ms = file.replication.sync_timeout_ms.unwrap_or(5000);
         anyhow::ensure!((10..=600_000).contains(&sync_timeout_ms), "replication sync_timeout_ms must be 10 to 600000");
         let etcd = if over.etcd.is_empty() { file.coordinator.etcd.clone() } else { over.etcd.clone() };
@@ -282,8 +303,70 @@ impl ServeConfig {
             upstream_timeout_secs,
             egress,
             log: over.log.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
+            warnings,
         })
     }
+}
+
+/// The cluster secret, from the first layer that gives one — flags, then environment, then the
+/// file — inline or as a file to read; a layer that gives both is refused. An empty inline
+/// value counts as not given.
+type Layer<T> = Option<(T, Given)>;
+
+fn cluster_secret(
+    (over_inline, over_path): (Layer<String>, Layer<PathBuf>),
+    (file_inline, file_path): (Option<String>, Option<PathBuf>),
+    warnings: &mut Vec<String>,
+) -> Result<Option<String>> {
+    let inline = |given| over_inline.clone().filter(|(s, g)| *g == given && !s.is_empty()).map(|(s, _)| s);
+    let path = |given| over_path.clone().filter(|(_, g)| *g == given).map(|(p, _)| p);
+    let layers = [
+        ("--cluster-secret", "--cluster-secret-file", inline(Given::Flag), path(Given::Flag)),
+        ("HOLDFAST_CLUSTER_SECRET", "HOLDFAST_CLUSTER_SECRET_FILE", inline(Given::Env), path(Given::Env)),
+        ("cluster_secret", "cluster_secret_file", file_inline.filter(|s| !s.is_empty()), file_path),
+    ];
+    for (inline_name, file_name, inline, path) in layers {
+        let secret = match (inline, path) {
+            (None, None) => continue,
+            (Some(_), Some(_)) => anyhow::bail!("{inline_name} and {file_name} are both given: give one"),
+            (Some(secret), None) => {
+                if inline_name == "--cluster-secret" {
+                    warnings.push(
+                        "the cluster secret was given with --cluster-secret, where other local users can read it \
+                         (ps, /proc/<pid>/cmdline): use --cluster-secret-file or HOLDFAST_CLUSTER_SECRET_FILE"
+                            .to_owned(),
+                    );
+                }
+                secret
+            }
+            (None, Some(path)) => read_secret_file(&path, file_name, warnings)?,
+        };
+        anyhow::ensure!(
+            secret.len() >= MIN_CLUSTER_SECRET,
+            "the cluster secret ({inline_name}) must be at least {MIN_CLUSTER_SECRET} characters"
+        );
+        return Ok(Some(secret));
+    }
+    Ok(None)
+}
+
+/// Reads a secret from `path`, trimmed of surrounding whitespace (a trailing newline most of
+/// all); refuses an empty one.
+fn read_secret_file(path: &Path, name: &str, warnings: &mut Vec<String>) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name} {}", path.display()))?;
+    let secret = text.trim();
+    anyhow::ensure!(!secret.is_empty(), "{name} {} is empty", path.display());
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        warnings.push(format!(
+            "{name} {} is open to other local users (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(secret.to_owned())
 }
 
 fn archive_config(url: String, file: &FileArchive) -> Result<holdfast_service::backup::ArchiveConfig> {
@@ -333,6 +416,7 @@ mod tests {
             archive: None,
             peers: Vec::new(),
             cluster_secret: None,
+            cluster_secret_file: None,
             etcd: Vec::new(),
         }
     }
@@ -365,7 +449,7 @@ mod tests {
         assert!(ServeConfig::resolve(FileConfig::default(), peer("b")).is_err(), "no URL");
         assert!(ServeConfig::resolve(FileConfig::default(), peer("local=http://x")).is_err(), "own region");
         assert!(ServeConfig::resolve(FileConfig::default(), peer("b=ftp://x")).is_err(), "scheme");
-        let short = Overrides { cluster_secret: Some("short".into()), ..none() };
+        let short = Overrides { cluster_secret: Some(("short".into(), Given::Env)), ..none() };
         assert!(ServeConfig::resolve(FileConfig::default(), short).is_err(), "short secret");
         let file: FileConfig = toml::from_str("[[peers]]\nregion = \"b\"\nurl = \"http://127.0.0.1:1\"\n").expect("parse");
         let c = ServeConfig::resolve(file, peer("c=http://127.0.0.1:2")).expect("resolve");
@@ -374,5 +458,65 @@ mod tests {
         assert!(ServeConfig::resolve(hosts("http://models.local"), none()).is_err(), "a URL is not a host");
         let c = ServeConfig::resolve(hosts("*.openai.azure.com"), none()).expect("wildcard host");
         assert!(c.egress.allow_private && c.egress.allow_hosts == ["*.openai.azure.com"]);
+    }
+
+    #[test]
+    fn the_cluster_secret_comes_from_one_layer_inline_or_from_a_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            path
+        };
+        let good = write("good", "  file-secret-0123456789\n", 0o600);
+        let secret = |file: FileConfig, over: Overrides| ServeConfig::resolve(file, over).map(|c| (c.cluster.secret, c.warnings));
+        let from_file = |path: &Path| Overrides { cluster_secret_file: Some((path.to_owned(), Given::Flag)), ..none() };
+
+        // A file's secret, trimmed; no warning.
+        assert_eq!(secret(FileConfig::default(), from_file(&good)).expect("file"), (Some("file-secret-0123456789".into()), vec![]));
+        // The config file's key, and the layering: flags over environment over file.
+        let config: FileConfig = toml::from_str(&format!("cluster_secret_file = {:?}\n", good.display().to_string())).expect("parse");
+        assert_eq!(secret(config, none()).expect("config").0.as_deref(), Some("file-secret-0123456789"));
+        let config: FileConfig = toml::from_str("cluster_secret = \"config-secret-0123456789\"\n").expect("parse");
+        let env = Overrides { cluster_secret_file: Some((good.clone(), Given::Env)), ..none() };
+        assert_eq!(secret(config, env).expect("env over file").0.as_deref(), Some("file-secret-0123456789"));
+        let both = Overrides {
+            cluster_secret: Some(("env-secret-0123456789".into(), Given::Env)),
+            cluster_secret_file: Some((good.clone(), Given::Flag)),
+            ..none()
+        };
+        assert_eq!(secret(FileConfig::default(), both).expect("flag over env").0.as_deref(), Some("file-secret-0123456789"));
+        // The inline flag works and is warned about; the environment is not.
+        let (s, warnings) = secret(FileConfig::default(), Overrides { cluster_secret: Some(("flag-secret-0123456789".into(), Given::Flag)), ..none() })
+            .expect("flag");
+        assert_eq!(s.as_deref(), Some("flag-secret-0123456789"));
+        assert!(warnings.len() == 1 && warnings[0].contains("--cluster-secret-file"), "{warnings:?}");
+        let (_, warnings) = secret(FileConfig::default(), Overrides { cluster_secret: Some(("env-secret-0123456789".into(), Given::Env)), ..none() })
+            .expect("env");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        // A file others can read is warned about.
+        let open = write("open", "open-secret-0123456789", 0o644);
+        let (_, warnings) = secret(FileConfig::default(), from_file(&open)).expect("open file");
+        assert!(warnings.len() == 1 && warnings[0].contains("chmod 600"), "{warnings:?}");
+
+        // Refused: an empty or short file, a missing one, both forms in one layer.
+        for (name, text) in [("empty", " \n"), ("short", "short-secret\n")] {
+            let path = write(name, text, 0o600);
+            let e = secret(FileConfig::default(), from_file(&path)).expect_err(name);
+            assert!(e.to_string().contains(if name == "empty" { "is empty" } else { "at least 16" }), "{e:#}");
+        }
+        assert!(secret(FileConfig::default(), from_file(&dir.path().join("missing"))).is_err());
+        let both = Overrides {
+            cluster_secret: Some(("env-secret-0123456789".into(), Given::Env)),
+            cluster_secret_file: Some((good.clone(), Given::Env)),
+            ..none()
+        };
+        let e = secret(FileConfig::default(), both).expect_err("both in one layer");
+        assert!(e.to_string().contains("give one"), "{e:#}");
+        let config: FileConfig =
+            toml::from_str(&format!("cluster_secret = \"x\"\ncluster_secret_file = {:?}\n", good.display().to_string())).expect("parse");
+        assert!(secret(config, none()).is_err(), "both in the file");
     }
 }

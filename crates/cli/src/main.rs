@@ -39,7 +39,7 @@ const LOCK_COLUMNS: &[&str] = &["id", "scope", "kind", "data_plane", "notes", "c
 use serde_json::json;
 
 use crate::client::{Client, seg};
-use crate::config::{FileConfig, Overrides, ServeConfig};
+use crate::config::{FileConfig, Given, Overrides, ServeConfig};
 use crate::context::{ContextEntry, ContextFile};
 use crate::output::{Format, print};
 
@@ -214,9 +214,17 @@ struct ServeArgs {
     #[arg(long = "peer")]
     peers: Vec<String>,
     /// Secret shared by every region of the cluster (at least 16 characters); required for
-    /// replication.
+    /// replication. Other local users can read a flag in `ps`: prefer --cluster-secret-file.
     #[arg(long, env = "HOLDFAST_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// A file holding the cluster secret (surrounding whitespace ignored), instead of
+    /// --cluster-secret.
+    #[arg(long, env = "HOLDFAST_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// Where --cluster-secret and --cluster-secret-file came from (set in `main` from clap's
+    /// matches): a secret on the command line is warned about.
+    #[arg(skip)]
+    secret_sources: Option<(Given, Given)>,
     /// An etcd client URL for automatic failover; repeatable (replaces `[coordinator] etcd`).
     #[arg(long = "etcd")]
     etcd: Vec<String>,
@@ -551,7 +559,15 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Serve(args), Some(serve)) = (&mut cli.command, matches.subcommand_matches("serve")) {
+        let given = |id: &str| match serve.value_source(id) {
+            Some(clap::parser::ValueSource::EnvVariable) => Given::Env,
+            _ => Given::Flag,
+        };
+        args.secret_sources = Some((given("cluster_secret"), given("cluster_secret_file")));
+    }
     if !matches!(cli.command, Command::Serve(_)) {
         init_tracing(None, false); // `serve` starts logging once its configuration is resolved
     }
@@ -602,7 +618,8 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 log: args.log,
                 archive: args.archive,
                 peers: args.peers,
-                cluster_secret: args.cluster_secret,
+                cluster_secret: args.cluster_secret.map(|s| (s, args.secret_sources.map_or(Given::Flag, |g| g.0))),
+                cluster_secret_file: args.cluster_secret_file.map(|p| (p, args.secret_sources.map_or(Given::Flag, |g| g.1))),
                 etcd: args.etcd,
             })?;
             init_tracing(Some(&config.log), true);

@@ -11,6 +11,13 @@ use crate::Exit;
 use crate::config::ServeConfig;
 
 pub async fn run(config: ServeConfig) -> Result<(), Exit> {
+    // Everything this process creates (databases and their WAL files, blobs, keys, scratch
+    // files, archive objects on a local disk) is its owner's alone: directories 0700, files 0600.
+    // `Service::open` tightens what an earlier version or another tool left more open.
+    rustix::process::umask(rustix::fs::Mode::RWXG | rustix::fs::Mode::RWXO);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let admin_key = std::env::var("HOLDFAST_ADMIN_KEY").ok().filter(|k| !k.is_empty());
     let master_key = std::env::var("HOLDFAST_MASTER_KEY").ok().filter(|k| !k.is_empty());
     let service_config = ServiceConfig {

@@ -16,6 +16,7 @@ use holdfast_types::api::{
 use holdfast_types::{Error, KeyId, PrincipalId, RequestId, rfc3339};
 use sha2::{Digest, Sha256};
 
+use crate::data::MasterKey;
 use crate::{Result, Service, validate};
 
 /// The principal the bootstrap admin key belongs to.
@@ -306,7 +307,40 @@ impl Caller {
 
 type KeysAndGrants = (Vec<control::KeyRecord>, Vec<(String, String, String)>, Vec<(String, String)>);
 
-fn hash_key(key: &str) -> String {
+/// The label of the pepper key hashes are made with ([`MasterKey::derive`]).
+const KEY_HASH_LABEL: &str = "holdfast/key-hash/v1";
+/// What a hash of [`KeyHasher`]'s scheme starts with in `api_keys.hash`; a legacy hash (plain
+/// sha256, 64 hex digits) has no prefix.
+pub(crate) const KEY_HASH_PREFIX: &str = "v1:";
+
+/// How keys are stored: `v1:` and the hex of HMAC-SHA-256 of the key under a pepper derived from
+/// the node's master key (`holdfast/key-hash/v1`). A copy of `control.db` alone then does not
+/// let anyone test guesses of a key offline — which matters for a short `HOLDFAST_ADMIN_KEY`;
+/// generated keys are 256 random bits. Regions that share a master key (`HOLDFAST_MASTER_KEY`)
+/// share the pepper; a node given another master key no longer recognises the keys it stored
+/// (the environment's admin key is stored again at start).
+pub(crate) struct KeyHasher {
+    pepper: [u8; 32],
+}
+
+impl KeyHasher {
+    pub(crate) fn new(master: &MasterKey) -> Self {
+        Self { pepper: master.derive(KEY_HASH_LABEL) }
+    }
+
+    /// The hash `key` is stored and looked up by.
+    pub(crate) fn hash(&self, key: &str) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.pepper).expect("HMAC takes a key of any length");
+        mac.update(key.as_bytes());
+        format!("{KEY_HASH_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// The hash keys were stored by before [`KeyHasher`]: sha256 of the key, hex. A key stored so
+/// still authenticates, and is stored again under the pepper when it does (the plaintext is in
+/// hand only then).
+fn legacy_hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
@@ -321,14 +355,14 @@ fn key_prefix(key: &str) -> String {
     key.chars().take(10).collect()
 }
 
-/// A new key with its hash and prefix, as stored.
-pub(crate) fn new_key() -> Result<(String, String, String)> {
-    let key = generate_key()?;
-    let (hash, prefix) = (hash_key(&key), key_prefix(&key));
-    Ok((key, hash, prefix))
-}
-
 impl Service {
+    /// A new key with its hash and prefix, as stored.
+    pub(crate) fn new_key(&self) -> Result<(String, String, String)> {
+        let key = generate_key()?;
+        let (hash, prefix) = (self.key_hasher.hash(&key), key_prefix(&key));
+        Ok((key, hash, prefix))
+    }
+
     /// Makes sure an admin key exists: the one in `HOLDFAST_ADMIN_KEY` if set, else, on first
     /// start, a generated one written to `<data>/admin.key` (mode 0600). Returns a generated key
     /// (to show once).
@@ -338,9 +372,15 @@ impl Service {
             if key.len() < 16 {
                 return Err(Error::invalid("HOLDFAST_ADMIN_KEY must be at least 16 characters"));
             }
-            let hash = hash_key(key);
+            let hash = self.key_hasher.hash(key);
+            let legacy = legacy_hash(key);
             self.control
                 .call_blocking(|c| {
+                    // Stored by an older version: the same key, kept under its id, hashed anew.
+                    let upgraded = control::rehash_key(c, &legacy, &hash)?;
+                    if upgraded > 0 {
+                        tracing::info!("stored HOLDFAST_ADMIN_KEY's hash under the node's key-hash pepper");
+                    }
                     control::revoke_source_except(c, "env", &hash)?;
                     let live = control::list_keys(c)?
                         .into_iter()
@@ -391,7 +431,7 @@ impl Service {
                     name: "admin",
                     role: Role::Admin.as_str(),
                     scope: "/",
-                    hash: &hash_key(&key),
+                    hash: &self.key_hasher.hash(&key),
                     prefix: &key_prefix(&key),
                     source: "generated",
                 })
@@ -455,16 +495,52 @@ impl Service {
         }
     }
 
-    /// The principal a bearer token authenticates.
+    /// The principal a bearer token authenticates. A key stored under the legacy hash is
+    /// stored again under the peppered one as it authenticates.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Principal> {
         let token = token.ok_or_else(|| {
             Error::unauthenticated("missing credentials: send the header 'Authorization: Bearer <key>'")
         })?;
-        self.keys
-            .read()
-            .ok()
-            .and_then(|m| m.get(&hash_key(token)).cloned())
-            .ok_or_else(|| Error::unauthenticated("invalid or revoked API key"))
+        let invalid = || Error::unauthenticated("invalid or revoked API key");
+        let hash = self.key_hasher.hash(token);
+        let legacy = {
+            let keys = self.keys.read().map_err(|_| Error::internal("key map poisoned"))?;
+            if let Some(principal) = keys.get(&hash) {
+                return Ok(principal.clone());
+            }
+            let legacy = legacy_hash(token);
+            let principal = keys.get(&legacy).cloned().ok_or_else(invalid)?;
+            (legacy, principal)
+        };
+        self.upgrade_key_hash(&legacy.0, &hash);
+        Ok(legacy.1)
+    }
+
+    /// Stores a live key found under its legacy hash under the peppered one, in `control.db`
+    /// and in the key map. Skipped (left to a later authentication) while a key change holds
+    /// `keys_update`, so a revocation in flight is never undone; a key revoked meanwhile is
+    /// found by neither hash, and is not put back.
+    fn upgrade_key_hash(&self, legacy: &str, hash: &str) {
+        let Ok(_serial) = self.keys_update.try_lock() else { return };
+        let store = || self.control.call_blocking(|c| control::rehash_key(c, legacy, hash));
+        // Once per key, a short write to control.db; on the server's runtime `block_in_place`
+        // hands this worker's other tasks to the others meanwhile.
+        let stored = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(store),
+            _ => store(),
+        };
+        match stored {
+            Ok(0) => {}
+            Ok(_) => {
+                if let Ok(mut keys) = self.keys.write()
+                    && let Some(principal) = keys.remove(legacy)
+                {
+                    tracing::info!(principal = %principal.id, "stored a key's hash under the node's key-hash pepper");
+                    keys.insert(hash.to_owned(), principal);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot store a key's hash under the node's key-hash pepper; it is tried again at its next use"),
+        }
     }
 
     pub async fn create_key(&self, caller: &Caller, req: KeyCreate) -> Result<KeyCreated> {
@@ -472,7 +548,7 @@ impl Service {
         validate::principal_name(&req.name)?;
         let scope = req.scope.clone().unwrap_or_else(|| "/".to_owned());
         assignment_scope(&scope)?;
-        let (key, hash, prefix) = new_key()?;
+        let (key, hash, prefix) = self.new_key()?;
         let key_id = KeyId::generate();
         let principal_id = PrincipalId::generate();
         let (k, p, name, role) = (key_id.clone(), principal_id.clone(), req.name.clone(), req.role.clone());
@@ -653,5 +729,24 @@ impl Service {
             Ok(false) => Err(Error::not_found(format!("no custom role named {name:?}"))),
             Ok(true) => self.reload_keys().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_key_hashes_are_peppered_by_the_master_key_and_told_apart_from_legacy_ones() {
+        let load = |hex: &str| MasterKey::load(Some(&hex.repeat(32)), std::path::Path::new("/nonexistent")).expect("key");
+        let (one, other) = (KeyHasher::new(&load("ab")), KeyHasher::new(&load("cd")));
+        let key = "admin-key-16char";
+        let hash = one.hash(key);
+        assert_eq!(hash, one.hash(key), "the same key, the same hash: lookups stay O(1)");
+        assert!(hash.starts_with(KEY_HASH_PREFIX) && hash.len() == KEY_HASH_PREFIX.len() + 64, "{hash}");
+        assert_ne!(hash, other.hash(key), "another master key, another pepper");
+        assert_ne!(hash, one.hash("admin-key-16chaR"));
+        let legacy = legacy_hash(key);
+        assert!(!legacy.starts_with(KEY_HASH_PREFIX) && !hash.contains(&legacy));
     }
 }

@@ -112,7 +112,7 @@ impl Service {
     pub async fn create_identity_key(&self, caller: &Caller, name: &str) -> Result<KeyCreated> {
         caller.require(Action::KeysManage, "/")?;
         let record = self.find_identity(name).await?;
-        let (key, hash, prefix) = crate::auth::new_key()?;
+        let (key, hash, prefix) = self.new_key()?;
         let key_id = KeyId::generate();
         let (k, p, label) = (key_id.clone(), record.id.clone(), record.name.clone());
         let _serial = self.keys_update.lock().await;

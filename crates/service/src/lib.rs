@@ -130,6 +130,8 @@ pub struct Service {
     pub(crate) upstream_timeout: std::time::Duration,
     /// Seals and opens connection secrets.
     master: data::MasterKey,
+    /// Hashes API keys under a pepper derived from the master key.
+    key_hasher: auth::KeyHasher,
     /// Calls upstream models, within the egress rules.
     upstream_client: Arc<data::UpstreamClient>,
     /// Ships journals to the archive, when one is configured.
@@ -168,6 +170,8 @@ impl Service {
             std::fs::remove_dir_all(&scratch)
                 .map_err(|e| Error::internal(format!("cannot clear {}: {e}", scratch.display())))?;
         }
+        // Before the databases open: SQLite gives a new WAL file its database's mode.
+        tighten_permissions(data)?;
         let control = ControlStore::open(&data.join("control.db")).map_err(Error::from)?;
         let master = data::MasterKey::load(config.master_key.as_deref(), &data.join("master.key"))?;
         let audit = audit::AuditLog::start(control.clone(), control::AuditKey(master.derive(audit::AUDIT_KEY_LABEL)))?;
@@ -193,6 +197,7 @@ impl Service {
             max_import_bytes: config.max_import_bytes,
             import_min_free_bytes: config.import_min_free_bytes,
             upstream_timeout: config.upstream_timeout,
+            key_hasher: auth::KeyHasher::new(&master),
             master,
             region: config.region.clone(),
             data_dir: data.clone(),
@@ -342,6 +347,55 @@ pub(crate) struct DumpRow {
     pub body: serde_json::Value,
 }
 
+/// Takes group and other permissions away from the data directory and everything in it:
+/// directories become 0700, files 0600 (`holdfast serve` creates them so, under umask 077; a
+/// data directory from an earlier version, a copy or a library user's process may have them
+/// open to other local users). Symbolic links inside are neither followed nor changed. A file
+/// that cannot be changed (another owner's) is logged and left; the directory being 0700 keeps
+/// other users out of it anyway.
+fn tighten_permissions(data: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let open_to_others = |meta: &std::fs::Metadata| meta.permissions().mode() & 0o077 != 0;
+    let mut tightened = 0usize;
+    let mut tighten = |path: &Path, dir: bool| match std::fs::set_permissions(path, std::fs::Permissions::from_mode(if dir { 0o700 } else { 0o600 })) {
+        Ok(()) => tightened += 1,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot take group and other permissions away"),
+    };
+    // The data directory itself is followed if it is a link: the operator chose it.
+    let root = std::fs::metadata(data).map_err(|e| Error::internal(format!("cannot read {}: {e}", data.display())))?;
+    if open_to_others(&root) {
+        tighten(data, true);
+    }
+    let mut dirs = vec![data.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let listing = match std::fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::internal(format!("cannot list {}: {e}", dir.display()))),
+        };
+        for entry in listing {
+            let entry = entry.map_err(|e| Error::internal(format!("cannot list {}: {e}", dir.display())))?;
+            // Neither `file_type` nor `metadata` of a directory entry follows a link.
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            let path = entry.path();
+            if open_to_others(&meta) {
+                tighten(&path, meta.is_dir());
+            }
+            if meta.is_dir() {
+                dirs.push(path);
+            }
+        }
+    }
+    if tightened > 0 {
+        tracing::info!(tightened, data = %data.display(), "took group and other permissions away in the data directory (directories 0700, files 0600)");
+    }
+    Ok(())
+}
+
 /// Writes a small secret file (mode 0600) so that it is either wholly there or not at all, and
 /// survives a power loss once this returns: a temporary file, fsync, rename, fsync of the
 /// directory. Refuses to replace an existing file.
@@ -349,7 +403,15 @@ pub(crate) fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: std::io::Error| Error::internal(format!("cannot write {}: {e}", path.display()));
     let tmp = path.with_extension("tmp");
-    let mut file = File::options().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?;
+    // A temporary file left by a crash (or put there by someone else) is never reused: its mode
+    // and owner would be the secret's. `create_new` makes a fresh one, 0600 from the start, and
+    // refuses a link in its place.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let mut file = File::options().write(true).create_new(true).mode(0o600).open(&tmp).map_err(fail)?;
     file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()).map_err(fail)?;
     if path.exists() {
         let _ = std::fs::remove_file(&tmp);
@@ -367,5 +429,58 @@ fn remove_dir_if_exists(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::internal(format!("cannot remove {}: {e}", dir.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn a_stale_temporary_file_is_never_reused_for_a_secret() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, tmp) = (dir.path().join("admin.key"), dir.path().join("admin.tmp"));
+        std::fs::write(&tmp, "left by a crash, readable by all").expect("write");
+        chmod(&tmp, 0o644);
+        super::write_secret_file(&path, "hf_secret\n").expect("write secret");
+        assert_eq!(mode(&path), 0o600, "the secret is the owner's alone");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "hf_secret\n");
+        assert!(!tmp.exists());
+        // An existing secret is never replaced.
+        assert!(super::write_secret_file(&path, "other\n").is_err());
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "hf_secret\n");
+    }
+
+    #[test]
+    fn the_data_directory_is_tightened_without_following_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, outside) = (dir.path().join("data"), dir.path().join("outside"));
+        std::fs::create_dir_all(data.join("projects/prj_1")).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        let (db, elsewhere) = (data.join("projects/prj_1/state.db"), outside.join("file"));
+        for file in [&db, &elsewhere] {
+            std::fs::write(file, "x").expect("write");
+            chmod(file, 0o644);
+        }
+        for d in [&data, &data.join("projects"), &data.join("projects/prj_1"), &outside] {
+            chmod(d, 0o755);
+        }
+        std::os::unix::fs::symlink(&outside, data.join("link-to-dir")).expect("symlink");
+        std::os::unix::fs::symlink(&elsewhere, data.join("link-to-file")).expect("symlink");
+        super::tighten_permissions(&data).expect("tighten");
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("projects")), 0o700);
+        assert_eq!(mode(&data.join("projects/prj_1")), 0o700);
+        assert_eq!(mode(&db), 0o600);
+        assert_eq!((mode(&outside), mode(&elsewhere)), (0o755, 0o644), "links are not followed");
     }
 }

@@ -63,6 +63,8 @@ pub struct ClusterConfig {
 /// Replication state of this server.
 pub(crate) struct Replication {
     config: ClusterConfig,
+    /// sha256 of the cluster secret, what a presented secret's digest is compared with.
+    secret_digest: Option<[u8; 32]>,
     http: reqwest::Client,
     /// Projects this region holds as replicas, by id.
     replicas: Mutex<HashMap<ProjectId, Arc<ReplicaState>>>,
@@ -102,17 +104,19 @@ impl Replication {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| Error::internal(format!("cannot build the peer client: {e}")))?;
-        Ok(Self { config, http, replicas: Mutex::default(), followers: Mutex::default(), pending: Mutex::default() })
+        let secret_digest = config.secret.as_deref().map(secret_digest);
+        Ok(Self { config, secret_digest, http, replicas: Mutex::default(), followers: Mutex::default(), pending: Mutex::default() })
     }
 
-    /// Whether `secret` is the cluster secret (compared in constant time).
+    /// Whether `secret` is the cluster secret. The sha256 digests of both are compared, in
+    /// constant time: how long a refusal takes tells nothing of the secret's bytes or length.
     pub(crate) fn admits(&self, secret: Option<&str>) -> Result<()> {
+        use subtle::ConstantTimeEq;
         let given = secret.ok_or_else(|| Error::unauthenticated(format!("{CLUSTER_SECRET_HEADER} is required")))?;
-        let Some(expected) = &self.config.secret else {
-            return Err(Error::forbidden("traffic between regions is off on this server: start it with --cluster-secret"));
+        let Some(expected) = &self.secret_digest else {
+            return Err(Error::forbidden("traffic between regions is off on this server: start it with --cluster-secret-file"));
         };
-        let same = given.len() == expected.len()
-            && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let same: bool = secret_digest(given).ct_eq(expected).into();
         if same { Ok(()) } else { Err(Error::unauthenticated("wrong cluster secret")) }
     }
 
@@ -129,7 +133,7 @@ impl Replication {
     fn request(&self, method: reqwest::Method, region: &str, path: &str) -> Result<reqwest::RequestBuilder> {
         let base = self.peer(region)?;
         let secret = self.config.secret.as_deref().ok_or_else(|| {
-            Error::invalid("this server has no cluster secret: start it with --cluster-secret to talk to other regions")
+            Error::invalid("this server has no cluster secret: start it with --cluster-secret-file to talk to other regions")
         })?;
         Ok(self.http.request(method, format!("{}{path}", base.trim_end_matches('/'))).header(CLUSTER_SECRET_HEADER, secret))
     }
@@ -141,6 +145,11 @@ impl Replication {
     pub(crate) fn is_replica(&self, id: &ProjectId) -> bool {
         self.replica(id).is_some()
     }
+}
+
+fn secret_digest(secret: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).into()
 }
 
 /// Sends a request to a peer and decodes its JSON answer; a peer's error keeps its kind.
@@ -1176,3 +1185,23 @@ impl Service {
     }
 }
 
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_cluster_secret_is_admitted_whatever_its_length() {
+        let secret = "the-cluster-secret-0123456789";
+        let config = ClusterConfig { secret: Some(secret.to_owned()), ..Default::default() };
+        let replication = Replication::new(config).expect("replication");
+        assert!(replication.admits(Some(secret)).is_ok());
+        for wrong in ["", "short", "the-cluster-secret-012345678", "the-cluster-secret-01234567890", "the-cluster-secret-0123456788"] {
+            let e = replication.admits(Some(wrong)).expect_err(wrong);
+            assert_eq!(e.kind, ErrorKind::Unauthenticated, "{wrong:?}");
+        }
+        assert_eq!(replication.admits(None).expect_err("none").kind, ErrorKind::Unauthenticated);
+        let off = Replication::new(ClusterConfig::default()).expect("replication");
+        assert_eq!(off.admits(Some(secret)).expect_err("off").kind, ErrorKind::Forbidden);
+    }
+}

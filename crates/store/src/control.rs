@@ -121,7 +121,8 @@ CREATE TABLE role_assignments (
 CREATE TABLE api_keys (
     id           TEXT PRIMARY KEY,
     principal_id TEXT NOT NULL REFERENCES principals (id),
-    -- sha256 of the key, hex. Keys are 256-bit random, so a fast hash is enough.
+    -- 'v1:' and hex HMAC-SHA-256 of the key under a pepper derived from the node's master key;
+    -- rows of older versions hold hex sha256 of the key, replaced as the key is next used.
     hash         TEXT NOT NULL UNIQUE,
     prefix       TEXT NOT NULL,
     -- 'generated' (admin.key), 'env' (HOLDFAST_ADMIN_KEY) or 'api'
@@ -407,6 +408,15 @@ pub fn revoke_keys(conn: &Connection, key_or_principal: &str) -> Result<usize> {
         "UPDATE api_keys SET revoked_us = ?2
          WHERE (id = ?1 OR principal_id = ?1) AND revoked_us IS NULL",
         params![key_or_principal, now_micros()],
+    )?)
+}
+
+/// Replaces a live key's hash (a key stored under an older hash scheme, now hashed anew).
+/// Returns how many keys changed: 0 or 1.
+pub fn rehash_key(conn: &Connection, old: &str, new: &str) -> Result<usize> {
+    Ok(conn.execute(
+        "UPDATE api_keys SET hash = ?2 WHERE hash = ?1 AND revoked_us IS NULL",
+        params![old, new],
     )?)
 }
 
