@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::cluster::{MASTER_KEY, oa, status, wait_applied};
+use common::cluster::{oa, status, wait_applied};
 use common::{ADMIN_KEY, Cli, Opts, Server, free_port};
 use reqwest::Method;
 use serde_json::json;
@@ -220,15 +220,7 @@ fn key_hashes_are_peppered_and_a_legacy_sha256_row_still_works_and_is_upgraded()
 /// Options of region `region` on `port` knowing `peer` on `peer_port`, with the shared master
 /// key and no cluster secret (the test gives it).
 fn region_opts(region: &str, port: u16, peer: &str, peer_port: u16) -> Opts {
-    Opts {
-        port: Some(port),
-        ..Opts::default()
-            .arg("--region")
-            .arg(region)
-            .arg("--peer")
-            .arg(format!("{peer}=http://127.0.0.1:{peer_port}"))
-            .env("HOLDFAST_MASTER_KEY", MASTER_KEY)
-    }
+    common::cluster::region_opts_without_secret(region, port, peer, &format!("http://127.0.0.1:{peer_port}"))
 }
 
 const FILE_SECRET: &str = "file-cluster-secret-0123456789";

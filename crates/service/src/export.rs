@@ -1207,12 +1207,14 @@ mod tests {
         );
     }
 
-    /// Verification keeps no resource: what it returns is the same size whatever the file holds.
+    /// Verification keeps no resource: what it returns grows with the blobs and the
+    /// connections (a name and a target each, for the egress rules), not with the resources.
     #[test]
     fn verified_holds_no_resources() {
         let verified = verify(&sample()[..]).expect("verify");
-        let Verified { header: _, blobs, blob_offsets, trailer, bytes: _ } = verified;
+        let Verified { header: _, blobs, blob_offsets, trailer, bytes: _, connection_targets } = verified;
         assert_eq!((trailer.resources, blobs.len(), blob_offsets.len()), (4, 1, 1));
+        assert_eq!(connection_targets, [("upstream".to_owned(), "http://127.0.0.1:9/v1".to_owned())]);
     }
 
     /// A connection imported without a secret keeps the target's secret only when it still

@@ -29,6 +29,11 @@ pub fn oa(project: &str, rest: &str) -> String {
 
 /// Options of region `region` listening on `port` and knowing `peer` at `peer_url`.
 pub fn region_opts(region: &str, port: u16, peer: &str, peer_url: &str) -> Opts {
+    region_opts_without_secret(region, port, peer, peer_url).env("HOLDFAST_CLUSTER_SECRET", CLUSTER_SECRET)
+}
+
+/// [`region_opts`] without the cluster secret (the test gives it its own way).
+pub fn region_opts_without_secret(region: &str, port: u16, peer: &str, peer_url: &str) -> Opts {
     Opts {
         port: Some(port),
         ..Opts::default()
@@ -36,7 +41,6 @@ pub fn region_opts(region: &str, port: u16, peer: &str, peer_url: &str) -> Opts 
             .arg(region)
             .arg("--peer")
             .arg(format!("{peer}={peer_url}"))
-            .env("HOLDFAST_CLUSTER_SECRET", CLUSTER_SECRET)
             .env("HOLDFAST_MASTER_KEY", MASTER_KEY)
     }
 }
@@ -92,6 +96,28 @@ pub fn multipart(filename: &str, bytes: &[u8]) -> Vec<u8> {
     body
 }
 
+/// Reads one HTTP/1.1 request (headers, then a `Content-Length` body) from `stream`; `None`
+/// when the client went away first.
+pub fn read_request(stream: &std::net::TcpStream) -> Option<Vec<u8>> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
 /// A minimal OpenAI-compatible model on loopback. Call `n` (from 0) of `POST …/chat/completions`
 /// is answered by `reply(n)`: `Some(pieces)` streams a completion of those text pieces, `pause`
 /// apart; `None` holds the connection without answering for up to 15 s (a model still thinking).
@@ -102,22 +128,7 @@ pub fn scripted_model(reply: fn(usize) -> Option<Vec<&'static str>>, pause: Dura
     std::thread::spawn(move || {
         for (n, stream) in listener.incoming().flatten().enumerate() {
             std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_err() {
+                if read_request(&stream).is_none() {
                     return;
                 }
                 let Some(pieces) = reply(n) else {
