@@ -299,9 +299,12 @@ impl Service {
         let closed = stores.len();
         if closed > 0 {
             let _ = tokio::task::spawn_blocking(move || stores.iter().for_each(|s| s.close())).await;
-            let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+            // A request that asked for one meanwhile (it now waits to open it again) keeps its mark.
+            let mut now_used = self.used.lock().unwrap_or_else(|e| e.into_inner());
             for id in &closing {
-                used.remove(id);
+                if now_used.get(id) == used.get(id) {
+                    now_used.remove(id);
+                }
             }
             tracing::debug!(closed, "closed idle projects");
         }
