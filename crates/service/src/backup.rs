@@ -196,7 +196,10 @@ impl Tracked {
     async fn manifest(&mut self, archive: &Archive, entry: &CatalogEntry) -> Result<&mut Manifest> {
         if self.manifest.is_none() {
             let loaded = archive.manifest(&entry.id).await.map_err(Error::from)?;
-            self.manifest = Some(loaded.unwrap_or_else(|| Manifest::new(&entry.id, &entry.name)));
+            let manifest = loaded.unwrap_or_else(|| Manifest::new(&entry.id, &entry.name));
+            // What a previous process archived counts as archived (an idle project may rest).
+            self.archived.fetch_max(manifest.archived_lsn.0, Ordering::Relaxed);
+            self.manifest = Some(manifest);
         }
         let manifest = self.manifest.as_mut().ok_or_else(|| Error::internal("manifest vanished"))?;
         manifest.name.clone_from(&entry.name);

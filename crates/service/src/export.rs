@@ -387,6 +387,9 @@ pub fn verify_with<R: BufRead>(reader: R, limits: LineLimits) -> Result<Verified
                 if r.kind == Kind::Project {
                     return Err(corrupt("a project record outside the header"));
                 }
+                if r.kind == Kind::Divergence {
+                    return Err(Error::invalid("divergence records are never imported (they replay only where they were detected); nothing was imported"));
+                }
                 if !ids.insert(id_key(r.kind, &r.id)) {
                     return Err(corrupt(format!("{} {} appears twice", r.kind.as_str(), r.id)));
                 }
@@ -538,7 +541,9 @@ impl Selection {
     fn kinds(&self) -> Vec<Kind> {
         Kind::ALL
             .into_iter()
-            .filter(|k| *k != Kind::Project)
+            // Divergence records hold whole changes (contents, actors, sealed secrets): they are
+            // the journal's to show (`projects/journal/read`), never an export's.
+            .filter(|k| *k != Kind::Project && *k != Kind::Divergence)
             .filter(|k| self.include.as_ref().is_none_or(|i| i.contains(k)))
             .filter(|k| !self.exclude.contains(k))
             .collect()

@@ -190,7 +190,14 @@ pub(crate) fn reseal_ops(view: &holdfast_store::StateView<'_>, master: &MasterKe
     let rows = view.list(Kind::Connection, None, None, usize::MAX >> 1, Order::Asc).map_err(store_err)?;
     let mut ops = Vec::new();
     for row in rows {
-        let body = parse(&row)?;
+        // A row this build cannot read must not keep its project from opening.
+        let body = match parse(&row) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(connection = %row.id, error = %e.message, "unreadable connection record left as it is");
+                continue;
+            }
+        };
         let Some(sealed) = &body.secret else { continue };
         if from == to && sealed.v == SEALED_VERSION {
             continue;

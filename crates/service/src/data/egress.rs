@@ -51,8 +51,8 @@ enum Class {
 
 fn class_v4(ip: Ipv4Addr) -> Class {
     let [a, b, ..] = ip.octets();
-    if ip.is_link_local() {
-        Class::Forbidden("a link-local address (169.254.0.0/16, where cloud metadata endpoints answer)")
+    if ip.is_link_local() || ip == Ipv4Addr::new(100, 100, 100, 200) || ip == Ipv4Addr::new(168, 63, 129, 16) {
+        Class::Forbidden("a link-local or cloud metadata address (169.254.0.0/16, 100.100.100.200, 168.63.129.16)")
     } else if a == 0 {
         Class::Forbidden("an unspecified address")
     } else if ip.is_broadcast() || ip.is_multicast() {
@@ -65,7 +65,7 @@ fn class_v4(ip: Ipv4Addr) -> Class {
 }
 
 fn class(ip: IpAddr) -> Class {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => class_v4(v4),
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
@@ -108,7 +108,7 @@ fn refused(target: &str, why: impl std::fmt::Display) -> Error {
 /// A URL's host as written (brackets removed from an IPv6 literal), lowercase.
 fn host_of(url: &url::Url) -> Option<String> {
     match url.host()? {
-        url::Host::Domain(d) => Some(d.to_ascii_lowercase()),
+        url::Host::Domain(d) => Some(d.trim_end_matches('.').to_ascii_lowercase()),
         url::Host::Ipv4(ip) => Some(ip.to_string()),
         url::Host::Ipv6(ip) => Some(ip.to_string()),
     }
@@ -189,13 +189,14 @@ impl Egress {
             }
             _ => {}
         }
+        let ip = addr.ip().to_canonical();
         if let Some(own) = self.config.listen {
-            let same_host = addr.ip() == own.ip() || (own.ip().is_unspecified() && class(addr.ip()) != Class::Public);
-            if addr.port() == own.port() && (same_host || addr.ip().is_loopback()) {
+            let same_host = ip == own.ip().to_canonical() || (own.ip().is_unspecified() && class(ip) != Class::Public);
+            if addr.port() == own.port() && (same_host || ip.is_loopback()) {
                 return Err("this server's own listen address".into());
             }
         }
-        if self.peers.iter().any(|(h, p)| h.parse::<IpAddr>().ok() == Some(addr.ip()) && *p == addr.port()) {
+        if self.peers.iter().any(|(h, p)| h.parse::<IpAddr>().ok().map(|i| i.to_canonical()) == Some(ip) && *p == addr.port()) {
             return Err("a peer region of this server".into());
         }
         Ok(())
@@ -211,7 +212,11 @@ impl Egress {
 fn host_matches(pattern: &str, host: &str) -> bool {
     let pattern = pattern.trim().to_ascii_lowercase();
     match pattern.strip_prefix("*.") {
-        Some(suffix) => host.strip_suffix(suffix).is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+        // Names only: a wildcard never matches an address.
+        Some(suffix) if !suffix.is_empty() && host.parse::<IpAddr>().is_err() => {
+            host.strip_suffix(suffix).is_some_and(|rest| rest.ends_with('.') && rest.len() > 1)
+        }
+        Some(_) => false,
         None => pattern.trim_start_matches('[').trim_end_matches(']') == host,
     }
 }
@@ -271,6 +276,11 @@ mod tests {
             ("http://[64:ff9b::a9fe:a9fe]/", "link-local"),
             ("http://0.0.0.0:8480/", "unspecified"),
             ("http://127.0.0.1:8480/v1", "own listen"),
+            ("http://[::ffff:127.0.0.1]:8480/v1", "own listen"),
+            ("http://[::ffff:10.1.2.3]:8480/v1", "peer"),
+            ("https://west.example.:9443/v1", "peer"),
+            ("http://100.100.100.200/latest/meta-data", "link-local"),
+            ("http://168.63.129.16/machine", "link-local"),
             ("http://localhost:8480/v1", "own listen"),
             ("http://10.1.2.3:8480/v1", "peer"),
             ("https://west.example:9443/v1", "peer"),

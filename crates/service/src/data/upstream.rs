@@ -42,6 +42,8 @@ impl UpstreamClient {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("holdfast/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect where the resolver's rules cannot see.
+            .no_proxy()
             .dns_resolver(Arc::new(Resolver(egress.clone())))
             .build()
             .map_err(|e| holdfast_types::Error::internal(format!("cannot build the upstream HTTP client: {e}")))?;
