@@ -230,3 +230,30 @@ fn a_read_only_lock_refuses_every_control_plane_write_route_of_the_project() {
     assert_eq!(admin.journal("proj").len(), journal, "nothing was journaled");
     assert_eq!(server.stop().code(), Some(0));
 }
+
+/// A connection is the control plane's whatever route writes it: an import into a project under
+/// a plain (not data-plane) ReadOnly lock may not bring one, though the contents stay writable.
+#[test]
+fn a_project_lock_guards_connections_an_import_would_write() {
+    let data = tempfile::tempdir().expect("data");
+    let server = Server::start(data.path());
+    let admin = server.admin();
+    admin.create_project("source");
+    admin.create_project("target");
+    admin.post("/v1/projects/source/connections", &json!({"name": "up", "target": "http://127.0.0.1:9/v1"})).ok(201);
+    let exported = admin.send_raw(reqwest::Method::GET, "/v1/projects/source/export", None, Vec::new());
+    assert_eq!(exported.status, 200);
+    let id = lock(&admin, "/projects/target", "ReadOnly", false);
+    let before = admin.journal("target").len();
+    let resp = admin.send_raw(
+        reqwest::Method::POST,
+        "/v1/projects/target/import?on_conflict=skip",
+        Some("application/x-ndjson"),
+        exported.text.into_bytes(),
+    );
+    let message = resp.err(409, "ScopeLocked");
+    assert!(message.contains(&id) && message.contains("connection"), "{message}");
+    assert_eq!(admin.journal("target").len(), before, "nothing was imported");
+    // The contents themselves stay writable under a lock without --data-plane.
+    admin.post("/api/projects/target/openai/v1/conversations", &json!({})).ok(200);
+}

@@ -126,6 +126,15 @@ pub(crate) type SharedLocks = Arc<RwLock<Arc<Vec<ActiveLock>>>>;
 /// conversation, versions of an agent, files of a vector store).
 pub(crate) fn check_data_locks(locks: &SharedLocks, project: &str, view: &StateView<'_>, ops: &[Op]) -> Result<()> {
     let all = locks.read().unwrap_or_else(|e| e.into_inner()).clone();
+    // The project's record and its connections are the control plane's, whichever route wrote
+    // them (an import, an undelete, a divergence replay): any lock on the project guards them.
+    for op in ops.iter().filter(|op| matches!(op.kind(), Kind::Project | Kind::Connection)) {
+        let deleting = matches!(op, Op::Delete { .. });
+        if let Some(lock) = all.iter().find(|l| project_lock_forbids(l, project, deleting)) {
+            let what = if deleting { "delete" } else { "change" };
+            return Err(lock.refusal(what, &format!("{} in project {project}", op.kind().as_str())));
+        }
+    }
     let guarding: Vec<&ActiveLock> = all
         .iter()
         .filter(|l| match &l.target {
