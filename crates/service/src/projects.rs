@@ -615,14 +615,14 @@ impl Service {
             .write(
                 caller.principal.id.as_str(),
                 caller.request_id.as_str(),
-                Box::new(move |view| {
+                self.record_plan(&entry.name, true, Box::new(move |view| {
                     read_body(view, &plan_id).map_err(Error::from)?.ok_or(missing)?;
                     Ok(vec![Op::Patch {
                         kind: Kind::Project,
                         id: plan_id.as_str().to_owned(),
                         patch: json!({ "deleted_us": now }),
                     }])
-                }),
+                })),
             )
             .await
             .map_err(Error::from)?;
@@ -671,7 +671,7 @@ impl Service {
             .write(
                 caller.principal.id.as_str(),
                 caller.request_id.as_str(),
-                Box::new(move |view| {
+                self.record_plan(&entry.name, false, Box::new(move |view| {
                     let deleted = read_body(view, &plan_id).map_err(Error::from)?.is_some_and(|(b, _)| b.deleted_us.is_some());
                     Ok(if deleted {
                         vec![Op::Patch {
@@ -682,7 +682,7 @@ impl Service {
                     } else {
                         Vec::new()
                     })
-                }),
+                })),
             )
             .await
             .map_err(Error::from)?;
