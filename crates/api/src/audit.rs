@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use holdfast_service::audit::AuditQuery;
+use holdfast_governance::AuditQuery;
 use holdfast_types::api::{AuditPage, AuditVerify, ErrorBody};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,12 +27,12 @@ async fn audit_log(
     Authed(caller): Authed,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
-    Ok(Json(state.service.audit_log(&caller, query).await?))
+    Ok(Json(state.node.governance.audit_log(&caller, query).await?))
 }
 
 /// Walks the hash chain: `ok` is false, with the first bad entry, when an entry was changed or removed.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
     responses((status = 200, body = AuditVerify), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn verify(State(state): State<AppState>, Authed(caller): Authed) -> ApiResult<Json<AuditVerify>> {
-    Ok(Json(state.service.audit_verify(&caller).await?))
+    Ok(Json(state.node.governance.audit_verify(&caller).await?))
 }

@@ -15,8 +15,8 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use holdfast_service::Action;
-use holdfast_service::audit::Audited;
+use holdfast_core::Action;
+use holdfast_core::audit::Audited;
 use holdfast_types::RequestId;
 use holdfast_types::Error;
 
@@ -238,7 +238,7 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         // No route: the fallback answers 404, and the probe is audited.
         let audited = unmatched(&state, &request);
         let response = next.run(request).await;
-        state.service.audit(Audited { status: response.status().as_u16(), ..audited });
+        state.node.core.audit(Audited { status: response.status().as_u16(), ..audited });
         return response;
     };
     // The Foundry and OpenAI facades answer in the OpenAI error shape.
@@ -252,13 +252,13 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         None if route_table().contains(&(declared.to_owned(), template.clone())) => {
             let audited = Audited { route: template.clone(), ..unmatched(&state, &request) };
             let response = refuse(undeclared(&method, &template));
-            state.service.audit(Audited { status: response.status().as_u16(), ..audited });
+            state.node.core.audit(Audited { status: response.status().as_u16(), ..audited });
             return response;
         }
         None => {
             let audited = Audited { route: template.clone(), ..unmatched(&state, &request) };
             let response = crate::error::method_not_allowed(method, request.uri().clone()).await;
-            state.service.audit(Audited { status: response.status().as_u16(), ..audited });
+            state.node.core.audit(Audited { status: response.status().as_u16(), ..audited });
             return response;
         }
     };
@@ -267,8 +267,8 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     let action = match need {
         Public => return next.run(Request::from_parts(parts, body)).await,
         Cluster => {
-            let secret = parts.headers.get(holdfast_service::replication::CLUSTER_SECRET_HEADER).and_then(|v| v.to_str().ok());
-            return match state.service.admit_peer(secret) {
+            let secret = parts.headers.get(holdfast_geo::replication::CLUSTER_SECRET_HEADER).and_then(|v| v.to_str().ok());
+            return match state.node.geo.admit_peer(secret) {
                 Ok(()) => next.run(Request::from_parts(parts, body)).await,
                 Err(e) => refuse(e),
             };
@@ -298,7 +298,7 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     let checked = match (checked, action) {
         (Ok(()), Some(action)) if action.changes_project() && method != Method::GET && template.contains("{project}") => {
             let project = project_in_path(&template, parts.uri.path()).unwrap_or_default();
-            state.service.check_project_locks_by_ref(&project, method == Method::DELETE).await
+            state.node.core.check_project_locks_by_ref(&project, method == Method::DELETE).await
         }
         (checked, _) => checked,
     };
@@ -311,9 +311,9 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     let status = response.status().as_u16();
     let reads = method == Method::GET || method == Method::HEAD;
     if !reads {
-        state.service.audit_durable(Audited { status, ..audited }).await;
+        state.node.core.audit_durable(Audited { status, ..audited }).await;
     } else if status == 401 || status == 403 {
-        state.service.audit(Audited { status, ..audited });
+        state.node.core.audit(Audited { status, ..audited });
     }
     response
 }
@@ -326,7 +326,7 @@ fn unmatched(state: &AppState, request: &Request) -> Audited {
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let principal = token.and_then(|t| state.service.authenticate(Some(t)).ok()).map(|p| p.id.as_str().to_owned());
+    let principal = token.and_then(|t| state.node.core.authenticate(Some(t)).ok()).map(|p| p.id.as_str().to_owned());
     Audited {
         principal: principal.unwrap_or_default(),
         method: request.method().as_str().to_owned(),

@@ -29,7 +29,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     responses((status = 200, body = Vec<BackupStatus>), (status = 400, description = "no archive configured", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn all_status(State(state): State<AppState>, Authed(caller): Authed) -> ApiResult<Json<Vec<BackupStatus>>> {
-    Ok(Json(state.service.backup_status(&caller, None).await?))
+    Ok(Json(state.node.recovery.backup_status(&caller, None).await?))
 }
 
 /// Backup status of one project.
@@ -42,7 +42,7 @@ async fn project_status(
     Authed(caller): Authed,
     Path(project): Path<String>,
 ) -> ApiResult<Json<BackupStatus>> {
-    let mut all = state.service.backup_status(&caller, Some(&project)).await?;
+    let mut all = state.node.recovery.backup_status(&caller, Some(&project)).await?;
     Ok(Json(all.pop().ok_or_else(|| holdfast_types::Error::not_found(format!("project {project:?} not found")))?))
 }
 
@@ -52,7 +52,7 @@ async fn project_status(
     responses((status = 200, body = BackupStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "archive unreachable", body = ErrorBody)))]
 async fn snapshot(State(state): State<AppState>, Authed(caller): Authed, Path(project): Path<String>) -> ApiResult<Json<BackupStatus>> {
-    Ok(Json(state.service.backup_now(&caller, &project).await?))
+    Ok(Json(state.node.recovery.backup_now(&caller, &project).await?))
 }
 
 /// Trial restore of the archive into a scratch database, checked against recorded state hashes.
@@ -61,7 +61,7 @@ async fn snapshot(State(state): State<AppState>, Authed(caller): Authed, Path(pr
     responses((status = 200, description = "the report (ok may be false)", body = VerifyReport), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn verify(State(state): State<AppState>, Authed(caller): Authed, Path(project): Path<String>) -> ApiResult<Json<VerifyReport>> {
-    Ok(Json(state.service.backup_verify(&caller, &project).await?))
+    Ok(Json(state.node.recovery.backup_verify(&caller, &project).await?))
 }
 
 /// Restores a project (live, or deleted and in the archive) to a point in time, into a new
@@ -78,7 +78,7 @@ async fn restore(
     Path(project): Path<String>,
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    Ok((StatusCode::ACCEPTED, Json(state.service.start_restore(&caller, &project, req).await?)))
+    Ok((StatusCode::ACCEPTED, Json(state.node.recovery.start_restore(&caller, &project, req).await?)))
 }
 
 /// A long-running operation's progress and outcome.
@@ -86,5 +86,5 @@ async fn restore(
     params(("id" = String, Path, description = "operation id (op_…)")),
     responses((status = 200, body = Operation), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn operation(State(state): State<AppState>, Authed(caller): Authed, Path(id): Path<String>) -> ApiResult<Json<Operation>> {
-    Ok(Json(state.service.operation(&caller, &id)?))
+    Ok(Json(state.node.recovery.operation(&caller, &id)?))
 }

@@ -33,5 +33,5 @@ async fn check(
     Authed(caller): Authed,
     ApiQuery(query): ApiQuery<CheckQuery>,
 ) -> ApiResult<Json<Vec<Readiness>>> {
-    Ok(Json(state.service.check(&caller, query.project.as_deref()).await?))
+    Ok(Json(state.node.governance.check(&caller, query.project.as_deref()).await?))
 }

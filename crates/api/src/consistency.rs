@@ -23,8 +23,8 @@ use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use holdfast_service::Action;
-use holdfast_service::consistency::{Holding, LocalCopy};
+use holdfast_core::Action;
+use holdfast_geo::consistency::{Holding, LocalCopy};
 use holdfast_types::{Error, ErrorKind, Lsn, RequestId};
 
 use crate::authz::{Need, need_of};
@@ -105,7 +105,7 @@ pub async fn serve(State(c): State<Consistency>, request: Request, next: Next) -
     let Some(project) = project_of(&template, request.uri().path()).map(str::to_owned) else {
         return next.run(request).await;
     };
-    let service = c.state.service.clone();
+    let geo = c.state.node.geo.clone();
     let min_lsn = match request.headers().get(MIN_LSN_HEADER) {
         None => None,
         Some(value) => match value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
@@ -122,17 +122,17 @@ pub async fn serve(State(c): State<Consistency>, request: Request, next: Next) -
         },
     };
     if forwards(request.method(), &template)
-        && let Ok(LocalCopy { holding: Holding::HotReplica { primary_region, primary_url }, .. }) = service.local_copy(&project).await
+        && let Ok(LocalCopy { holding: Holding::HotReplica { primary_region, primary_url }, .. }) = geo.local_copy(&project).await
     {
         return forward(&c, request, &template, &project, &primary_region, primary_url).await;
     }
     if let Some(min) = min_lsn
-        && let Err(e) = service.wait_until_applied(&project, min, c.min_lsn_wait).await
+        && let Err(e) = geo.wait_until_applied(&project, min, c.min_lsn_wait).await
     {
-        return with_position(refuse(&template, e), service.local_copy(&project).await.ok());
+        return with_position(refuse(&template, e), geo.local_copy(&project).await.ok());
     }
     let response = next.run(request).await;
-    with_position(response, service.local_copy(&project).await.ok())
+    with_position(response, geo.local_copy(&project).await.ok())
 }
 
 fn with_position(mut response: Response, position: Option<LocalCopy>) -> Response {
@@ -175,7 +175,7 @@ fn hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
 
 /// Sends a hot replica's write to the primary region and answers with what it answered.
 async fn forward(c: &Consistency, request: Request, template: &str, project: &str, primary_region: &str, primary_url: Option<String>) -> Response {
-    let here = c.state.service.region().to_owned();
+    let here = c.state.node.core.region().to_owned();
     if let Some(by) = request.headers().get(FORWARDED_BY_HEADER) {
         return refuse(
             template,
@@ -219,7 +219,7 @@ async fn forward(c: &Consistency, request: Request, template: &str, project: &st
         reqwest::Body::wrap_stream(body.into_data_stream())
     } else {
         let limit = if template == FILES_ROUTE {
-            c.state.service.max_file_bytes().saturating_add(MULTIPART_OVERHEAD)
+            c.state.node.core.max_file_bytes().saturating_add(MULTIPART_OVERHEAD)
         } else {
             c.max_body_bytes
         };

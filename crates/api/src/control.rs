@@ -45,7 +45,7 @@ async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, description = "ready", body = String), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> ApiResult<&'static str> {
-    state.service.ready().await?;
+    state.node.core.ready().await?;
     Ok("ready")
 }
 
@@ -71,7 +71,7 @@ async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
 #[utoipa::path(get, path = "/v1/info", tag = "operations",
     responses((status = 200, body = Info), (status = 401, body = ErrorBody)))]
 async fn info(State(state): State<AppState>, Authed(_caller): Authed) -> Json<Info> {
-    Json(state.service.info())
+    Json(state.node.core.info())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -91,7 +91,7 @@ async fn list_projects(
     Authed(caller): Authed,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<ProjectPage>> {
-    Ok(Json(state.service.list_projects(&caller, q.after, q.limit).await?))
+    Ok(Json(state.node.core.list_projects(&caller, q.after, q.limit).await?))
 }
 
 /// Creates a project.
@@ -103,7 +103,7 @@ async fn create_project(
     Authed(caller): Authed,
     ApiJson(req): ApiJson<ProjectCreate>,
 ) -> ApiResult<(StatusCode, Json<Project>)> {
-    Ok((StatusCode::CREATED, Json(state.service.create_project(&caller, req).await?)))
+    Ok((StatusCode::CREATED, Json(state.node.core.create_project(&caller, req).await?)))
 }
 
 /// Gets a project by name (or id).
@@ -115,7 +115,7 @@ async fn get_project(
     Authed(caller): Authed,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Project>> {
-    Ok(Json(state.service.get_project(&caller, &project).await?))
+    Ok(Json(state.node.core.get_project(&caller, &project).await?))
 }
 
 /// Updates a project's display name, description or tags; absent fields are kept, a tag set to
@@ -130,7 +130,7 @@ async fn update_project(
     Path(project): Path<String>,
     ApiJson(req): ApiJson<ProjectUpdate>,
 ) -> ApiResult<Json<Project>> {
-    Ok(Json(state.service.update_project(&caller, &project, req).await?))
+    Ok(Json(state.node.core.update_project(&caller, &project, req).await?))
 }
 
 /// Soft-deletes a project: hidden, its name reserved, its data kept for its retention period
@@ -144,7 +144,7 @@ async fn delete_project(
     Authed(caller): Authed,
     Path(project): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.service.delete_project(&caller, &project).await?;
+    state.node.core.delete_project(&caller, &project).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -156,7 +156,7 @@ async fn list_deleted_projects(
     Authed(caller): Authed,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<ProjectPage>> {
-    Ok(Json(state.service.list_deleted_projects(&caller, q.after, q.limit).await?))
+    Ok(Json(state.node.core.list_deleted_projects(&caller, q.after, q.limit).await?))
 }
 
 /// Brings a soft-deleted project back as it was.
@@ -169,7 +169,7 @@ async fn recover_project(
     Authed(caller): Authed,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Project>> {
-    Ok(Json(state.service.recover_project(&caller, &project).await?))
+    Ok(Json(state.node.core.recover_project(&caller, &project).await?))
 }
 
 /// Purges a soft-deleted project for good; refused while purge protection holds.
@@ -182,7 +182,7 @@ async fn purge_project(
     Authed(caller): Authed,
     Path(project): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.service.purge_project(&caller, &project).await?;
+    state.node.core.purge_project(&caller, &project).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -210,8 +210,8 @@ async fn journal(
     ApiQuery(q): ApiQuery<JournalQuery>,
 ) -> ApiResult<Json<JournalPage>> {
     let page = state
-        .service
-        .journal(&caller, &project, Lsn(q.after.unwrap_or(0)), q.limit, q.wait_ms.map(Duration::from_millis))
+        .node
+        .core.journal(&caller, &project, Lsn(q.after.unwrap_or(0)), q.limit, q.wait_ms.map(Duration::from_millis))
         .await?;
     Ok(Json(page))
 }
@@ -220,7 +220,7 @@ async fn journal(
 #[utoipa::path(get, path = "/v1/keys", tag = "keys",
     responses((status = 200, body = KeyPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_keys(State(state): State<AppState>, Authed(caller): Authed) -> ApiResult<Json<KeyPage>> {
-    Ok(Json(state.service.list_keys(&caller).await?))
+    Ok(Json(state.node.governance.list_keys(&caller).await?))
 }
 
 /// Creates a principal with an API key; the key is in this response only.
@@ -232,7 +232,7 @@ async fn create_key(
     Authed(caller): Authed,
     ApiJson(req): ApiJson<KeyCreate>,
 ) -> ApiResult<(StatusCode, Json<KeyCreated>)> {
-    Ok((StatusCode::CREATED, Json(state.service.create_key(&caller, req).await?)))
+    Ok((StatusCode::CREATED, Json(state.node.governance.create_key(&caller, req).await?)))
 }
 
 /// Revokes a key (by key id) or every key of a principal (by principal id).
@@ -248,6 +248,6 @@ async fn revoke_key(
     if id.is_empty() {
         return Err(ApiError(Error::invalid("key id is empty")));
     }
-    state.service.revoke_key(&caller, &id).await?;
+    state.node.governance.revoke_key(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

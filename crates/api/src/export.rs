@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use holdfast_service::export::{ImportSummary, OnConflict, Selection, parse_kinds};
+use holdfast_recovery::export::{ImportSummary, OnConflict, Selection, parse_kinds};
 use holdfast_types::api::ErrorBody;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -53,7 +53,7 @@ async fn export(
         include: q.include.as_deref().map(parse_kinds).transpose()?,
         exclude: q.exclude.as_deref().map(parse_kinds).transpose()?.unwrap_or_default(),
     };
-    let (header, stream) = state.service.export_project(&caller, &project, selection).await?;
+    let (header, stream) = state.node.recovery.export_project(&caller, &project, selection).await?;
     let filename = format!("attachment; filename=\"{}.holdfast.jsonl\"", header.project.name);
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
@@ -106,6 +106,6 @@ async fn import(
         }
     };
     let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let summary = state.service.import_upload(&caller, &project, on_conflict, length, body.into_data_stream()).await?;
+    let summary = state.node.recovery.import_upload(&caller, &project, on_conflict, length, body.into_data_stream()).await?;
     Ok(Json(summary))
 }

@@ -4,7 +4,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use holdfast_service::Caller;
+use holdfast_core::Caller;
 use holdfast_types::{Error, ErrorKind, RequestId};
 
 use crate::AppState;
@@ -57,7 +57,7 @@ pub fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
             Some(token.trim())
         }
     };
-    let principal = state.service.authenticate(token)?;
+    let principal = state.node.core.authenticate(token)?;
     let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate);
     Ok(Caller { principal, request_id })
 }

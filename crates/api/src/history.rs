@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use holdfast_service::history::{History, UndeleteRequest, UndeleteSummary};
+use holdfast_recovery::history::{History, UndeleteRequest, UndeleteSummary};
 use holdfast_types::Error;
 use holdfast_types::api::ErrorBody;
 use utoipa_axum::router::OpenApiRouter;
@@ -32,7 +32,7 @@ async fn history(
     Authed(caller): Authed,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<Json<History>> {
-    Ok(Json(state.service.resource_history(&caller, &project, &id).await?))
+    Ok(Json(state.node.recovery.resource_history(&caller, &project, &id).await?))
 }
 
 /// Brings a deleted resource back with its descendants, as one new change keeping ids and times
@@ -58,5 +58,5 @@ async fn undelete(
     } else {
         serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("bad undelete body: {e}")))?
     };
-    Ok(Json(state.service.undelete_resource(&caller, &project, &id, req).await?))
+    Ok(Json(state.node.recovery.undelete_resource(&caller, &project, &id, req).await?))
 }

@@ -22,7 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/v1/identities", tag = "keys",
     responses((status = 200, body = IdentityList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_identities(State(state): State<AppState>, Authed(caller): Authed) -> ApiResult<Json<IdentityList>> {
-    Ok(Json(state.service.list_identities(&caller).await?))
+    Ok(Json(state.node.governance.list_identities(&caller).await?))
 }
 
 /// Creates a user-assigned identity: it exists apart from any project.
@@ -34,7 +34,7 @@ async fn create_identity(
     Authed(caller): Authed,
     ApiJson(req): ApiJson<IdentityCreate>,
 ) -> ApiResult<(StatusCode, Json<Identity>)> {
-    Ok((StatusCode::CREATED, Json(state.service.create_identity(&caller, req).await?)))
+    Ok((StatusCode::CREATED, Json(state.node.governance.create_identity(&caller, req).await?)))
 }
 
 /// Removes a user-assigned identity: its keys stop working and its assignments go.
@@ -43,7 +43,7 @@ async fn create_identity(
     responses((status = 204, description = "removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_identity(State(state): State<AppState>, Authed(caller): Authed, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    state.service.delete_identity(&caller, &name).await?;
+    state.node.governance.delete_identity(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -57,5 +57,5 @@ async fn create_identity_key(
     Authed(caller): Authed,
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<KeyCreated>)> {
-    Ok((StatusCode::CREATED, Json(state.service.create_identity_key(&caller, &name).await?)))
+    Ok((StatusCode::CREATED, Json(state.node.governance.create_identity_key(&caller, &name).await?)))
 }

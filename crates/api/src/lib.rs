@@ -1,7 +1,7 @@
 //! HTTP facades over the service layer.
 //!
 //! Architecture Invariant: `holdfast-api` is the only crate that knows HTTP and JSON wire
-//! shapes. Handlers extract a [`Caller`](holdfast_service::Caller), call the
+//! shapes. Handlers extract a [`Caller`](holdfast_core::Caller), call the
 //! [`Service`](holdfast_service::Service), and map its coarse errors to statuses in one place
 //! ([`error::status_of`]).
 
@@ -23,11 +23,9 @@ mod replication;
 mod roles;
 pub mod telemetry;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use holdfast_service::Service;
+use holdfast_node::Holdfast;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
@@ -36,7 +34,7 @@ use utoipa_axum::router::OpenApiRouter;
 /// Everything a handler needs.
 #[derive(Clone)]
 pub struct AppState {
-    pub service: Arc<Service>,
+    pub node: Holdfast,
     pub metrics: Option<PrometheusHandle>,
 }
 

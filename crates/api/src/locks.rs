@@ -32,7 +32,7 @@ async fn list_locks(
     Authed(caller): Authed,
     ApiQuery(query): ApiQuery<LockQuery>,
 ) -> ApiResult<Json<LockList>> {
-    Ok(Json(state.service.list_locks(&caller, query.scope.as_deref())?))
+    Ok(Json(state.node.governance.list_locks(&caller, query.scope.as_deref())?))
 }
 
 /// Sets a lock (Owners only). `CanNotDelete` refuses deletes at or under the scope, `ReadOnly`
@@ -45,7 +45,7 @@ async fn create_lock(
     Authed(caller): Authed,
     ApiJson(req): ApiJson<LockCreate>,
 ) -> ApiResult<(StatusCode, Json<Lock>)> {
-    Ok((StatusCode::CREATED, Json(state.service.create_lock(&caller, req).await?)))
+    Ok((StatusCode::CREATED, Json(state.node.governance.create_lock(&caller, req).await?)))
 }
 
 /// Removes a lock (Owners only).
@@ -53,6 +53,6 @@ async fn create_lock(
     responses((status = 204, description = "removed"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn delete_lock(State(state): State<AppState>, Authed(caller): Authed, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    state.service.delete_lock(&caller, &id).await?;
+    state.node.governance.delete_lock(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -59,7 +59,7 @@ async fn resubmit(
     Path(project): Path<String>,
     ApiQuery(query): ApiQuery<LimitQuery>,
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
-    Ok(Json(state.service.resubmit(&caller, &project, query.limit).await?))
+    Ok(Json(state.node.agents.resubmit(&caller, &project, query.limit).await?))
 }
 
 /// Starts a replica of the project in a peer region (hot or warm, async or sync commit).
@@ -73,7 +73,7 @@ async fn replicate(
     Path(project): Path<String>,
     ApiJson(request): ApiJson<ReplicaCreate>,
 ) -> ApiResult<Json<Project>> {
-    Ok(Json(state.service.replicate(&caller, &project, request).await?))
+    Ok(Json(state.node.geo.replicate(&caller, &project, request).await?))
 }
 
 /// Stops the project's replica in a region and removes that region's copy.
@@ -86,7 +86,7 @@ async fn unreplicate(
     Authed(caller): Authed,
     Path((project, region)): Path<(String, String)>,
 ) -> ApiResult<Json<Project>> {
-    Ok(Json(state.service.unreplicate(&caller, &project, &region).await?))
+    Ok(Json(state.node.geo.unreplicate(&caller, &project, &region).await?))
 }
 
 /// Failover. Planned (at the primary's region): fences the primary, the target applies the last
@@ -104,7 +104,7 @@ async fn failover(
     Path(project): Path<String>,
     ApiJson(request): ApiJson<FailoverRequest>,
 ) -> ApiResult<Json<FailoverReport>> {
-    Ok(Json(state.service.failover(&caller, &project, request).await?))
+    Ok(Json(state.node.geo.failover(&caller, &project, request).await?))
 }
 
 /// The project's divergence records: changes a deposed primary committed that never reached the
@@ -118,9 +118,9 @@ async fn divergences(
     State(state): State<AppState>,
     Authed(caller): Authed,
     Path(project): Path<String>,
-    ApiQuery(page): ApiQuery<holdfast_service::divergence::PageQuery>,
+    ApiQuery(page): ApiQuery<holdfast_core::PageQuery>,
 ) -> ApiResult<Json<Vec<Divergence>>> {
-    Ok(Json(state.service.list_divergences(&caller, &project, page).await?))
+    Ok(Json(state.node.geo.list_divergences(&caller, &project, page).await?))
 }
 
 /// One divergence record with its changes.
@@ -133,7 +133,7 @@ async fn divergence(
     Authed(caller): Authed,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Divergence>> {
-    Ok(Json(state.service.get_divergence(&caller, &project, &id).await?))
+    Ok(Json(state.node.geo.get_divergence(&caller, &project, &id).await?))
 }
 
 /// Re-applies chosen changes of a divergence record as new changes on this primary (admin).
@@ -147,14 +147,14 @@ async fn replay(
     Path((project, id)): Path<(String, String)>,
     ApiJson(request): ApiJson<ReplayRequest>,
 ) -> ApiResult<Json<Vec<ReplayOutcome>>> {
-    Ok(Json(state.service.replay_divergence(&caller, &project, &id, request).await?))
+    Ok(Json(state.node.geo.replay_divergence(&caller, &project, &id, request).await?))
 }
 
 /// Peers: what this region holds of a project (role, epoch, LSN, where each epoch begins).
 #[utoipa::path(get, path = "/internal/v1/projects/{id}/position", tag = "internal", params(("id" = String, Path)),
     responses((status = 200, body = Position), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn position(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Position>> {
-    Ok(Json(state.service.position_for_peer(&id).await?))
+    Ok(Json(state.node.geo.position_for_peer(&id).await?))
 }
 
 /// Peers: a deposed primary hands over the changes the new primary never had.
@@ -166,7 +166,7 @@ async fn record_divergence(
     Path(id): Path<String>,
     ApiJson(report): ApiJson<DivergenceReport>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(state.service.record_divergence(&id, report).await?))
+    Ok(Json(state.node.geo.record_divergence(&id, report).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,7 +184,7 @@ async fn status(
     Authed(caller): Authed,
     ApiQuery(query): ApiQuery<StatusQuery>,
 ) -> ApiResult<Json<Vec<ProjectStatus>>> {
-    Ok(Json(state.service.status(&caller, query.project.as_deref()).await?))
+    Ok(Json(state.node.geo.status(&caller, query.project.as_deref()).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,7 +210,7 @@ async fn pull_journal(
     ApiQuery(q): ApiQuery<PullQuery>,
 ) -> ApiResult<Json<JournalBatch>> {
     let wait = std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
-    let batch = state.service.journal_for_replica(&id, Lsn(q.after), q.epoch.map(holdfast_types::Epoch), q.limit.unwrap_or(1000), wait, &q.region).await?;
+    let batch = state.node.geo.journal_for_replica(&id, Lsn(q.after), q.epoch.map(holdfast_types::Epoch), q.limit.unwrap_or(1000), wait, &q.region).await?;
     Ok(Json(batch))
 }
 
@@ -219,7 +219,7 @@ async fn pull_journal(
     responses((status = 200, description = "the database file", content_type = "application/octet-stream"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn snapshot(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let (lsn, bytes) = state.service.snapshot_for_replica(&id).await?;
+    let (lsn, bytes) = state.node.geo.snapshot_for_replica(&id).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::HeaderName::from_static("x-holdfast-lsn"), lsn.0.to_string())], Body::from(bytes))
         .into_response())
 }
@@ -230,7 +230,7 @@ async fn snapshot(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
     responses((status = 200, description = "the blob's bytes", content_type = "application/octet-stream"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn blob(State(state): State<AppState>, Path((id, hash)): Path<(String, String)>) -> ApiResult<Response> {
-    let bytes = state.service.blob_for_replica(&id, &hash).await?;
+    let bytes = state.node.geo.blob_for_replica(&id, &hash).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from(bytes)).into_response())
 }
 
@@ -238,7 +238,7 @@ async fn blob(State(state): State<AppState>, Path((id, hash)): Path<(String, Str
 #[utoipa::path(post, path = "/internal/v1/replicas", tag = "internal", request_body = ReplicaStart,
     responses((status = 200, description = "replicating"), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn start_replica(State(state): State<AppState>, ApiJson(start): ApiJson<ReplicaStart>) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(state.service.start_replica(start).await?))
+    Ok(Json(state.node.geo.start_replica(start).await?))
 }
 
 /// Peers: stop following the project and remove this region's copy.
@@ -246,7 +246,7 @@ async fn start_replica(State(state): State<AppState>, ApiJson(start): ApiJson<Re
     responses((status = 200, description = "removed"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 async fn stop_replica(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(state.service.stop_replica(&id).await?))
+    Ok(Json(state.node.geo.stop_replica(&id).await?))
 }
 
 /// Peers: a planned failover's target applies up to `until_lsn`, then takes the new epoch.
@@ -259,5 +259,5 @@ async fn promote(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<PromoteRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(state.service.promote(&id, request).await?))
+    Ok(Json(state.node.geo.promote(&id, request).await?))
 }

@@ -25,7 +25,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/v1/roles", tag = "keys",
     responses((status = 200, body = RoleDefinitionList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_roles(State(state): State<AppState>, Authed(caller): Authed) -> ApiResult<Json<RoleDefinitionList>> {
-    Ok(Json(state.service.list_roles(&caller).await?))
+    Ok(Json(state.node.governance.list_roles(&caller).await?))
 }
 
 /// Defines a custom role: action patterns (`*` is a wildcard) it allows and denies.
@@ -37,7 +37,7 @@ async fn create_role(
     Authed(caller): Authed,
     ApiJson(req): ApiJson<RoleDefinition>,
 ) -> ApiResult<(StatusCode, Json<RoleDefinition>)> {
-    Ok((StatusCode::CREATED, Json(state.service.create_role(&caller, req).await?)))
+    Ok((StatusCode::CREATED, Json(state.node.governance.create_role(&caller, req).await?)))
 }
 
 /// Removes a custom role no assignment holds.
@@ -46,7 +46,7 @@ async fn create_role(
     responses((status = 204, description = "removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "still assigned", body = ErrorBody)))]
 async fn delete_role(State(state): State<AppState>, Authed(caller): Authed, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    state.service.delete_role(&caller, &name).await?;
+    state.node.governance.delete_role(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -54,7 +54,7 @@ async fn delete_role(State(state): State<AppState>, Authed(caller): Authed, Path
 #[utoipa::path(get, path = "/v1/role-assignments", tag = "keys",
     responses((status = 200, body = RoleAssignmentList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_assignments(State(state): State<AppState>, Authed(caller): Authed) -> ApiResult<Json<RoleAssignmentList>> {
-    Ok(Json(state.service.list_role_assignments(&caller).await?))
+    Ok(Json(state.node.governance.list_role_assignments(&caller).await?))
 }
 
 /// Gives a principal a role at a scope (`/` or `/projects/{name}`).
@@ -66,7 +66,7 @@ async fn assign(
     Authed(caller): Authed,
     ApiJson(req): ApiJson<RoleAssignment>,
 ) -> ApiResult<(StatusCode, Json<RoleAssignment>)> {
-    Ok((StatusCode::CREATED, Json(state.service.assign_role(&caller, req).await?)))
+    Ok((StatusCode::CREATED, Json(state.node.governance.assign_role(&caller, req).await?)))
 }
 
 /// Takes a role at a scope away from a principal (the body names the assignment).
@@ -74,6 +74,6 @@ async fn assign(
     responses((status = 204, description = "removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn unassign(State(state): State<AppState>, Authed(caller): Authed, ApiJson(req): ApiJson<RoleAssignment>) -> ApiResult<StatusCode> {
-    state.service.unassign_role(&caller, req).await?;
+    state.node.governance.unassign_role(&caller, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }

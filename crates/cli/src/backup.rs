@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use holdfast_archive::Progress;
-use holdfast_service::backup::ArchiveConfig;
-use holdfast_service::{Caller, Service, ServiceConfig};
+use holdfast_recovery::backup::ArchiveConfig;
+use holdfast_core::Caller;
+use holdfast_node::{Config, Holdfast};
 use holdfast_types::api::{BackupStatus, Operation, RestoreRequest, RestoreSummary, VerifyReport};
 use holdfast_types::{ErrorKind, Lsn};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -153,22 +154,22 @@ pub async fn restore_offline(args: RestoreArgs, format: Format) -> Result<(), Ex
     let (Some(url), Some(data)) = (args.archive, args.data) else {
         return Err(Exit::new(2, anyhow!("offline restore needs --archive URL and --data DIR")));
     };
-    let target = holdfast_service::restore::target_of(args.lsn.map(Lsn), args.at.as_deref()).map_err(service_exit)?;
-    let mut config = ServiceConfig::new(data, "local", std::env::var("HOLDFAST_ADMIN_KEY").ok().filter(|k| !k.is_empty()));
-    config.master_key = std::env::var("HOLDFAST_MASTER_KEY").ok().filter(|k| !k.is_empty());
-    config.archive = Some(ArchiveConfig::new(&url));
-    let opened = tokio::task::spawn_blocking(move || Service::open(config))
+    let target = holdfast_recovery::restore::target_of(args.lsn.map(Lsn), args.at.as_deref()).map_err(service_exit)?;
+    let mut config = Config::new(data, "local", std::env::var("HOLDFAST_ADMIN_KEY").ok().filter(|k| !k.is_empty()));
+    config.core.master_key = std::env::var("HOLDFAST_MASTER_KEY").ok().filter(|k| !k.is_empty());
+    config.recovery.archive = Some(ArchiveConfig::new(&url));
+    let opened = tokio::task::spawn_blocking(move || Holdfast::open(config))
         .await
         .map_err(|e| Exit::error(anyhow!("start-up task failed: {e}")))?
         .map_err(service_exit)?;
-    let service = Arc::new(opened.service);
+    let node = opened.node;
     if let Some(key) = opened.generated_admin_key {
         eprintln!("Generated the admin key for this data directory (also in its admin.key): {key}");
     }
-    let source = service.restore_source(&args.project, true).await.map_err(service_exit)?;
+    let source = node.recovery.restore_source(&args.project, true).await.map_err(service_exit)?;
     let into = match (&args.into, &source) {
         (Some(into), _) => into.clone(),
-        (None, holdfast_service::restore::RestoreSource::Archive(m)) => m.name.clone(),
+        (None, holdfast_recovery::restore::RestoreSource::Archive(m)) => m.name.clone(),
         (None, _) => args.project.clone(),
     };
     let progress = Arc::new(Progress::default());
@@ -182,11 +183,11 @@ pub async fn restore_offline(args: RestoreArgs, format: Format) -> Result<(), Ex
             }
         })
     });
-    let outcome = service.restore(&Caller::system(), source, target, &into, args.allow_partial, &progress).await;
+    let outcome = node.recovery.restore(&Caller::system(), source, target, &into, args.allow_partial, &progress).await;
     if let Some(watcher) = watcher {
         watcher.abort();
     }
-    service.shutdown().await;
+    node.core.shutdown().await;
     let summary: RestoreSummary = outcome.map_err(service_exit)?;
     print(format, &summary, &[])?;
     Ok(())

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use clap::Subcommand;
-use holdfast_service::{Caller, Service, ServiceConfig};
+use holdfast_core::Caller;
+use holdfast_node::{Config, Holdfast};
 use holdfast_types::RequestId;
 use holdfast_types::api::{ProjectCreate, ProjectUpdate};
 use serde::Serialize;
@@ -168,25 +169,25 @@ const BENCH_KEY: &str = "bench-admin-key-0000000000";
 
 /// A real server (the same `app` `serve` runs) on a loopback port, over a scratch directory.
 struct ScratchServer {
-    service: Arc<Service>,
+    node: Holdfast,
     base: String,
     http: reqwest::Client,
 }
 
 impl ScratchServer {
     async fn start(data: &std::path::Path) -> Result<Self, Exit> {
-        let opened = Service::open(ServiceConfig::new(data.to_owned(), "bench", Some(BENCH_KEY.into())))
+        let opened = Holdfast::open(Config::new(data.to_owned(), "bench", Some(BENCH_KEY.into())))
             .map_err(|e| anyhow!("cannot open scratch data directory {}: {e}", data.display()))?;
-        let service = Arc::new(opened.service);
+        let node = opened.node;
         let app = holdfast_api::app(
-            holdfast_api::AppState { service: service.clone(), metrics: None },
+            holdfast_api::AppState { node: node.clone(), metrics: None },
             holdfast_api::HttpLimits { max_body_bytes: 64 * 1024 * 1024 },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind")?;
         let addr = listener.local_addr().context("local addr")?;
         tokio::spawn(async move { axum::serve(listener, app).await });
         let http = reqwest::Client::builder().build().context("http client")?;
-        Ok(Self { service, base: format!("http://{addr}"), http })
+        Ok(Self { node, base: format!("http://{addr}"), http })
     }
 
     async fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
@@ -219,10 +220,10 @@ struct ItemsReport {
 
 async fn items(data: &std::path::Path, clients: usize, items: usize, list_size: usize) -> Result<ItemsReport, Exit> {
     let server = Arc::new(ScratchServer::start(data).await?);
-    let caller = Caller { principal: server.service.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
+    let caller = Caller { principal: server.node.core.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
     server
-        .service
-        .create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
+        .node
+        .core.create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
         .await
         .map_err(|e| anyhow!("{e}"))?;
     const CONV: &str = "/api/projects/bench/openai/v1/conversations";
@@ -279,7 +280,7 @@ async fn items(data: &std::path::Path, clients: usize, items: usize, list_size: 
         server.get(&format!("{CONV}/{id}/items?limit=100&order=asc&after={middle}")).await?;
         middle_page.push(t.elapsed());
     }
-    server.service.shutdown().await;
+    server.node.core.shutdown().await;
     Ok(ItemsReport {
         clients,
         items: appends.len(),
@@ -306,19 +307,19 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
 }
 
 async fn journal(data: &std::path::Path, writers: usize, changes: usize) -> Result<JournalReport, Exit> {
-    let opened = Service::open(ServiceConfig::new(data.to_owned(), "bench", Some(BENCH_KEY.into())))
+    let opened = Holdfast::open(Config::new(data.to_owned(), "bench", Some(BENCH_KEY.into())))
     .map_err(|e| anyhow!("cannot open scratch data directory {}: {e}", data.display()))?;
-    let service = Arc::new(opened.service);
-    let caller = Caller { principal: service.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
-    service
-        .create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
+    let node = opened.node;
+    let caller = Caller { principal: node.core.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
+    node
+        .core.create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let per_writer = changes / writers;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(writers);
     for w in 0..writers {
-        let (service, principal) = (service.clone(), caller.principal.clone());
+        let (node, principal) = (node.clone(), caller.principal.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_writer);
             for n in 0..per_writer {
@@ -328,7 +329,7 @@ async fn journal(data: &std::path::Path, writers: usize, changes: usize) -> Resu
                 let tag = [(format!("w{}", w % 32), Some(format!("{w}-{n}")))].into_iter().collect();
                 let update = ProjectUpdate { tags: Some(tag), ..Default::default() };
                 let t = Instant::now();
-                service.update_project(&caller, "bench", update).await.map_err(|e| anyhow!("{e}"))?;
+                node.core.update_project(&caller, "bench", update).await.map_err(|e| anyhow!("{e}"))?;
                 latencies.push(t.elapsed());
             }
             Ok::<_, anyhow::Error>(latencies)
@@ -339,8 +340,8 @@ async fn journal(data: &std::path::Path, writers: usize, changes: usize) -> Resu
         latencies.extend(task.await.context("writer panicked")??);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let last_lsn = service.project_store("bench").await.map_err(|e| anyhow!("{e}"))?.last_lsn().0;
-    service.shutdown().await;
+    let last_lsn = node.core.project_store("bench").await.map_err(|e| anyhow!("{e}"))?.last_lsn().0;
+    node.core.shutdown().await;
     let done = latencies.len();
     Ok(JournalReport {
         writers,
@@ -401,13 +402,13 @@ struct ResponsesReport {
 async fn responses(data: &std::path::Path, count: usize) -> Result<ResponsesReport, Exit> {
     let model = start_scripted_model().await?;
     let server = ScratchServer::start(data).await?;
-    let caller = Caller { principal: server.service.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
-    let service = &server.service;
-    service.create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() }).await.map_err(|e| anyhow!("{e}"))?;
+    let caller = Caller { principal: server.node.core.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
+    let node = &server.node;
+    node.core.create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() }).await.map_err(|e| anyhow!("{e}"))?;
     let connection = serde_json::from_value(serde_json::json!({"name": "up", "target": model})).context("connection")?;
-    service.create_connection(&caller, "bench", connection).await.map_err(|e| anyhow!("{e}"))?;
+    node.agents.create_connection(&caller, "bench", connection).await.map_err(|e| anyhow!("{e}"))?;
     let deployment = serde_json::from_value(serde_json::json!({"name": "gpt", "connection": "up", "model": "m"})).context("deployment")?;
-    service.create_deployment(&caller, "bench", deployment).await.map_err(|e| anyhow!("{e}"))?;
+    node.agents.create_deployment(&caller, "bench", deployment).await.map_err(|e| anyhow!("{e}"))?;
 
     // The upstream alone, as Holdfast calls it (a streamed chat completion, read to the end).
     let direct = serde_json::json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
@@ -428,7 +429,7 @@ async fn responses(data: &std::path::Path, count: usize) -> Result<ResponsesRepo
             return Err(Exit::error(anyhow!("response did not complete: {r}")));
         }
     }
-    service.shutdown().await;
+    node.core.shutdown().await;
     let (t50, t99) = (percentile(&mut total, 0.50), percentile(&mut total, 0.99));
     let (u50, u99) = (percentile(&mut upstream, 0.50), percentile(&mut upstream, 0.99));
     Ok(ResponsesReport {
@@ -560,17 +561,17 @@ async fn archive_lag(data: &std::path::Path, rate: u64, seconds: u64) -> Result<
     const WRITERS: u64 = 16;
     let archive_dir = data.join("archive");
     std::fs::create_dir_all(&archive_dir).context("scratch dir")?;
-    let mut config = ServiceConfig::new(data.join("data"), "bench", Some(BENCH_KEY.into()));
-    config.archive = Some(holdfast_service::backup::ArchiveConfig::new(&format!("file://{}", archive_dir.display())));
-    let opened = Service::open(config).map_err(|e| anyhow!("cannot open scratch data directory: {e}"))?;
-    let service = Arc::new(opened.service);
-    let caller = Caller { principal: service.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
-    let project = service
-        .create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
+    let mut config = Config::new(data.join("data"), "bench", Some(BENCH_KEY.into()));
+    config.recovery.archive = Some(holdfast_recovery::backup::ArchiveConfig::new(&format!("file://{}", archive_dir.display())));
+    let opened = Holdfast::open(config).map_err(|e| anyhow!("cannot open scratch data directory: {e}"))?;
+    let node = opened.node;
+    let caller = Caller { principal: node.core.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
+    let project = node
+        .core.create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
         .await
         .map_err(|e| anyhow!("{e}"))?;
-    let archiver = service.spawn_archiver().context("archiver")?;
-    let store = service.project_store("bench").await.map_err(|e| anyhow!("{e}"))?;
+    let archiver = node.recovery.spawn_archiver().context("archiver")?;
+    let store = node.core.project_store("bench").await.map_err(|e| anyhow!("{e}"))?;
     let manifest_path = archive_dir.join(project.id.as_str()).join("manifest.json");
 
     let started = Instant::now();
@@ -578,7 +579,7 @@ async fn archive_lag(data: &std::path::Path, rate: u64, seconds: u64) -> Result<
     let period = Duration::from_secs_f64(WRITERS as f64 / rate as f64);
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
-        let (service, principal) = (service.clone(), caller.principal.clone());
+        let (node, principal) = (node.clone(), caller.principal.clone());
         tasks.push(tokio::spawn(async move {
             // Each writer keeps its own schedule, so a slow write is followed by a catch-up.
             let mut next = started + period.mul_f64(w as f64 / WRITERS as f64);
@@ -587,8 +588,8 @@ async fn archive_lag(data: &std::path::Path, rate: u64, seconds: u64) -> Result<
                 tokio::time::sleep_until(next.into()).await;
                 let caller = Caller { principal: principal.clone(), request_id: RequestId::generate() };
                 let tag = [(format!("w{w}"), Some(n.to_string()))].into_iter().collect();
-                service
-                    .update_project(&caller, "bench", ProjectUpdate { tags: Some(tag), ..Default::default() })
+                node
+                    .core.update_project(&caller, "bench", ProjectUpdate { tags: Some(tag), ..Default::default() })
                     .await
                     .map_err(|e| anyhow!("{e}"))?;
                 n += 1;
@@ -615,7 +616,7 @@ async fn archive_lag(data: &std::path::Path, rate: u64, seconds: u64) -> Result<
         changes += task.await.context("writer panicked")??;
     }
     let achieved_rate = changes as f64 / started.elapsed().as_secs_f64();
-    service.shutdown().await;
+    node.core.shutdown().await;
     archiver.await.context("archiver")?;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).context("manifest")?).context("manifest")?;
@@ -660,10 +661,10 @@ struct ExportReport {
 async fn export(data: &std::path::Path, items: usize, files: usize) -> Result<ExportReport, Exit> {
     const CONV: &str = "/api/projects/bench/openai/v1/conversations";
     let server = ScratchServer::start(data).await?;
-    let caller = Caller { principal: server.service.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
+    let caller = Caller { principal: server.node.core.authenticate(Some(BENCH_KEY)).map_err(|e| anyhow!("{e}"))?, request_id: RequestId::generate() };
     let project = server
-        .service
-        .create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
+        .node
+        .core.create_project(&caller, ProjectCreate { name: "bench".into(), ..Default::default() })
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let conv = server.post(CONV, &serde_json::json!({})).await?;
@@ -752,7 +753,7 @@ async fn export(data: &std::path::Path, items: usize, files: usize) -> Result<Ex
         sync_tree(&extract.join(s)).context("fsync extracted")?;
     }
     let tar_extract_seconds = started.elapsed().as_secs_f64();
-    server.service.shutdown().await;
+    server.node.core.shutdown().await;
 
     let mb = |secs: f64| project_bytes as f64 / 1e6 / secs;
     Ok(ExportReport {

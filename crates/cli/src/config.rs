@@ -144,11 +144,11 @@ pub struct ServeConfig {
     pub max_import_bytes: u64,
     pub import_min_free_bytes: u64,
     pub upstream_timeout_secs: u64,
-    pub egress: holdfast_service::data::egress::EgressConfig,
+    pub egress: holdfast_agents::egress::EgressConfig,
     pub log: String,
-    pub archive: Option<holdfast_service::backup::ArchiveConfig>,
-    pub cluster: holdfast_service::replication::ClusterConfig,
-    pub coordinator: Option<holdfast_service::coordinator::CoordinatorConfig>,
+    pub archive: Option<holdfast_recovery::backup::ArchiveConfig>,
+    pub cluster: holdfast_geo::replication::ClusterConfig,
+    pub coordinator: Option<holdfast_geo::coordinator::CoordinatorConfig>,
     /// Said at start, once logging is on (a secret on the command line, a secret file others
     /// can read).
     pub warnings: Vec<String>,
@@ -232,9 +232,9 @@ impl ServeConfig {
             let ttl = file.coordinator.lease_ttl_secs.unwrap_or(5);
             anyhow::ensure!((2..=60).contains(&ttl), "coordinator lease_ttl_secs must be 2 to 60");
             anyhow::ensure!(secret.is_some(), "[coordinator] needs the cluster secret: failover is between regions");
-            Some(holdfast_service::coordinator::CoordinatorConfig { endpoints: etcd, lease_ttl: std::time::Duration::from_secs(ttl) })
+            Some(holdfast_geo::coordinator::CoordinatorConfig { endpoints: etcd, lease_ttl: std::time::Duration::from_secs(ttl) })
         };
-        let cluster = holdfast_service::replication::ClusterConfig {
+        let cluster = holdfast_geo::replication::ClusterConfig {
             peers,
             secret,
             sync_timeout: std::time::Duration::from_millis(sync_timeout_ms),
@@ -244,17 +244,17 @@ impl ServeConfig {
         let max_file_bytes = over
             .max_file_bytes
             .or(file.limits.max_file_bytes)
-            .unwrap_or(holdfast_service::DEFAULT_MAX_FILE_BYTES);
+            .unwrap_or(holdfast_core::DEFAULT_MAX_FILE_BYTES);
         anyhow::ensure!(max_file_bytes >= 1, "max_file_bytes must be at least 1");
         let max_import_bytes = over
             .max_import_bytes
             .or(file.limits.max_import_bytes)
-            .unwrap_or(holdfast_service::DEFAULT_MAX_IMPORT_BYTES);
+            .unwrap_or(holdfast_recovery::DEFAULT_MAX_IMPORT_BYTES);
         anyhow::ensure!(max_import_bytes >= 1024, "max_import_bytes must be at least 1024");
         let import_min_free_bytes = over
             .import_min_free_bytes
             .or(file.limits.import_min_free_bytes)
-            .unwrap_or(holdfast_service::DEFAULT_IMPORT_MIN_FREE_BYTES);
+            .unwrap_or(holdfast_recovery::DEFAULT_IMPORT_MIN_FREE_BYTES);
         let upstream_timeout_secs =
             over.upstream_timeout_secs.or(file.upstream.timeout_secs).unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_SECS);
         anyhow::ensure!(
@@ -269,16 +269,16 @@ impl ServeConfig {
             );
         }
         let max_projects_per_principal = match file.limits.max_projects_per_principal {
-            None => Some(holdfast_service::DEFAULT_MAX_PROJECTS_PER_PRINCIPAL),
+            None => Some(holdfast_core::DEFAULT_MAX_PROJECTS_PER_PRINCIPAL),
             Some(0) => None,
             Some(n) => Some(n),
         };
         let idle_close = match file.limits.idle_close_secs {
-            None => Some(holdfast_service::DEFAULT_IDLE_CLOSE),
+            None => Some(holdfast_core::DEFAULT_IDLE_CLOSE),
             Some(0) => None,
             Some(secs) => Some(std::time::Duration::from_secs(secs)),
         };
-        let egress = holdfast_service::data::egress::EgressConfig {
+        let egress = holdfast_agents::egress::EgressConfig {
             allow_private: file.upstream.allow_private.unwrap_or(true),
             allow_hosts: file.upstream.allow_hosts.clone(),
             listen: Some(listen),
@@ -369,9 +369,9 @@ fn read_secret_file(path: &Path, name: &str, warnings: &mut Vec<String>) -> Resu
     Ok(secret.to_owned())
 }
 
-fn archive_config(url: String, file: &FileArchive) -> Result<holdfast_service::backup::ArchiveConfig> {
+fn archive_config(url: String, file: &FileArchive) -> Result<holdfast_recovery::backup::ArchiveConfig> {
     use std::time::Duration;
-    let mut c = holdfast_service::backup::ArchiveConfig::new(&url);
+    let mut c = holdfast_recovery::backup::ArchiveConfig::new(&url);
     if let Some(ms) = file.interval_ms {
         anyhow::ensure!((10..=3_600_000).contains(&ms), "archive interval_ms must be 10 to 3600000");
         c.interval = Duration::from_millis(ms);
@@ -430,7 +430,7 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.max_body_bytes, 4096);
         assert_eq!(c.data, PathBuf::from(DEFAULT_DATA));
-        assert_eq!(c.max_import_bytes, holdfast_service::DEFAULT_MAX_IMPORT_BYTES);
+        assert_eq!(c.max_import_bytes, holdfast_recovery::DEFAULT_MAX_IMPORT_BYTES);
         let file: FileConfig =
             toml::from_str("[limits]\nmax_import_bytes = 65536\nimport_min_free_bytes = 0\n").expect("parse");
         let c = ServeConfig::resolve(file, none()).expect("resolve");

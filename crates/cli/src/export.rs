@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Args, ValueEnum};
-use holdfast_service::export::{ImportSummary, LineLimits, verify_file};
+use holdfast_recovery::export::{ImportSummary, LineLimits, verify_file};
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::json;

@@ -3,7 +3,7 @@
 
 use anyhow::anyhow;
 use clap::Args;
-use holdfast_service::history::{History, UndeleteRequest, UndeleteSummary};
+use holdfast_recovery::history::{History, UndeleteRequest, UndeleteSummary};
 use serde_json::Value;
 
 use crate::Exit;

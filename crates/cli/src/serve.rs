@@ -1,10 +1,8 @@
 //! `holdfast serve`: open the data directory, serve HTTP until SIGINT/SIGTERM, then drain.
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
 use holdfast_api::{AppState, HttpLimits};
-use holdfast_service::{Service, ServiceConfig};
+use holdfast_node::Holdfast;
 use holdfast_types::ErrorKind;
 
 use crate::Exit;
@@ -13,35 +11,33 @@ use crate::config::ServeConfig;
 pub async fn run(config: ServeConfig) -> Result<(), Exit> {
     // Everything this process creates (databases and their WAL files, blobs, keys, scratch
     // files, archive objects on a local disk) is its owner's alone: directories 0700, files 0600.
-    // `Service::open` tightens what an earlier version or another tool left more open.
+    // `Holdfast::open` tightens what an earlier version or another tool left more open.
     rustix::process::umask(rustix::fs::Mode::RWXG | rustix::fs::Mode::RWXO);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
     let admin_key = std::env::var("HOLDFAST_ADMIN_KEY").ok().filter(|k| !k.is_empty());
     let master_key = std::env::var("HOLDFAST_MASTER_KEY").ok().filter(|k| !k.is_empty());
-    let service_config = ServiceConfig {
-        master_key,
-        max_file_bytes: config.max_file_bytes,
-        max_projects_per_principal: config.max_projects_per_principal,
-        idle_close: config.idle_close,
-        max_import_bytes: config.max_import_bytes,
-        import_min_free_bytes: config.import_min_free_bytes,
-        upstream_timeout: std::time::Duration::from_secs(config.upstream_timeout_secs),
-        egress: config.egress.clone(),
-        archive: config.archive.clone(),
-        cluster: config.cluster.clone(),
-        coordinator: config.coordinator.clone(),
-        ..ServiceConfig::new(config.data.clone(), &config.region, admin_key)
-    };
-    let opened = tokio::task::spawn_blocking(move || Service::open(service_config))
+    let mut node_config = holdfast_node::Config::new(config.data.clone(), &config.region, admin_key);
+    node_config.core.master_key = master_key;
+    node_config.core.max_file_bytes = config.max_file_bytes;
+    node_config.core.max_projects_per_principal = config.max_projects_per_principal;
+    node_config.core.idle_close = config.idle_close;
+    node_config.recovery.max_import_bytes = config.max_import_bytes;
+    node_config.recovery.import_min_free_bytes = config.import_min_free_bytes;
+    node_config.recovery.archive = config.archive.clone();
+    node_config.agents.upstream_timeout = std::time::Duration::from_secs(config.upstream_timeout_secs);
+    node_config.agents.egress = config.egress.clone();
+    node_config.geo.cluster = config.cluster.clone();
+    node_config.geo.coordinator = config.coordinator.clone();
+    let opened = tokio::task::spawn_blocking(move || Holdfast::open(node_config))
         .await
         .map_err(|e| Exit::error(anyhow::anyhow!("start-up task failed: {e}")))?
         .map_err(|e| {
             let code = if e.kind == ErrorKind::Conflict { 4 } else { 1 };
             Exit::new(code, anyhow::anyhow!("cannot open data directory: {e}"))
         })?;
-    let service = Arc::new(opened.service);
+    let node = opened.node;
     if let Some(key) = opened.generated_admin_key {
         let path = config.data.join("admin.key");
         println!("Generated the admin key (shown once; also stored in {}, mode 0600):\n  {key}", path.display());
@@ -54,7 +50,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         }
     };
     let app = holdfast_api::app(
-        AppState { service: service.clone(), metrics },
+        AppState { node: node.clone(), metrics },
         HttpLimits { max_body_bytes: config.max_body_bytes },
     );
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -68,17 +64,11 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         version = env!("CARGO_PKG_VERSION"),
         "holdfast is serving"
     );
-    let archiver = service.spawn_archiver();
-    let idle_closer = service.spawn_idle_closer();
-    service.spawn_replicators().map_err(|e| Exit::error(anyhow::anyhow!("cannot start replication: {e}")))?;
-    service.spawn_topology_watch();
-    service.spawn_coordinator();
-    // Soft-deleted projects whose retention has passed are purged within the hour.
-    let purger = service.spawn_purger(std::time::Duration::from_secs(3600));
+    let tasks = node.start().map_err(|e| Exit::error(anyhow::anyhow!("cannot start background tasks: {e}")))?;
     if let Some(archive) = &config.archive {
         tracing::info!(url = %archive.url, "continuous backup is on");
     }
-    let stopping = service.clone();
+    let stopping = node.clone();
     // The peer address reaches the audit log.
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
@@ -89,15 +79,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
         .context("server failed")
         .map_err(Exit::error)?;
     tracing::info!("draining: committing queued writes and closing stores");
-    if let Some(archiver) = archiver {
-        // Its last pass ships what the final requests wrote (a down archive cannot hold us).
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), archiver).await;
-    }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), purger).await;
-    if let Some(closer) = idle_closer {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), closer).await;
-    }
-    service.shutdown().await;
+    node.shutdown(tasks).await;
     tracing::info!("stopped");
     Ok(())
 }

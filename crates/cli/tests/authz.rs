@@ -7,7 +7,7 @@ mod common;
 
 use common::{Api, Server};
 use holdfast_api::authz::{Need, ROUTES};
-use holdfast_service::role_allows;
+use holdfast_core::role_allows;
 use holdfast_types::api::Role;
 use reqwest::Method;
 use serde_json::json;

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use common::{ADMIN_KEY, Cli, Opts, Server};
-use holdfast_service::export::{EXPORT_FORMAT, Encoder, ExportedProject, ExportedResource, Header};
+use holdfast_recovery::export::{EXPORT_FORMAT, Encoder, ExportedProject, ExportedResource, Header};
 use holdfast_types::Kind;
 use serde_json::{Value, json};
 

@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use holdfast_service::data::{List, ListQuery};
-use holdfast_service::data::agents::AgentVersionCreate;
+use holdfast_agents::{List, ListQuery};
+use holdfast_agents::agents::AgentVersionCreate;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -28,7 +28,7 @@ async fn list_agents(
     Path(project): Path<String>,
     OaQuery(q): OaQuery<ListQuery>,
 ) -> OaResult<Json<List>> {
-    Ok(Json(s.service.list_agents(&c, &project, q).await?))
+    Ok(Json(s.node.agents.list_agents(&c, &project, q).await?))
 }
 
 /// Gets an agent with its latest version.
@@ -39,7 +39,7 @@ async fn get_agent(
     OaAuthed(c): OaAuthed,
     Path((project, name)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_agent(&c, &project, &name).await?))
+    Ok(Json(s.node.agents.get_agent(&c, &project, &name).await?))
 }
 
 /// Deletes an agent and all its versions.
@@ -50,7 +50,7 @@ async fn delete_agent(
     OaAuthed(c): OaAuthed,
     Path((project, name)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.delete_agent(&c, &project, &name).await?))
+    Ok(Json(s.node.agents.delete_agent(&c, &project, &name).await?))
 }
 
 /// Creates a new, immutable version of an agent (creating the agent if needed).
@@ -63,7 +63,7 @@ async fn create_version(
     Path((project, name)): Path<(String, String)>,
     OaJson(req): OaJson<AgentVersionCreate>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.create_agent_version(&c, &project, &name, req).await?))
+    Ok(Json(s.node.agents.create_agent_version(&c, &project, &name, req).await?))
 }
 
 /// Lists an agent's versions, newest first.
@@ -75,7 +75,7 @@ async fn list_versions(
     Path((project, name)): Path<(String, String)>,
     OaQuery(q): OaQuery<ListQuery>,
 ) -> OaResult<Json<List>> {
-    Ok(Json(s.service.list_agent_versions(&c, &project, &name, q).await?))
+    Ok(Json(s.node.agents.list_agent_versions(&c, &project, &name, q).await?))
 }
 
 /// Gets one version of an agent.
@@ -87,7 +87,7 @@ async fn get_version(
     OaAuthed(c): OaAuthed,
     Path((project, name, version)): Path<(String, String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_agent_version(&c, &project, &name, &version).await?))
+    Ok(Json(s.node.agents.get_agent_version(&c, &project, &name, &version).await?))
 }
 
 /// Deletes one version of an agent.
@@ -99,5 +99,5 @@ async fn delete_version(
     OaAuthed(c): OaAuthed,
     Path((project, name, version)): Path<(String, String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.delete_agent_version(&c, &project, &name, &version).await?))
+    Ok(Json(s.node.agents.delete_agent_version(&c, &project, &name, &version).await?))
 }

@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use holdfast_service::data::connections::{ConnectionCreate, ConnectionFilter};
-use holdfast_service::data::deployments::{DeploymentCreate, DeploymentFilter};
+use holdfast_agents::connections::{ConnectionCreate, ConnectionFilter};
+use holdfast_agents::deployments::{DeploymentCreate, DeploymentFilter};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -32,7 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/v1/projects/{project}/connections", tag = "connections",
     params(("project" = String, Path)), responses((status = 200, body = Object)))]
 async fn v1_list_connections(State(s): State<AppState>, Authed(c): Authed, Path(project): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(s.service.list_connections(&c, &project, ConnectionFilter::default()).await?))
+    Ok(Json(s.node.agents.list_connections(&c, &project, ConnectionFilter::default()).await?))
 }
 
 /// Creates a connection to an OpenAI-compatible upstream; its API key is stored encrypted.
@@ -44,7 +44,7 @@ async fn v1_create_connection(
     Path(project): Path<String>,
     ApiJson(req): ApiJson<ConnectionCreate>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    Ok((StatusCode::CREATED, Json(s.service.create_connection(&c, &project, req).await?)))
+    Ok((StatusCode::CREATED, Json(s.node.agents.create_connection(&c, &project, req).await?)))
 }
 
 /// Deletes a connection no deployment uses.
@@ -55,7 +55,7 @@ async fn v1_delete_connection(
     Authed(c): Authed,
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    s.service.delete_connection(&c, &project, &name).await?;
+    s.node.agents.delete_connection(&c, &project, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -63,7 +63,7 @@ async fn v1_delete_connection(
 #[utoipa::path(get, path = "/v1/projects/{project}/deployments", tag = "connections",
     params(("project" = String, Path)), responses((status = 200, body = Object)))]
 async fn v1_list_deployments(State(s): State<AppState>, Authed(c): Authed, Path(project): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(s.service.list_deployments(&c, &project, DeploymentFilter::default()).await?))
+    Ok(Json(s.node.agents.list_deployments(&c, &project, DeploymentFilter::default()).await?))
 }
 
 /// Creates a deployment: a model name bound to a connection and the upstream's model id.
@@ -75,7 +75,7 @@ async fn v1_create_deployment(
     Path(project): Path<String>,
     ApiJson(req): ApiJson<DeploymentCreate>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    Ok((StatusCode::CREATED, Json(s.service.create_deployment(&c, &project, req).await?)))
+    Ok((StatusCode::CREATED, Json(s.node.agents.create_deployment(&c, &project, req).await?)))
 }
 
 /// Deletes a deployment.
@@ -86,7 +86,7 @@ async fn v1_delete_deployment(
     Authed(c): Authed,
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    s.service.delete_deployment(&c, &project, &name).await?;
+    s.node.agents.delete_deployment(&c, &project, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -100,7 +100,7 @@ async fn list_connections(
     Path(project): Path<String>,
     OaQuery(filter): OaQuery<ConnectionFilter>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.list_connections(&c, &project, filter).await?))
+    Ok(Json(s.node.agents.list_connections(&c, &project, filter).await?))
 }
 
 /// Foundry: gets a connection without its secret.
@@ -111,7 +111,7 @@ async fn get_connection(
     OaAuthed(c): OaAuthed,
     Path((project, name)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_connection(&c, &project, &name, false).await?))
+    Ok(Json(s.node.agents.get_connection(&c, &project, &name, false).await?))
 }
 
 /// Foundry: gets a connection with its secret (callers allowed to read secrets only).
@@ -122,7 +122,7 @@ async fn get_connection_with_credentials(
     OaAuthed(c): OaAuthed,
     Path((project, name)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_connection(&c, &project, &name, true).await?))
+    Ok(Json(s.node.agents.get_connection(&c, &project, &name, true).await?))
 }
 
 /// Foundry: lists deployments, Azure-style; `modelName`, `modelPublisher` and
@@ -135,7 +135,7 @@ async fn list_deployments(
     Path(project): Path<String>,
     OaQuery(filter): OaQuery<DeploymentFilter>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.list_deployments(&c, &project, filter).await?))
+    Ok(Json(s.node.agents.list_deployments(&c, &project, filter).await?))
 }
 
 /// Foundry: gets a deployment.
@@ -146,5 +146,5 @@ async fn get_deployment(
     OaAuthed(c): OaAuthed,
     Path((project, name)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_deployment(&c, &project, &name).await?))
+    Ok(Json(s.node.agents.get_deployment(&c, &project, &name).await?))
 }

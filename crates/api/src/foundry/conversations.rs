@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use holdfast_service::data::conversations::{ConversationCreate, ConversationUpdate, ItemsCreate};
-use holdfast_service::data::{List, ListQuery};
+use holdfast_agents::conversations::{ConversationCreate, ConversationUpdate, ItemsCreate};
+use holdfast_agents::{List, ListQuery};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -28,7 +28,7 @@ async fn create_conversation(
     Path(project): Path<String>,
     OaJson(req): OaJson<ConversationCreate>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.create_conversation(&c, &project, req).await?))
+    Ok(Json(s.node.agents.create_conversation(&c, &project, req).await?))
 }
 
 /// Gets a conversation.
@@ -39,7 +39,7 @@ async fn get_conversation(
     OaAuthed(c): OaAuthed,
     Path((project, id)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_conversation(&c, &project, &id).await?))
+    Ok(Json(s.node.agents.get_conversation(&c, &project, &id).await?))
 }
 
 /// Replaces a conversation's metadata.
@@ -52,7 +52,7 @@ async fn update_conversation(
     Path((project, id)): Path<(String, String)>,
     OaJson(req): OaJson<ConversationUpdate>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.update_conversation(&c, &project, &id, req).await?))
+    Ok(Json(s.node.agents.update_conversation(&c, &project, &id, req).await?))
 }
 
 /// Deletes a conversation and its items.
@@ -63,7 +63,7 @@ async fn delete_conversation(
     OaAuthed(c): OaAuthed,
     Path((project, id)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.delete_conversation(&c, &project, &id).await?))
+    Ok(Json(s.node.agents.delete_conversation(&c, &project, &id).await?))
 }
 
 /// Appends items to a conversation.
@@ -76,7 +76,7 @@ async fn create_items(
     Path((project, id)): Path<(String, String)>,
     OaJson(req): OaJson<ItemsCreate>,
 ) -> OaResult<Json<List>> {
-    Ok(Json(s.service.create_items(&c, &project, &id, req).await?))
+    Ok(Json(s.node.agents.create_items(&c, &project, &id, req).await?))
 }
 
 /// Lists a conversation's items (`after`, `limit`, `order`; newest first by default).
@@ -88,7 +88,7 @@ async fn list_items(
     Path((project, id)): Path<(String, String)>,
     OaQuery(q): OaQuery<ListQuery>,
 ) -> OaResult<Json<List>> {
-    Ok(Json(s.service.list_items(&c, &project, &id, q).await?))
+    Ok(Json(s.node.agents.list_items(&c, &project, &id, q).await?))
 }
 
 /// Gets one item of a conversation.
@@ -100,7 +100,7 @@ async fn get_item(
     OaAuthed(c): OaAuthed,
     Path((project, id, item)): Path<(String, String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_item(&c, &project, &id, &item).await?))
+    Ok(Json(s.node.agents.get_item(&c, &project, &id, &item).await?))
 }
 
 /// Deletes one item; answers with the conversation.
@@ -112,5 +112,5 @@ async fn delete_item(
     OaAuthed(c): OaAuthed,
     Path((project, id, item)): Path<(String, String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.delete_item(&c, &project, &id, &item).await?))
+    Ok(Json(s.node.agents.delete_item(&c, &project, &id, &item).await?))
 }

@@ -6,8 +6,8 @@ use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use holdfast_service::data::List;
-use holdfast_service::data::files::{FileListQuery, FileUpload};
+use holdfast_agents::List;
+use holdfast_agents::files::{FileListQuery, FileUpload};
 use holdfast_types::{Error, ErrorKind};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -60,8 +60,8 @@ async fn create_file(
     mut request: Request,
 ) -> OaResult<Json<Value>> {
     // Authorised (and the project found) before a byte of the upload is read.
-    s.service.data(&c, &project, holdfast_service::Action::DataWrite).await?;
-    let limit = s.service.max_file_bytes();
+    s.node.core.data(&c, &project, holdfast_core::Action::DataWrite).await?;
+    let limit = s.node.core.max_file_bytes();
     // The router-wide body limit is sized for JSON; an upload may be as large as a file may be.
     DefaultBodyLimit::max(limit.saturating_add(MULTIPART_OVERHEAD)).apply(&mut request);
     let mut multipart = Multipart::from_request(request, &s).await.map_err(multipart_rejection)?;
@@ -93,7 +93,7 @@ async fn create_file(
     }
     let (filename, bytes) = file.ok_or_else(|| OaError(Error::invalid("'file' is required")))?;
     let purpose = purpose.ok_or_else(|| OaError(Error::invalid("'purpose' is required")))?;
-    Ok(Json(s.service.create_file(&c, &project, FileUpload { filename, purpose, bytes }).await?))
+    Ok(Json(s.node.agents.create_file(&c, &project, FileUpload { filename, purpose, bytes }).await?))
 }
 
 /// Lists files, newest first (`after`, `limit` up to 10000, `order`, `purpose`).
@@ -105,7 +105,7 @@ async fn list_files(
     Path(project): Path<String>,
     OaQuery(q): OaQuery<FileListQuery>,
 ) -> OaResult<Json<List>> {
-    Ok(Json(s.service.list_files(&c, &project, q).await?))
+    Ok(Json(s.node.agents.list_files(&c, &project, q).await?))
 }
 
 /// Gets a file's record.
@@ -116,7 +116,7 @@ async fn get_file(
     OaAuthed(c): OaAuthed,
     Path((project, id)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_file(&c, &project, &id).await?))
+    Ok(Json(s.node.agents.get_file(&c, &project, &id).await?))
 }
 
 /// Deletes a file and detaches it from every vector store.
@@ -127,7 +127,7 @@ async fn delete_file(
     OaAuthed(c): OaAuthed,
     Path((project, id)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.delete_file(&c, &project, &id).await?))
+    Ok(Json(s.node.agents.delete_file(&c, &project, &id).await?))
 }
 
 /// A file's bytes, as uploaded.
@@ -139,7 +139,7 @@ async fn file_content(
     OaAuthed(c): OaAuthed,
     Path((project, id)): Path<(String, String)>,
 ) -> OaResult<impl IntoResponse> {
-    let content = s.service.file_content(&c, &project, &id).await?;
+    let content = s.node.agents.file_content(&c, &project, &id).await?;
     let ascii: String =
         content.filename.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
     let disposition = format!("attachment; filename=\"{ascii}\"");
@@ -154,11 +154,10 @@ async fn file_content(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::body::Body;
     use axum::http::{Request as HttpRequest, StatusCode, header};
-    use holdfast_service::{Caller, Service, ServiceConfig};
+    use holdfast_core::Caller;
+    use holdfast_node::{Config, Holdfast};
     use holdfast_types::RequestId;
     use holdfast_types::api::ProjectCreate;
     use tower::ServiceExt;
@@ -186,7 +185,7 @@ mod tests {
 
     struct Server {
         _dir: tempfile::TempDir,
-        service: Arc<Service>,
+        node: Holdfast,
         app: axum::Router,
     }
 
@@ -194,14 +193,14 @@ mod tests {
         /// Files up to 100 000 bytes, JSON bodies up to 1 KiB.
         async fn start() -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mut config = ServiceConfig::new(dir.path().to_owned(), "test", Some(KEY.into()));
-            config.max_file_bytes = 100_000;
-            let service = Arc::new(Service::open(config).expect("open").service);
-            let caller = Caller { principal: service.authenticate(Some(KEY)).expect("auth"), request_id: RequestId::generate() };
+            let mut config = Config::new(dir.path().to_owned(), "test", Some(KEY.into()));
+            config.core.max_file_bytes = 100_000;
+            let node = Holdfast::open(config).expect("open").node;
+            let caller = Caller { principal: node.core.authenticate(Some(KEY)).expect("auth"), request_id: RequestId::generate() };
             let req = ProjectCreate { name: "demo".into(), ..Default::default() };
-            service.create_project(&caller, req).await.expect("project");
-            let app = app(AppState { service: service.clone(), metrics: None }, HttpLimits { max_body_bytes: 1024 });
-            Self { _dir: dir, service, app }
+            node.core.create_project(&caller, req).await.expect("project");
+            let app = app(AppState { node: node.clone(), metrics: None }, HttpLimits { max_body_bytes: 1024 });
+            Self { _dir: dir, node, app }
         }
 
         async fn upload(&self, content_type: &str, body: Vec<u8>) -> (StatusCode, serde_json::Value) {
@@ -217,7 +216,7 @@ mod tests {
         }
 
         async fn lsn(&self) -> u64 {
-            self.service.project_store("demo").await.expect("store").last_lsn().0
+            self.node.core.project_store("demo").await.expect("store").last_lsn().0
         }
     }
 
@@ -262,7 +261,7 @@ mod tests {
             assert!(error["error"]["message"].is_string(), "{what}: OpenAI error shape, got {error}");
             assert_eq!(server.lsn().await, before, "{what}: nothing journaled");
         }
-        let project = server.service.project_store("demo").await.expect("store").id().clone();
+        let project = server.node.core.project_store("demo").await.expect("store").id().clone();
         let blobs = server._dir.path().join("blobs").join(project.as_str());
         assert!(!blobs.exists(), "no blob stored for a refused upload");
     }

@@ -17,7 +17,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use holdfast_service::Caller;
+use holdfast_core::Caller;
 use holdfast_types::{Error, ErrorKind};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;

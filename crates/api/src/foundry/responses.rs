@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use holdfast_service::data::responses::{Created, ResponseCreate};
-use holdfast_service::data::{List, ListQuery};
+use holdfast_agents::responses::{Created, ResponseCreate};
+use holdfast_agents::{List, ListQuery};
 use holdfast_types::Error;
 use serde::Deserialize;
 use serde_json::Value;
@@ -41,7 +41,7 @@ async fn create_response(
     Path(project): Path<String>,
     OaJson(req): OaJson<ResponseCreate>,
 ) -> OaResult<Response> {
-    match s.service.create_response(&c, &project, req).await? {
+    match s.node.agents.create_response(&c, &project, req).await? {
         Created::Done(response) => Ok(Json(response).into_response()),
         Created::Stream(events) => {
             let events = UnboundedReceiverStream::new(events)
@@ -69,7 +69,7 @@ async fn get_response(
     if q.stream == Some(true) {
         return Err(Error::invalid("streaming a stored response again is not supported; get it without stream").into());
     }
-    Ok(Json(s.service.get_response(&c, &project, &id).await?))
+    Ok(Json(s.node.agents.get_response(&c, &project, &id).await?))
 }
 
 /// Deletes a stored response; its conversation keeps its items.
@@ -80,7 +80,7 @@ async fn delete_response(
     OaAuthed(c): OaAuthed,
     Path((project, id)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.delete_response(&c, &project, &id).await?))
+    Ok(Json(s.node.agents.delete_response(&c, &project, &id).await?))
 }
 
 /// Cancels a response in progress; a finished one is refused with 400.
@@ -91,7 +91,7 @@ async fn cancel_response(
     OaAuthed(c): OaAuthed,
     Path((project, id)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.cancel_response(&c, &project, &id).await?))
+    Ok(Json(s.node.agents.cancel_response(&c, &project, &id).await?))
 }
 
 /// Lists a response's input items (`after`, `limit`, `order`; newest first by default).
@@ -103,5 +103,5 @@ async fn list_input_items(
     Path((project, id)): Path<(String, String)>,
     OaQuery(q): OaQuery<ListQuery>,
 ) -> OaResult<Json<List>> {
-    Ok(Json(s.service.list_response_input_items(&c, &project, &id, q).await?))
+    Ok(Json(s.node.agents.list_response_input_items(&c, &project, &id, q).await?))
 }

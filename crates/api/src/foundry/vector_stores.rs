@@ -2,11 +2,11 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use holdfast_service::data::vector_stores::{
+use holdfast_agents::vector_stores::{
     FileBatchCreate, VectorStoreCreate, VectorStoreFileCreate, VectorStoreFileListQuery, VectorStoreFileUpdate,
     VectorStoreSearch, VectorStoreUpdate,
 };
-use holdfast_service::data::{List, ListQuery};
+use holdfast_agents::{List, ListQuery};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -37,7 +37,7 @@ async fn create_vector_store(
     Path(project): Path<String>,
     OaJson(req): OaJson<VectorStoreCreate>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.create_vector_store(&c, &project, req).await?))
+    Ok(Json(s.node.agents.create_vector_store(&c, &project, req).await?))
 }
 
 /// Lists vector stores, newest first (`after`, `limit`, `order`).
@@ -49,7 +49,7 @@ async fn list_vector_stores(
     Path(project): Path<String>,
     OaQuery(q): OaQuery<ListQuery>,
 ) -> OaResult<Json<List>> {
-    Ok(Json(s.service.list_vector_stores(&c, &project, q).await?))
+    Ok(Json(s.node.agents.list_vector_stores(&c, &project, q).await?))
 }
 
 /// Gets a vector store, with its file counts and usage.
@@ -60,7 +60,7 @@ async fn get_vector_store(
     OaAuthed(c): OaAuthed,
     Path((project, id)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_vector_store(&c, &project, &id).await?))
+    Ok(Json(s.node.agents.get_vector_store(&c, &project, &id).await?))
 }
 
 /// Changes a vector store's name, metadata or expiry policy.
@@ -73,7 +73,7 @@ async fn update_vector_store(
     Path((project, id)): Path<(String, String)>,
     OaJson(req): OaJson<VectorStoreUpdate>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.update_vector_store(&c, &project, &id, req).await?))
+    Ok(Json(s.node.agents.update_vector_store(&c, &project, &id, req).await?))
 }
 
 /// Deletes a vector store with its file links (the files stay).
@@ -84,7 +84,7 @@ async fn delete_vector_store(
     OaAuthed(c): OaAuthed,
     Path((project, id)): Path<(String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.delete_vector_store(&c, &project, &id).await?))
+    Ok(Json(s.node.agents.delete_vector_store(&c, &project, &id).await?))
 }
 
 /// Searches a vector store (BM25 over the chunks of its text files).
@@ -97,7 +97,7 @@ async fn search_vector_store(
     Path((project, id)): Path<(String, String)>,
     OaJson(req): OaJson<VectorStoreSearch>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.search_vector_store(&c, &project, &id, req).await?))
+    Ok(Json(s.node.agents.search_vector_store(&c, &project, &id, req).await?))
 }
 
 /// Attaches a file to a vector store (indexed before this answers; a file that is not UTF-8
@@ -111,7 +111,7 @@ async fn create_vector_store_file(
     Path((project, id)): Path<(String, String)>,
     OaJson(req): OaJson<VectorStoreFileCreate>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.create_vector_store_file(&c, &project, &id, req).await?))
+    Ok(Json(s.node.agents.create_vector_store_file(&c, &project, &id, req).await?))
 }
 
 /// Lists a vector store's files (`after`, `limit`, `order`, `filter` by status).
@@ -123,7 +123,7 @@ async fn list_vector_store_files(
     Path((project, id)): Path<(String, String)>,
     OaQuery(q): OaQuery<VectorStoreFileListQuery>,
 ) -> OaResult<Json<List>> {
-    Ok(Json(s.service.list_vector_store_files(&c, &project, &id, q).await?))
+    Ok(Json(s.node.agents.list_vector_store_files(&c, &project, &id, q).await?))
 }
 
 /// Gets one file of a vector store.
@@ -135,7 +135,7 @@ async fn get_vector_store_file(
     OaAuthed(c): OaAuthed,
     Path((project, id, file)): Path<(String, String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_vector_store_file(&c, &project, &id, &file).await?))
+    Ok(Json(s.node.agents.get_vector_store_file(&c, &project, &id, &file).await?))
 }
 
 /// Replaces the attributes of a vector store's file.
@@ -148,7 +148,7 @@ async fn update_vector_store_file(
     Path((project, id, file)): Path<(String, String, String)>,
     OaJson(req): OaJson<VectorStoreFileUpdate>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.update_vector_store_file(&c, &project, &id, &file, req).await?))
+    Ok(Json(s.node.agents.update_vector_store_file(&c, &project, &id, &file, req).await?))
 }
 
 /// Detaches a file from a vector store (the file stays).
@@ -160,7 +160,7 @@ async fn delete_vector_store_file(
     OaAuthed(c): OaAuthed,
     Path((project, id, file)): Path<(String, String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.delete_vector_store_file(&c, &project, &id, &file).await?))
+    Ok(Json(s.node.agents.delete_vector_store_file(&c, &project, &id, &file).await?))
 }
 
 /// The parsed text of a vector store's file.
@@ -172,7 +172,7 @@ async fn vector_store_file_content(
     OaAuthed(c): OaAuthed,
     Path((project, id, file)): Path<(String, String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.vector_store_file_content(&c, &project, &id, &file).await?))
+    Ok(Json(s.node.agents.vector_store_file_content(&c, &project, &id, &file).await?))
 }
 
 /// Attaches several files at once (`file_ids`, or `files` with per-file attributes).
@@ -185,7 +185,7 @@ async fn create_file_batch(
     Path((project, id)): Path<(String, String)>,
     OaJson(req): OaJson<FileBatchCreate>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.create_file_batch(&c, &project, &id, req).await?))
+    Ok(Json(s.node.agents.create_file_batch(&c, &project, &id, req).await?))
 }
 
 /// Gets a file batch.
@@ -197,7 +197,7 @@ async fn get_file_batch(
     OaAuthed(c): OaAuthed,
     Path((project, id, batch)): Path<(String, String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.get_file_batch(&c, &project, &id, &batch).await?))
+    Ok(Json(s.node.agents.get_file_batch(&c, &project, &id, &batch).await?))
 }
 
 /// Cancels a file batch: batches finish before they are acknowledged, so this answers with
@@ -211,7 +211,7 @@ async fn cancel_file_batch(
     OaAuthed(c): OaAuthed,
     Path((project, id, batch)): Path<(String, String, String)>,
 ) -> OaResult<Json<Value>> {
-    Ok(Json(s.service.cancel_file_batch(&c, &project, &id, &batch).await?))
+    Ok(Json(s.node.agents.cancel_file_batch(&c, &project, &id, &batch).await?))
 }
 
 /// Lists the files a batch attached (`after`, `limit`, `order`, `filter` by status).
@@ -225,5 +225,5 @@ async fn list_file_batch_files(
     Path((project, id, batch)): Path<(String, String, String)>,
     OaQuery(q): OaQuery<VectorStoreFileListQuery>,
 ) -> OaResult<Json<List>> {
-    Ok(Json(s.service.list_file_batch_files(&c, &project, &id, &batch, q).await?))
+    Ok(Json(s.node.agents.list_file_batch_files(&c, &project, &id, &batch, q).await?))
 }

@@ -1,0 +1,133 @@
+//! The agent data plane: what lives inside an agents project — connections, deployments,
+//! agents and their versions, conversations and items, responses, files, vector stores and
+//! their search index — and the client that calls upstream models. The Foundry Agent Service
+//! and OpenAI facades of `holdfast-api` call [`Agents`]; every mutation is a plan committed
+//! through the core's door ([`holdfast_core::Data::commit`]), so it is journaled, locked,
+//! replicated, archived, exported and undeletable without code here.
+//!
+//! Resource bodies are stored in the shape the OpenAI/Foundry wire uses (minus computed fields
+//! such as `created_at`), so reads are a lookup plus a few fields.
+//!
+//! Architecture Invariant: this crate depends on the core and the layers below it, never on
+//! another domain crate or on HTTP routing; it knows the wire's JSON shapes, not its routes.
+
+pub mod agents;
+pub mod connections;
+pub mod conversations;
+pub mod deployments;
+pub mod egress;
+pub mod files;
+mod index;
+pub mod items;
+pub mod responses;
+mod translate;
+mod upstream;
+pub mod vector_stores;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use holdfast_core::{Data, Domain, Result, Service};
+use holdfast_store::{ProjectStore, StateView};
+use holdfast_types::{Error, Kind, Op, ProjectId};
+use serde_json::Value;
+
+pub use wire::{List, ListQuery};
+
+use index::SearchIndex;
+use upstream::UpstreamClient;
+
+/// How long a call to an upstream model may take by default, end to end.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The agent data plane's settings (`[upstream]`).
+#[derive(Clone, Debug)]
+pub struct AgentsConfig {
+    /// How long a call to an upstream model may take, end to end.
+    pub upstream_timeout: Duration,
+    /// Where model calls may go (allow_private, allow_hosts; the listen address).
+    pub egress: egress::EgressConfig,
+}
+
+impl AgentsConfig {
+    /// The documented defaults.
+    pub fn new() -> Self {
+        Self { upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT, egress: egress::EgressConfig::default() }
+    }
+}
+
+/// What the agent data plane adds to a project's life, for the core ([`Domain`]).
+pub struct AgentsDomain {
+    upstream: Arc<UpstreamClient>,
+}
+
+impl AgentsDomain {
+    /// `peers`: the other regions' base URLs, never a model target.
+    pub fn new(config: &AgentsConfig, peers: impl IntoIterator<Item = String>) -> Result<Arc<Self>> {
+        let egress = egress::Egress::new(config.egress.clone(), peers);
+        Ok(Arc::new(Self { upstream: Arc::new(UpstreamClient::new(egress)?) }))
+    }
+}
+
+#[async_trait]
+impl Domain for AgentsDomain {
+    fn name(&self) -> &'static str {
+        "agents"
+    }
+
+    /// Responses the last process left running are failed (they cannot finish), and secrets
+    /// sealed before they were bound to their project are bound now.
+    async fn opened(&self, core: &Service, store: &ProjectStore) -> Result<()> {
+        core.commit_repair(store, responses::fail_interrupted()).await?;
+        let (master, id) = (core.master().clone(), store.id().clone());
+        core.commit_repair(store, Box::new(move |view| connections::reseal_ops(view, &master, id.as_str(), id.as_str())))
+            .await?;
+        Ok(())
+    }
+
+    fn rebind_ops(&self, core: &Service, view: &StateView<'_>, from: &ProjectId, to: &ProjectId) -> Result<Vec<Op>> {
+        connections::reseal_ops(view, core.master(), from.as_str(), to.as_str())
+    }
+
+    fn promotion_ops(&self, view: &StateView<'_>) -> Result<Vec<Op>> {
+        responses::failed_by_failover(view)
+    }
+
+    async fn catch_up(&self, core: &Service, data: &Data, kinds: &[Kind]) -> Result<()> {
+        if kinds.iter().any(|k| matches!(k, Kind::VectorStore | Kind::VectorStoreFile)) {
+            SearchIndex(core).index_catch_up(data, Default::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// An imported connection is held to the same rules as one made through the API.
+    fn check_imported(&self, kind: Kind, name: &str, body: &Value) -> Result<()> {
+        if kind != Kind::Connection {
+            return Ok(());
+        }
+        let target = body.get("target").and_then(Value::as_str).unwrap_or_default();
+        self.upstream
+            .check_target(target)
+            .map_err(|e| Error::invalid(format!("connection {name:?} of the file: {}; nothing was imported", e.message)))
+    }
+}
+
+/// The agent data plane's operations, as the facades call them.
+pub struct Agents {
+    core: Arc<Service>,
+    upstream: Arc<UpstreamClient>,
+    upstream_timeout: Duration,
+}
+
+impl Agents {
+    pub fn new(core: Arc<Service>, domain: &AgentsDomain, config: &AgentsConfig) -> Self {
+        Self { core, upstream: domain.upstream.clone(), upstream_timeout: config.upstream_timeout }
+    }
+
+    /// The project's search index.
+    fn index(&self) -> SearchIndex<'_> {
+        SearchIndex(&self.core)
+    }
+}

@@ -1,0 +1,298 @@
+//! Calls to upstream models: `POST {target}/chat/completions` on an OpenAI-compatible server,
+//! streamed (`stream: true`), read as server-sent events one chunk at a time.
+//!
+//! Every failure — a refused target, no connection, an HTTP error, a stream that breaks off or
+//! does not parse, an error event inside the stream — becomes an [`UpstreamError`], which the
+//! response that made the call reports as its `error`. What it says of the upstream's answer is
+//! bounded: its HTTP status and, only when the body is a model API's JSON error object, a short
+//! excerpt of that object's message — never a body otherwise, so a target that is not a model
+//! server (the SSRF case) cannot have its pages read back. Time limits are the caller's: it
+//! races [`ChatStream::next`] against its deadline.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+
+use crate::egress::{Egress, Resolver};
+use crate::translate::completion_as_chunk;
+
+/// Longest excerpt of an upstream's error message kept in a response's error.
+const MAX_ERROR_CHARS: usize = 300;
+/// Most bytes of an upstream's error body read (to find its message).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Most bytes of a whole (non-streamed) completion read.
+const MAX_COMPLETION_BODY: usize = 32 * 1024 * 1024;
+
+/// What a model call needs from a connection.
+pub(crate) struct Upstream {
+    pub target: String,
+    pub api_key: Option<String>,
+    /// The client that calls it, with the rules of where it may connect.
+    pub client: std::sync::Arc<UpstreamClient>,
+}
+
+/// The HTTP client of every upstream call (it pools connections per host), with the rules of
+/// where it may connect.
+pub(crate) struct UpstreamClient {
+    http: reqwest::Client,
+    egress: Arc<Egress>,
+}
+
+impl UpstreamClient {
+    pub(crate) fn new(egress: Egress) -> crate::Result<Self> {
+        let egress = Arc::new(egress);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("holdfast/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect where the resolver's rules cannot see.
+            .no_proxy()
+            .dns_resolver(Arc::new(Resolver(egress.clone())))
+            .build()
+            .map_err(|e| holdfast_types::Error::internal(format!("cannot build the upstream HTTP client: {e}")))?;
+        Ok(Self { http, egress })
+    }
+
+    /// Checks a connection's target against the rules (when it is created).
+    pub(crate) fn check_target(&self, target: &str) -> crate::Result<()> {
+        self.egress.check_target(target).map(drop)
+    }
+}
+
+/// Why an upstream call failed, in the shape of a response's `error`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct UpstreamError {
+    /// A Responses error code: `rate_limit_exceeded` for HTTP 429, `invalid_prompt` for 400,
+    /// `server_error` otherwise.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl UpstreamError {
+    pub(crate) fn server(message: impl Into<String>) -> Self {
+        Self { code: "server_error", message: message.into() }
+    }
+}
+
+type Events = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
+
+/// The chunks of one streamed chat completion.
+pub(crate) struct ChatStream {
+    source: Source,
+    /// A chunk with a finish reason has arrived, so a close without `[DONE]` is still an end.
+    finished: bool,
+    /// The stream has ended (or reported an error, after which it ends).
+    over: bool,
+}
+
+enum Source {
+    Events(Events),
+    /// An upstream that ignored `stream: true`: its whole completion as one chunk.
+    Whole(Option<Value>),
+}
+
+impl ChatStream {
+    /// The next `chat.completion.chunk`; `None` once the stream has ended properly.
+    pub(crate) async fn next(&mut self) -> Option<Result<Value, UpstreamError>> {
+        if self.over {
+            return None;
+        }
+        let result = self.read().await;
+        if !matches!(result, Some(Ok(_))) {
+            self.over = true;
+        }
+        result
+    }
+
+    async fn read(&mut self) -> Option<Result<Value, UpstreamError>> {
+        let events = match &mut self.source {
+            Source::Whole(chunk) => return chunk.take().map(Ok),
+            Source::Events(events) => events,
+        };
+        loop {
+            let event = match events.next().await {
+                None if self.finished => return None,
+                None => {
+                    return Some(Err(UpstreamError::server(
+                        "upstream model stream ended before the answer was complete",
+                    )));
+                }
+                Some(Err(e)) => {
+                    return Some(Err(UpstreamError::server(format!("upstream model stream broke off: {e}"))));
+                }
+                Some(Ok(event)) => event,
+            };
+            let data = event.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                return None;
+            }
+            let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+                return Some(Err(UpstreamError::server(format!(
+                    "upstream model sent a stream event that is not JSON ({} bytes)",
+                    data.len()
+                ))));
+            };
+            if event.event == "error" || chunk.get("error").is_some_and(|e| !e.is_null()) {
+                let e = chunk.get("error").unwrap_or(&chunk);
+                return Some(Err(UpstreamError::server(format!("upstream model error: {}", error_text(e)))));
+            }
+            self.finished |= chunk.pointer("/choices/0/finish_reason").is_some_and(Value::is_string);
+            return Some(Ok(chunk));
+        }
+    }
+}
+
+/// The URL of the chat-completions endpoint under a connection's target.
+pub(crate) fn chat_url(target: &str) -> String {
+    format!("{}/chat/completions", target.trim_end_matches('/'))
+}
+
+/// Starts a streamed chat completion and returns once the upstream has answered with a
+/// success status (its chunks follow through the stream).
+pub(crate) async fn chat_stream(upstream: &Upstream, body: &Value) -> Result<ChatStream, UpstreamError> {
+    let client = &upstream.client;
+    client.egress.check_call(&upstream.target).await.map_err(|e| UpstreamError::server(e.message))?;
+    let url = chat_url(&upstream.target);
+    let mut request = client.http.post(&url).json(body).header(reqwest::header::ACCEPT, "text/event-stream");
+    if let Some(key) = upstream.api_key.as_deref() {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.map_err(|e| {
+        UpstreamError::server(format!("cannot reach the upstream model at {url}: {}", error_chain(&e)))
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = read_bounded(response, MAX_ERROR_BODY).await.unwrap_or_default();
+        let code = match status.as_u16() {
+            429 => "rate_limit_exceeded",
+            400 => "invalid_prompt",
+            _ => "server_error",
+        };
+        let message = match model_error_message(&text) {
+            Some(m) => format!("upstream model returned HTTP {}: {m}", status.as_u16()),
+            None => format!("upstream model returned HTTP {}", status.as_u16()),
+        };
+        return Err(UpstreamError { code, message });
+    }
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if !content_type.starts_with("text/event-stream") {
+        // An upstream that ignored `stream: true` and answered with the whole completion.
+        let text = read_bounded(response, MAX_COMPLETION_BODY)
+            .await
+            .map_err(|e| UpstreamError::server(format!("upstream model answer broke off: {e}")))?;
+        let not_model = || {
+            UpstreamError::server(format!(
+                "upstream model answered with {}, which is neither an event stream nor a chat completion",
+                if content_type.is_empty() { "no content type".to_owned() } else { format!("content type {content_type:?}") }
+            ))
+        };
+        let completion: Value = serde_json::from_str(&text).map_err(|_| not_model())?;
+        if let Some(m) = model_error_message(&text) {
+            return Err(UpstreamError::server(format!("upstream model error: {m}")));
+        }
+        if completion.get("choices").is_none() {
+            return Err(not_model());
+        }
+        let chunk = completion_as_chunk(&completion);
+        return Ok(ChatStream { source: Source::Whole(Some(chunk)), finished: true, over: false });
+    }
+    let events = response.bytes_stream().eventsource().map(|r| r.map_err(|e| e.to_string()));
+    Ok(ChatStream { source: Source::Events(Box::pin(events)), finished: false, over: false })
+}
+
+/// At most `limit` bytes of a body, as text (the rest is not read).
+async fn read_bounded(response: reqwest::Response, limit: usize) -> Result<String, String> {
+    let mut body = std::pin::pin!(response.bytes_stream());
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| error_chain(&e))?;
+        let room = limit.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The message of a model API's JSON error object — `{"error": {"message": …}}` (OpenAI,
+/// Azure OpenAI), `{"error": "…"}` (Ollama), `{"object": "error", "message": …}` (vLLM) —
+/// clipped; `None` for any other body, whose contents are never repeated.
+pub(crate) fn model_error_message(body: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let message = match v.get("error") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Object(o)) => o.get("message")?.as_str()?,
+        _ if v.get("object").and_then(Value::as_str) == Some("error") => v.get("message")?.as_str()?,
+        _ => return None,
+    };
+    Some(clip(message))
+}
+
+/// The message of an error event inside a stream (its `message`, else nothing of it).
+fn error_text(e: &Value) -> String {
+    match e {
+        Value::String(s) => clip(s),
+        Value::Object(o) => o.get("message").and_then(Value::as_str).map(clip).unwrap_or_else(|| "(no message)".to_owned()),
+        _ => "(no message)".to_owned(),
+    }
+}
+
+fn clip(s: &str) -> String {
+    if s.chars().count() <= MAX_ERROR_CHARS {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(MAX_ERROR_CHARS).collect();
+    out.push('…');
+    out
+}
+
+/// An error with its causes: reqwest's own message alone says little ("error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_model_error_objects_are_quoted() {
+        assert_eq!(model_error_message(r#"{"error":{"message":"model overloaded","type":"x"}}"#).as_deref(), Some("model overloaded"));
+        assert_eq!(model_error_message(r#"{"error":"bad key"}"#).as_deref(), Some("bad key"));
+        assert_eq!(model_error_message(r#"{"object":"error","message":"no such model"}"#).as_deref(), Some("no such model"));
+        for other in [r#"{"detail":"Not Found"}"#, r#"{"secret":"s3cr3t"}"#, "<html>admin page</html>", "", "plain text"] {
+            assert_eq!(model_error_message(other), None, "{other}");
+        }
+        let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(5000));
+        assert!(model_error_message(&long).expect("message").chars().count() <= MAX_ERROR_CHARS + 1);
+    }
+
+    #[test]
+    fn chat_url_joins_the_target() {
+        assert_eq!(chat_url("http://h:1/v1/"), "http://h:1/v1/chat/completions");
+        assert_eq!(chat_url("http://h:1/v1"), "http://h:1/v1/chat/completions");
+    }
+}

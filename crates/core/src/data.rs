@@ -1,0 +1,93 @@
+//! The door through which every domain changes a project: [`Service::data`] opens a project
+//! for one caller after checking the action it needs, [`Data::commit`] journals a plan after
+//! checking the ops it made against the locks, [`Data::read`] reads on a reader connection.
+//! A domain crate never writes a project's journal any other way.
+
+use std::sync::Arc;
+
+use holdfast_store::{Committed, Plan, ProjectStore, StateView};
+use holdfast_types::Error;
+
+use crate::locks::{SharedLocks, check_data_locks};
+use crate::{Action, Caller, Result, Service};
+
+/// A project opened for one data-plane call by one caller.
+pub struct Data {
+    pub store: Arc<ProjectStore>,
+    pub caller: Caller,
+    /// The service's locks, checked when a plan runs.
+    locks: SharedLocks,
+}
+
+impl Service {
+    /// Opens `project` for a data-plane call, after checking the caller may perform `action`.
+    pub async fn data(&self, caller: &Caller, project: &str, action: Action) -> Result<Data> {
+        caller.require(action, &format!("/projects/{project}"))?;
+        let store = self.project_store(project).await?;
+        Ok(self.data_on(store, caller))
+    }
+
+    /// A [`Data`] on a store the caller has opened already (and authorized).
+    pub fn data_on(&self, store: Arc<ProjectStore>, caller: &Caller) -> Data {
+        Data { store, caller: caller.clone(), locks: self.shared_locks() }
+    }
+}
+
+impl Service {
+    /// Journals a plan as the system, without the lock check: a repair of what a crash or a
+    /// failover left (a lock must never keep a project from opening).
+    pub async fn commit_repair(&self, store: &ProjectStore, plan: Plan) -> Result<Committed> {
+        let system = Caller::system();
+        store.write(system.principal.id.as_str(), system.request_id.as_str(), plan).await.map_err(Error::from)
+    }
+}
+
+impl Data {
+    /// Journals a plan as this caller; the ops it makes must pass the project's locks.
+    pub async fn commit(&self, plan: Plan) -> Result<Committed> {
+        let (locks, project) = (self.locks.clone(), self.store.name().to_owned());
+        let plan: Plan = Box::new(move |view| {
+            let ops = plan(view)?;
+            check_data_locks(&locks, &project, view, &ops)?;
+            Ok(ops)
+        });
+        self.store
+            .write(self.caller.principal.id.as_str(), self.caller.request_id.as_str(), plan)
+            .await
+            .map_err(Error::from)
+    }
+
+    /// Reads on a reader connection.
+    pub async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&StateView<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.store
+            .read(move |view| Ok(f(view)))
+            .await
+            .map_err(Error::from)?
+    }
+}
+
+
+/// A page of a bounded scan: `after` an id, at most `limit` (default 100, at most 1000).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Most records one [`PageQuery`] page returns.
+pub const MAX_PAGE: usize = 1000;
+
+impl PageQuery {
+    pub fn limit(&self) -> Result<usize> {
+        match self.limit {
+            None => Ok(100),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(n) => Err(Error::invalid(format!("limit must be between 1 and {MAX_PAGE}, got {n}"))),
+        }
+    }
+}

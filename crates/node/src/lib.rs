@@ -1,0 +1,118 @@
+//! One Holdfast node: the core opened with every domain, their handles, and the background
+//! tasks that keep a node's promises (archive shipping, idle close, replicators, the topology
+//! watch, the failover witness, the purger).
+//!
+//! This is the only crate that knows every domain; it wires them and decides the order the
+//! core calls them in. The HTTP layer and the command line get their handles from here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use holdfast_agents::{Agents, AgentsConfig, AgentsDomain};
+use holdfast_core::{Domain, Result, Service, ServiceConfig};
+use holdfast_geo::{Geo, GeoConfig, GeoDomain};
+use holdfast_governance::Governance;
+use holdfast_recovery::{Recovery, RecoveryConfig, RecoveryDomain};
+use tokio::task::JoinHandle;
+
+pub use holdfast_core;
+
+/// Everything a node needs to start; the binary builds it from flags, environment and file.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub core: ServiceConfig,
+    pub agents: AgentsConfig,
+    pub recovery: RecoveryConfig,
+    pub geo: GeoConfig,
+}
+
+impl Config {
+    /// The documented defaults for everything but the essentials; for tools and tests.
+    pub fn new(data_dir: PathBuf, region: &str, admin_key: Option<String>) -> Self {
+        Self {
+            core: ServiceConfig::new(data_dir, region, admin_key),
+            agents: AgentsConfig::new(),
+            recovery: RecoveryConfig::new(),
+            geo: GeoConfig::new(),
+        }
+    }
+}
+
+/// A node's handles: the core and one per domain. Cheap to clone.
+#[derive(Clone)]
+pub struct Holdfast {
+    pub core: Arc<Service>,
+    pub agents: Arc<Agents>,
+    pub recovery: Arc<Recovery>,
+    pub geo: Arc<Geo>,
+    pub governance: Arc<Governance>,
+}
+
+/// What [`Holdfast::open`] hands back besides the node.
+pub struct Opened {
+    pub node: Holdfast,
+    /// The admin key made on first start, to show once (it is also in `<data>/admin.key`).
+    pub generated_admin_key: Option<String>,
+}
+
+/// The background tasks [`Holdfast::start`] spawned, awaited on shutdown.
+pub struct Tasks {
+    archiver: Option<JoinHandle<()>>,
+    idle_closer: Option<JoinHandle<()>>,
+    purger: JoinHandle<()>,
+}
+
+impl Holdfast {
+    /// Opens (or initialises) the data directory with every domain. Blocking: call it off the
+    /// async runtime's workers (`spawn_blocking`) or before the runtime serves.
+    pub fn open(config: Config) -> Result<Opened> {
+        let scratch = config.core.scratch_dir();
+        let geo = GeoDomain::new(&config.geo, &config.core.region)?;
+        let agents = AgentsDomain::new(&config.agents, config.geo.cluster.peers.values().cloned())?;
+        let recovery = RecoveryDomain::new(&config.recovery, &scratch)?;
+        // Geo first: it decides how a project is held here (replica or primary) and whether
+        // it may serve, before the others act on it.
+        let domains: Vec<Arc<dyn Domain>> = vec![geo.clone(), agents.clone(), recovery.clone()];
+        let opened = Service::open(config.core, domains)?;
+        let core = Arc::new(opened.service);
+        let agents = Arc::new(Agents::new(core.clone(), &agents, &config.agents));
+        let recovery = Arc::new(Recovery::new(core.clone(), &recovery, &config.recovery));
+        let geo = Geo::new(core.clone(), &geo);
+        let governance = Arc::new(Governance::new(core.clone(), recovery.clone(), geo.clone()));
+        Ok(Opened { node: Holdfast { core, agents, recovery, geo, governance }, generated_admin_key: opened.generated_admin_key })
+    }
+
+    /// Starts the background tasks; they run until [`Holdfast::shutdown`].
+    pub fn start(&self) -> Result<Tasks> {
+        let archiver = self.recovery.spawn_archiver();
+        let idle_closer = self.core.spawn_idle_closer();
+        self.geo.spawn_replicators()?;
+        self.geo.spawn_topology_watch();
+        self.geo.spawn_coordinator();
+        // Soft-deleted projects whose retention has passed are purged within the hour.
+        let purger = self.core.spawn_purger(Duration::from_secs(3600));
+        Ok(Tasks { archiver, idle_closer, purger })
+    }
+
+    /// Ends waits (journal long polls) so in-flight requests finish promptly; call when the
+    /// server stops accepting requests.
+    pub fn begin_shutdown(&self) {
+        self.core.begin_shutdown();
+    }
+
+    /// Lets the background tasks finish their last pass (the archiver ships what the final
+    /// requests wrote; a down archive cannot hold us past the bound), then closes every store.
+    pub async fn shutdown(&self, tasks: Tasks) {
+        self.core.begin_shutdown();
+        let bound = Duration::from_secs(10);
+        if let Some(archiver) = tasks.archiver {
+            let _ = tokio::time::timeout(bound, archiver).await;
+        }
+        let _ = tokio::time::timeout(bound, tasks.purger).await;
+        if let Some(closer) = tasks.idle_closer {
+            let _ = tokio::time::timeout(bound, closer).await;
+        }
+        self.core.shutdown().await;
+    }
+}
