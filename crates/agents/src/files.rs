@@ -151,6 +151,12 @@ pub(crate) fn filtered_page(
 }
 
 impl Agents {
+    /// Refuses an upload the caller may not make (or to a project that is not there), so the
+    /// HTTP layer can answer before it reads a byte of the body.
+    pub async fn may_upload(&self, caller: &Caller, project: &str) -> Result<()> {
+        self.core.data(caller, project, Action::DataWrite).await.map(drop)
+    }
+
     /// Stores an upload: the bytes durably in the blob store first, then the File resource.
     /// Too large, a bad purpose or filename: refused, and nothing is stored or journaled.
     pub async fn create_file(&self, caller: &Caller, project: &str, upload: FileUpload) -> Result<Value> {

@@ -1,9 +1,10 @@
-//! HTTP facades over the service layer.
+//! HTTP facades over the domain crates: one module per facade (`control` and the control
+//! plane's resource modules beside it, `foundry`).
 //!
 //! Architecture Invariant: `holdfast-api` is the only crate that knows HTTP and JSON wire
-//! shapes. Handlers extract a [`Caller`](holdfast_core::Caller), call the
-//! [`Service`](holdfast_service::Service), and map its coarse errors to statuses in one place
-//! ([`error::status_of`]).
+//! shapes. Handlers extract a [`Caller`](holdfast_core::Caller), call a domain's handle on the
+//! [`Holdfast`](holdfast_node::Holdfast) node, and map its coarse errors to statuses in one
+//! place ([`error::status_of`]).
 
 mod audit;
 pub mod authz;

@@ -37,8 +37,17 @@ pub trait Domain: Send + Sync {
     }
 
     /// A primary's store has opened, before any request sees it: journal the repairs a crash
-    /// leaves to this domain (as the system), and set up the store for the domain.
+    /// leaves to this domain (as the system). No domain has set up the store yet ([`serving`]),
+    /// so a repair is never held by a write gate or a sync-commit wait.
+    ///
+    /// [`serving`]: Domain::serving
     async fn opened(&self, _core: &Service, _store: &ProjectStore) -> Result<()> {
+        Ok(())
+    }
+
+    /// A primary's store is repaired and about to serve its first request: set it up for this
+    /// domain (geo: the sync-commit wait and the write gate of a replicated primary).
+    async fn serving(&self, _core: &Service, _store: &ProjectStore) -> Result<()> {
         Ok(())
     }
 
@@ -131,6 +140,14 @@ impl Service {
     pub(crate) async fn opened(&self, store: &ProjectStore) -> Result<()> {
         for domain in &self.domains {
             domain.opened(self, store).await?;
+        }
+        Ok(())
+    }
+
+    /// Every domain's [`Domain::serving`].
+    pub(crate) async fn serving(&self, store: &ProjectStore) -> Result<()> {
+        for domain in &self.domains {
+            domain.serving(self, store).await?;
         }
         Ok(())
     }

@@ -127,9 +127,10 @@ pub struct Opened {
 
 impl Service {
     /// Opens (or initialises) the data directory, recovers from a crash mid-create or
-    /// mid-delete, and loads the keys. `domains` are called at the points of each project's
-    /// life ([`Domain`]).
-    pub fn open(config: ServiceConfig, domains: Vec<Arc<dyn Domain>>) -> Result<Opened> {
+    /// mid-delete, and loads the keys. `domains` builds the domains called at the points of each
+    /// project's life ([`Domain`]); it runs once the data directory is this process's (its lock
+    /// taken, its scratch directory emptied), so nothing a domain opens races another server.
+    pub fn open(config: ServiceConfig, domains: impl FnOnce() -> Result<Vec<Arc<dyn Domain>>>) -> Result<Opened> {
         let data = &config.data_dir;
         std::fs::create_dir_all(data.join("projects"))
             .map_err(|e| Error::internal(format!("cannot create data directory {}: {e}", data.display())))?;
@@ -145,6 +146,7 @@ impl Service {
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", scratch.display())))?;
         // Before the databases open: SQLite gives a new WAL file its database's mode.
         tighten_permissions(data)?;
+        let domains = domains()?;
         let control = ControlStore::open(&data.join("control.db")).map_err(Error::from)?;
         let master = MasterKey::load(config.master_key.as_deref(), &data.join("master.key"))?;
         let audit = audit::AuditLog::start(control.clone(), control::AuditKey(master.derive(audit::AUDIT_KEY_LABEL)))?;

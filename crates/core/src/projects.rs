@@ -280,6 +280,7 @@ impl Service {
                 return Err(not_found(&entry.name));
             }
         }
+        self.serving(&store).await?;
         open.insert(entry.id.clone(), store.clone());
         Ok(store)
     }

@@ -249,8 +249,8 @@ impl Geo {
         }
         // The write gate refuses the writes already; this makes the state visible (status says
         // fenced), so it never waits on the project map.
-        let Some(open) = self.core.try_open_stores() else { return };
-        let open = open.stores();
+        // The table's lock is let go at once: the checks below wait on stores.
+        let Some(open) = self.core.try_open_stores().map(|o| o.stores()) else { return };
         for store in open {
             if store.role() == StoreRole::Primary && self.is_replicated(&store).await {
                 store.set_role(StoreRole::Fenced);

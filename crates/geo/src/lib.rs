@@ -54,7 +54,7 @@ impl Default for GeoConfig {
 
 /// What geo adds to a project's life, for the core ([`Domain`]): a project replicated here
 /// opens as a replica, a warm replica refuses users, and a primary's store gets its sync-commit
-/// wait and write gate from the project's record when it opens.
+/// wait and write gate from the project's record once it is repaired, before it serves.
 pub struct GeoDomain {
     state: Arc<GeoState>,
 }
@@ -84,7 +84,7 @@ impl Domain for GeoDomain {
         self.state.check_serving(entry)
     }
 
-    async fn opened(&self, _core: &Service, store: &ProjectStore) -> Result<()> {
+    async fn serving(&self, _core: &Service, store: &ProjectStore) -> Result<()> {
         self.state.apply_sync_setting(store).await
     }
 }

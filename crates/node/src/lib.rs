@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use holdfast_agents::{Agents, AgentsConfig, AgentsDomain};
 use holdfast_core::{Domain, Result, Service, ServiceConfig};
+use holdfast_types::Error;
 use holdfast_geo::{Geo, GeoConfig, GeoDomain};
 use holdfast_governance::Governance;
 use holdfast_recovery::{Recovery, RecoveryConfig, RecoveryDomain};
@@ -67,14 +68,20 @@ impl Holdfast {
     /// Opens (or initialises) the data directory with every domain. Blocking: call it off the
     /// async runtime's workers (`spawn_blocking`) or before the runtime serves.
     pub fn open(config: Config) -> Result<Opened> {
-        let scratch = config.core.scratch_dir();
-        let geo = GeoDomain::new(&config.geo, &config.core.region)?;
-        let agents = AgentsDomain::new(&config.agents, config.geo.cluster.peers.values().cloned())?;
-        let recovery = RecoveryDomain::new(&config.recovery, &scratch)?;
-        // Geo first: it decides how a project is held here (replica or primary) and whether
-        // it may serve, before the others act on it.
-        let domains: Vec<Arc<dyn Domain>> = vec![geo.clone(), agents.clone(), recovery.clone()];
-        let opened = Service::open(config.core, domains)?;
+        let (scratch, region) = (config.core.scratch_dir(), config.core.region.clone());
+        let mut built = None;
+        let opened = Service::open(config.core, || {
+            let geo = GeoDomain::new(&config.geo, &region)?;
+            let agents = AgentsDomain::new(&config.agents, config.geo.cluster.peers.values().cloned())?;
+            let recovery = RecoveryDomain::new(&config.recovery, &scratch)?;
+            built = Some((geo.clone(), agents.clone(), recovery.clone()));
+            // The order the core calls them in. Geo alone decides how a project is held here and
+            // whether it may serve, and sets a store up only once every domain has repaired it
+            // (`Domain::serving`), so the order matters only for what a reader of logs sees.
+            let domains: Vec<Arc<dyn Domain>> = vec![geo, agents, recovery];
+            Ok(domains)
+        })?;
+        let (geo, agents, recovery) = built.ok_or_else(|| Error::internal("the domains were not built"))?;
         let core = Arc::new(opened.service);
         let agents = Arc::new(Agents::new(core.clone(), &agents, &config.agents));
         let recovery = Arc::new(Recovery::new(core.clone(), &recovery, &config.recovery));

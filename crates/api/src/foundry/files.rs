@@ -60,7 +60,7 @@ async fn create_file(
     mut request: Request,
 ) -> OaResult<Json<Value>> {
     // Authorised (and the project found) before a byte of the upload is read.
-    s.node.core.data(&c, &project, holdfast_core::Action::DataWrite).await?;
+    s.node.agents.may_upload(&c, &project).await?;
     let limit = s.node.core.max_file_bytes();
     // The router-wide body limit is sized for JSON; an upload may be as large as a file may be.
     DefaultBodyLimit::max(limit.saturating_add(MULTIPART_OVERHEAD)).apply(&mut request);
