@@ -239,7 +239,8 @@ async fn create_key(
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "key id (key_…) or principal id (prn_…)")),
     responses((status = 204, description = "revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the last live key of an admin at / stays", body = ErrorBody)))]
 async fn revoke_key(
     State(state): State<AppState>,
     Authed(caller): Authed,

@@ -41,7 +41,8 @@ async fn create_identity(
 #[utoipa::path(delete, path = "/v1/identities/{name}", tag = "keys",
     params(("name" = String, Path, description = "identity name or principal id")),
     responses((status = 204, description = "removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the identity holds the last live key of an admin at /", body = ErrorBody)))]
 async fn delete_identity(State(state): State<AppState>, Authed(caller): Authed, Path(name): Path<String>) -> ApiResult<StatusCode> {
     state.node.governance.delete_identity(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -72,7 +72,8 @@ async fn assign(
 /// Takes a role at a scope away from a principal (the body names the assignment).
 #[utoipa::path(post, path = "/v1/role-assignments/remove", tag = "keys", request_body = RoleAssignment,
     responses((status = 204, description = "removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the last admin at / with a live key keeps that role", body = ErrorBody)))]
 async fn unassign(State(state): State<AppState>, Authed(caller): Authed, ApiJson(req): ApiJson<RoleAssignment>) -> ApiResult<StatusCode> {
     state.node.governance.unassign_role(&caller, req).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -1,5 +1,6 @@
 //! `holdfast`: the server (`holdfast serve`) and its command-line client.
 
+mod admin;
 mod backup;
 mod bench;
 mod check;
@@ -23,6 +24,26 @@ use holdfast_types::api::{
     ProjectPage, ProjectUpdate, Role, RoleAssignment, RoleAssignmentList, RoleDefinition, RoleDefinitionList, AuditPage,
     AuditVerify, Identity, IdentityCreate, IdentityList, ProjectStatus, FailoverReport, Divergence, ReplayOutcome,
 };
+
+/// A new key, shown once; a key without a role says how to give it one.
+fn print_key(format: Format, created: &KeyCreated) -> Result<(), Exit> {
+    if format == Format::Table {
+        println!("key:          {}", created.key);
+        println!("principal id: {}", created.principal_id);
+        println!("key id:       {}", created.key_id);
+        eprintln!("The key is shown once; store it now.");
+    } else {
+        print(format, created, &[])?;
+    }
+    if created.role.is_none() {
+        eprintln!(
+            "It holds no role, so it can do nothing yet; give it one where it needs it:\n  \
+             holdfast role assign --principal {} --role ai_user --scope /projects/NAME",
+            created.principal_id
+        );
+    }
+    Ok(())
+}
 
 fn parse_role(role: &str) -> Result<Role, Exit> {
     Ok(Role::parse(role))
@@ -172,6 +193,21 @@ enum Command {
     /// Measure performance.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Break-glass: offline work on a node's own data directory (the server stopped).
+    #[command(subcommand)]
+    Admin(AdminCmd),
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Print a new admin key (admin at /) for a node whose admin keys are all lost. Run it on the
+    /// node's own filesystem with the server stopped (refused while one runs on DIR); it is
+    /// recorded in the node's audit log.
+    Reset {
+        /// The data directory.
+        #[arg(long)]
+        data: std::path::PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -411,9 +447,9 @@ enum KeyCmd {
         #[arg(long)]
         name: String,
         /// A built-in role (admin, contributor, reader, ai_user, ai_reader, backup_operator, monitoring_reader) or a
-        /// custom one.
-        #[arg(long, default_value = "contributor")]
-        role: String,
+        /// custom one. Without it the key holds no role until `holdfast role assign` gives one.
+        #[arg(long)]
+        role: Option<String>,
         /// Where the role holds: / (default) or /projects/NAME.
         #[arg(long)]
         scope: Option<String>,
@@ -628,6 +664,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
         Command::Context(cmd) => context_cmd(cmd, cli.endpoint, cli.key, format),
         Command::Restore(args) if args.archive.is_some() => backup::restore_offline(args, format).await,
         Command::Bench(cmd) => bench::run(cmd, format).await,
+        Command::Admin(AdminCmd::Reset { data }) => admin::admin_reset(data, format).await,
         command => {
             let client = client_for(cli.endpoint, cli.key, cli.context.as_deref())?;
             client_cmd(&client, command, format).await
@@ -823,16 +860,9 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
         },
         Command::Key(cmd) => match cmd {
             KeyCmd::Create { name, role, scope } => {
-                let role = parse_role(&role)?;
+                let role = role.as_deref().map(parse_role).transpose()?;
                 let created: KeyCreated = client.post("/v1/keys", &KeyCreate { name, role, scope }).await?;
-                if format == Format::Table {
-                    println!("key:          {}", created.key);
-                    println!("principal id: {}", created.principal_id);
-                    println!("key id:       {}", created.key_id);
-                    eprintln!("The key is shown once; store it now.");
-                } else {
-                    print(format, &created, &[])?;
-                }
+                print_key(format, &created)?;
             }
             KeyCmd::List => {
                 let page: KeyPage = client.get("/v1/keys").await?;
@@ -971,7 +1001,7 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
                 }
             }
         }
-        Command::Serve(_) | Command::Context(_) | Command::Bench(_) => unreachable!("handled by run"),
+        Command::Serve(_) | Command::Context(_) | Command::Bench(_) | Command::Admin(_) => unreachable!("handled by run"),
     }
     Ok(())
 }

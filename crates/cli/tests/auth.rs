@@ -113,8 +113,9 @@ fn cli_key_create_list_revoke() {
     let cli = Cli::new();
     let ep = server.base.as_str();
 
-    let created =
-        cli.run(&["--endpoint", ep, "--key", ADMIN_KEY, "key", "create", "--name", "ci-bot", "-o", "json"]).json();
+    let made = cli.run(&["--endpoint", ep, "--key", ADMIN_KEY, "key", "create", "--name", "ci-bot", "-o", "json"]);
+    made.success();
+    let created = made.json();
     let key = created["key"].as_str().expect("key field").to_owned();
     let principal = created["principal_id"].as_str().expect("principal_id field").to_owned();
     let key_id = created["key_id"].as_str().expect("key_id field").to_owned();
@@ -122,10 +123,19 @@ fn cli_key_create_list_revoke() {
     assert!(principal.starts_with("prn_"), "{principal}");
     assert!(key_id.starts_with("key_"), "{key_id}");
     assert_eq!(created["name"], "ci-bot");
-    assert_eq!(created["role"], "contributor", "the default role");
-
-    // The new key works, and its writes are attributed to its principal.
+    // Without --role a key holds no role: it authenticates, may do nothing, and the CLI says
+    // how to give it one.
+    assert_eq!(created["role"], serde_json::Value::Null, "no standing rights by default");
+    assert!(made.stderr.contains(&format!("holdfast role assign --principal {principal}")), "{}", made.stderr);
     let bot = server.api(Some(&key));
+    bot.get("/v1/projects/none-yet").err(403, "forbidden");
+    bot.post("/v1/projects", &json!({ "name": "not-by-bot" })).err(403, "forbidden");
+    let row = server.admin().get("/v1/keys").ok(200)["data"].as_array().unwrap().iter().find(|k| k["key_id"] == key_id.as_str()).cloned().unwrap();
+    assert_eq!((row["role"].clone(), row["scope"].clone()), (serde_json::Value::Null, serde_json::Value::Null), "{row}");
+    cli.run(&["--endpoint", ep, "--key", ADMIN_KEY, "role", "assign", "--principal", &principal, "--role", "contributor", "--scope", "/"])
+        .success();
+
+    // With a role the key works, and its writes are attributed to its principal.
     bot.create_project("made-by-bot");
     assert_eq!(server.admin().journal("made-by-bot")[0]["actor"], principal.as_str());
 
@@ -210,4 +220,80 @@ fn reader_and_contributor_roles_are_enforced() {
     assert_eq!(admin.journal("by-contrib").len(), 2);
     // And the contributor can delete its project, which the reader could not.
     assert_eq!(contributor.delete("/v1/projects/by-contrib").status, 204);
+}
+
+/// Finds the key id of `principal`'s live key.
+fn live_key_of(admin: &common::Api, principal: &str) -> String {
+    let keys = admin.get("/v1/keys").ok(200);
+    let row = keys["data"].as_array().unwrap().iter().find(|k| k["principal_id"] == principal && k["revoked_at"].is_null());
+    row.unwrap_or_else(|| panic!("no live key of {principal}: {keys}"))["key_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_last_admin_keeps_its_role_and_admin_reset_is_the_break_glass() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with(data.path(), Opts::without_admin_key());
+    let first = server.generated_key().expect("a generated admin key");
+    let admin = server.api(Some(&first));
+    let unassign = |api: &common::Api, principal: &str| {
+        api.post("/v1/role-assignments/remove", &json!({ "principal_id": principal, "role": "admin", "scope": "/" }))
+    };
+
+    // The only admin can neither drop its role nor revoke its key (by key id or principal id).
+    let message = unassign(&admin, "prn_admin").err(409, "conflict");
+    assert!(message.contains("last admin"), "{message}");
+    let key_id = live_key_of(&admin, "prn_admin");
+    for target in [key_id.as_str(), "prn_admin"] {
+        let message = admin.delete(&format!("/v1/keys/{target}")).err(409, "conflict");
+        assert!(message.contains("last live key of an admin"), "{message}");
+    }
+    // Nothing changed: the key still manages access.
+    assert_eq!(live_key_of(&admin, "prn_admin"), key_id);
+    admin.get("/v1/role-assignments").ok(200);
+
+    // With a second admin the first may step down; the second is then the last one.
+    let ops = admin.create_key("ops", "admin");
+    let (ops_key, ops_principal) = (ops["key"].as_str().unwrap().to_owned(), ops["principal_id"].as_str().unwrap().to_owned());
+    let ops_api = server.api(Some(&ops_key));
+    assert_eq!(unassign(&admin, "prn_admin").status, 204);
+    admin.get("/v1/keys").err(403, "forbidden");
+    unassign(&ops_api, &ops_principal).err(409, "conflict");
+    ops_api.delete(&format!("/v1/keys/{}", live_key_of(&ops_api, &ops_principal))).err(409, "conflict");
+
+    // The break-glass path is refused while the server holds the data directory...
+    let cli = Cli::new();
+    let dir = data.path().to_str().unwrap();
+    cli.run(&["admin", "reset", "--data", dir]).code(4);
+    // ...and, with it stopped, prints a working admin key, recorded in the audit log.
+    server.stop();
+    let reset = cli.run(&["admin", "reset", "--data", dir, "-o", "json"]);
+    reset.success();
+    let made = reset.json();
+    assert_eq!(made["role"], "admin", "{made}");
+    let fresh = made["key"].as_str().unwrap().to_owned();
+    let server = Server::start_with(data.path(), Opts::without_admin_key());
+    let rescued = server.api(Some(&fresh));
+    rescued.get("/v1/keys").ok(200);
+    let audit = rescued.get("/v1/audit?limit=1000").ok(200);
+    let entry = audit["data"].as_array().unwrap().iter().find(|e| e["route"] == "holdfast admin reset").cloned();
+    let entry = entry.unwrap_or_else(|| panic!("no audit entry for the reset: {audit}"));
+    assert_eq!((entry["scope"].as_str(), entry["status"].as_u64()), (Some("/"), Some(201)), "{entry}");
+    assert!(entry["path"].as_str().unwrap().contains(made["principal_id"].as_str().unwrap()), "{entry}");
+    // The lost keys can now be dealt with, and the others were left as they were.
+    server.api(Some(&ops_key)).get("/v1/keys").ok(200);
+}
+
+#[test]
+fn the_env_admin_key_is_an_admin_again_after_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let admin = server.admin();
+    admin.create_key("ops", "admin");
+    let removed = admin.post("/v1/role-assignments/remove", &json!({ "principal_id": "prn_admin", "role": "admin", "scope": "/" }));
+    assert_eq!(removed.status, 204);
+    admin.get("/v1/keys").err(403, "forbidden");
+    server.stop();
+    // HOLDFAST_ADMIN_KEY says this key is an admin key: a start makes it one again.
+    let server = Server::start(data.path());
+    server.admin().get("/v1/keys").ok(200);
 }

@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use holdfast_store::control::{self, NewKey};
-use holdfast_types::api::{
-    Role, RoleDefinition,
-};
+use holdfast_types::api::{KeyCreated, Role, RoleDefinition};
 use holdfast_types::{Error, KeyId, PrincipalId, RequestId};
 use sha2::{Digest, Sha256};
 
@@ -388,12 +386,16 @@ impl Service {
                     let live = control::list_keys(c)?
                         .into_iter()
                         .any(|k| k.hash == hash && k.revoked_us.is_none());
-                    if !live {
+                    if live {
+                        // The key is an admin key by this setting: its principal holds
+                        // `admin` at `/` whatever happened to the assignment.
+                        control::assign_role(c, admin.as_str(), Role::Admin.as_str(), "/")?;
+                    } else {
                         control::insert_key(c, &NewKey {
                             key_id: &KeyId::generate(),
                             principal_id: &admin,
                             name: "admin",
-                            role: Role::Admin.as_str(),
+                            role: Some(Role::Admin.as_str()),
                             scope: "/",
                             hash: &hash,
                             prefix: &key_prefix(key),
@@ -432,7 +434,7 @@ impl Service {
                     key_id: &KeyId::generate(),
                     principal_id: &admin,
                     name: "admin",
-                    role: Role::Admin.as_str(),
+                    role: Some(Role::Admin.as_str()),
                     scope: "/",
                     hash: &self.key_hasher.hash(&key),
                     prefix: &key_prefix(&key),
@@ -441,6 +443,47 @@ impl Service {
             })
             .map_err(Error::from)?;
         Ok(Some(key))
+    }
+
+    /// `holdfast admin reset`, the break-glass path: a new principal holding `admin` at `/`
+    /// with a new key, for an operator who lost every admin key. Run offline (this process
+    /// holds the data directory); recorded in the audit log before it returns.
+    pub async fn reset_admin(&self) -> Result<KeyCreated> {
+        let (key, hash, prefix) = self.new_key()?;
+        let (key_id, principal_id) = (KeyId::generate(), PrincipalId::generate());
+        let name = "admin-reset".to_owned();
+        let serial = self.principals_lock().await;
+        let (k, p, n) = (key_id.clone(), principal_id.clone(), name.clone());
+        self.control
+            .call(move |c| {
+                control::insert_key(c, &NewKey {
+                    key_id: &k,
+                    principal_id: &p,
+                    name: &n,
+                    role: Some(Role::Admin.as_str()),
+                    scope: "/",
+                    hash: &hash,
+                    prefix: &prefix,
+                    source: "reset",
+                })
+            })
+            .await
+            .map_err(Error::from)?;
+        self.reload_keys(&serial).await?;
+        let system = Caller::system();
+        self.audit_durable(crate::audit::Audited {
+            principal: system.principal.id.as_str().to_owned(),
+            method: "CLI".into(),
+            route: "holdfast admin reset".into(),
+            path: format!("principal {principal_id}"),
+            scope: "/".into(),
+            action: Action::KeysManage.as_str().into(),
+            address: "local".into(),
+            status: 201,
+            request_id: system.request_id.as_str().to_owned(),
+        })
+        .await;
+        Ok(KeyCreated { key, key_id, principal_id, name, role: Some(Role::Admin) })
     }
 
     pub(crate) fn reload_keys_blocking(&self) -> Result<()> {

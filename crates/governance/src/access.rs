@@ -6,7 +6,7 @@
 
 use holdfast_core::auth::{Action, Caller, assignment_scope, built_in_definition, validate_definition};
 use holdfast_core::{Result, validate};
-use holdfast_store::control::{self, NewKey};
+use holdfast_store::control::{self, AdminLoss, NewKey};
 use holdfast_types::api::{
     KeyCreate, KeyCreated, KeyInfo, KeyPage, Role, RoleAssignment, RoleAssignmentList, RoleDefinition, RoleDefinitionList,
 };
@@ -25,14 +25,17 @@ impl Governance {
         let principal_id = PrincipalId::generate();
         let (k, p, name, role) = (key_id.clone(), principal_id.clone(), req.name.clone(), req.role.clone());
         let serial = self.core.principals_lock().await;
-        self.role_exists(&role).await?;
-        self.core.control()
+        if let Some(role) = &role {
+            self.role_exists(role).await?;
+        }
+        self.core
+            .control()
             .call(move |c| {
                 control::insert_key(c, &NewKey {
                     key_id: &k,
                     principal_id: &p,
                     name: &name,
-                    role: role.as_str(),
+                    role: role.as_ref().map(Role::as_str),
                     scope: &scope,
                     hash: &hash,
                     prefix: &prefix,
@@ -54,8 +57,8 @@ impl Governance {
                 key_id: k.key_id,
                 principal_id: k.principal_id,
                 name: k.name,
-                role: Role::parse(&k.role),
-                scope: k.scope,
+                role: (!k.role.is_empty()).then(|| Role::parse(&k.role)),
+                scope: (!k.role.is_empty()).then_some(k.scope),
                 prefix: k.prefix,
                 created_at: rfc3339(k.created_us),
                 revoked_at: k.revoked_us.map(rfc3339),
@@ -97,7 +100,28 @@ impl Governance {
         caller.require(Action::KeysManage, "/")?;
         let (p, role, scope) = (req.principal_id.as_str().to_owned(), req.role.as_str().to_owned(), req.scope.clone());
         let serial = self.core.principals_lock().await;
-        let held = self.core.control().call(move |c| control::unassign_role(c, &p, &role, &scope)).await.map_err(Error::from)?;
+        let outcome = self
+            .core
+            .control()
+            .call(move |c| {
+                // The last Owner able to act keeps its role: without it nobody could manage access.
+                if role == Role::Admin.as_str()
+                    && scope == "/"
+                    && control::admins_left(c, AdminLoss::Assignment { principal: &p })? == 0
+                    && control::admins_left(c, AdminLoss::Keys { key_or_principal: "" })? > 0
+                {
+                    return Ok(None);
+                }
+                control::unassign_role(c, &p, &role, &scope).map(Some)
+            })
+            .await
+            .map_err(Error::from)?;
+        let Some(held) = outcome else {
+            return Err(Error::conflict(format!(
+                "principal {} holds the last admin role at / with a live key; assign admin at / to another key first                  (holdfast role assign --principal PRN --role admin --scope /), then remove this one",
+                req.principal_id
+            )));
+        };
         if !held {
             return Err(Error::not_found(format!(
                 "principal {} holds no role {} at {}",
@@ -119,13 +143,25 @@ impl Governance {
             .control()
             .call(move |c| {
                 if !control::key_exists(c, &target)? {
-                    return Ok(None);
+                    return Ok(Err(false));
                 }
-                control::revoke_keys(c, &target).map(Some)
+                let before = control::admins_left(c, AdminLoss::Keys { key_or_principal: "" })?;
+                if before > 0 && control::admins_left(c, AdminLoss::Keys { key_or_principal: &target })? == 0 {
+                    return Ok(Err(true));
+                }
+                control::revoke_keys(c, &target).map(Ok)
             })
             .await
             .map_err(Error::from)?
-            .ok_or_else(|| Error::not_found(format!("no key or principal with id {id:?}")))?;
+            .map_err(|last_admin| {
+                if last_admin {
+                    Error::conflict(format!(
+                        "{id} holds the last live key of an admin at /; make another admin key first                          (holdfast key create --name NAME --role admin), then revoke this one"
+                    ))
+                } else {
+                    Error::not_found(format!("no key or principal with id {id:?}"))
+                }
+            })?;
         self.core.reload_keys(&serial).await?;
         Ok(revoked)
     }

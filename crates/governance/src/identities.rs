@@ -5,8 +5,8 @@
 use holdfast_core::auth::{Action, Caller};
 use holdfast_core::identities::{SYSTEM_ASSIGNED, USER_ASSIGNED};
 use holdfast_core::{Result, validate};
-use holdfast_store::control::{self, IdentityRecord, NewKey};
-use holdfast_types::api::{Identity, IdentityCreate, IdentityList, KeyCreated, Role};
+use holdfast_store::control::{self, AdminLoss, IdentityRecord, NewKey};
+use holdfast_types::api::{Identity, IdentityCreate, IdentityList, KeyCreated};
 use holdfast_types::{Error, KeyId, PrincipalId, now_micros, rfc3339};
 
 use crate::Governance;
@@ -58,7 +58,24 @@ impl Governance {
             )));
         }
         let serial = self.core.principals_lock().await;
-        self.core.control().call(move |c| control::remove_identity(c, &record.id)).await.map_err(Error::from)?;
+        let removed = self
+            .core
+            .control()
+            .call(move |c| {
+                let before = control::admins_left(c, AdminLoss::Keys { key_or_principal: "" })?;
+                if before > 0 && control::admins_left(c, AdminLoss::Keys { key_or_principal: record.id.as_str() })? == 0 {
+                    return Ok(false);
+                }
+                control::remove_identity(c, &record.id).map(|()| true)
+            })
+            .await
+            .map_err(Error::from)?;
+        if !removed {
+            return Err(Error::conflict(format!(
+                "identity {name:?} holds the last live key of an admin at /; make another admin key first \
+                 (holdfast key create --name NAME --role admin)"
+            )));
+        }
         self.core.reload_keys(&serial).await
     }
 
@@ -77,7 +94,7 @@ impl Governance {
                     key_id: &k,
                     principal_id: &p,
                     name: &label,
-                    role: "",
+                    role: None,
                     scope: "",
                     hash: &hash,
                     prefix: &prefix,
@@ -87,6 +104,6 @@ impl Governance {
             .await
             .map_err(Error::from)?;
         self.core.reload_keys(&serial).await?;
-        Ok(KeyCreated { key, key_id, principal_id: record.id, name: record.name, role: Role::Custom(String::new()) })
+        Ok(KeyCreated { key, key_id, principal_id: record.id, name: record.name, role: None })
     }
 }

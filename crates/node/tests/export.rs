@@ -168,7 +168,7 @@ async fn only_admins_import_and_readers_do_not_export() {
         let node = &node;
         let caller = caller.clone();
         async move {
-            let key = node.governance.create_key(&caller, KeyCreate { name: format!("{}-user", role.as_str()), role, scope: None }).await.expect("key");
+            let key = node.governance.create_key(&caller, KeyCreate { name: format!("{}-user", role.as_str()), role: Some(role), scope: None }).await.expect("key");
             Caller { principal: node.core.authenticate(Some(&key.key)).expect("auth"), request_id: RequestId::generate() }
         }
     };

@@ -107,7 +107,7 @@ async fn purge_protection_and_retention() {
     node.core.delete_project(&c, "loose").await.expect("delete");
 
     // A contributor may delete, never purge.
-    let key = node.governance.create_key(&c, KeyCreate { name: "dev".into(), role: Role::Contributor, scope: None }).await.expect("key");
+    let key = node.governance.create_key(&c, KeyCreate { name: "dev".into(), role: Some(Role::Contributor), scope: None }).await.expect("key");
     let dev = as_key(&node, &key.key);
     kind(node.core.purge_project(&dev, "loose").await, ErrorKind::Forbidden, "contributor purge");
 
@@ -194,7 +194,7 @@ async fn custom_roles_with_wildcards() {
     kind(node.governance.assign_role(&c, missing).await, ErrorKind::InvalidInput, "unknown role");
 
     let key = node
-        .governance.create_key(&c, KeyCreate { name: "aud".into(), role: Role::parse("auditor"), scope: Some("/projects/kbase".into()) })
+        .governance.create_key(&c, KeyCreate { name: "aud".into(), role: Some(Role::parse("auditor")), scope: Some("/projects/kbase".into()) })
         .await
         .expect("key with custom role");
     let aud = as_key(&node, &key.key);
@@ -219,7 +219,7 @@ async fn custom_roles_with_wildcards() {
 }
 
 async fn made_principal(node: &Holdfast, c: &Caller) -> holdfast_types::PrincipalId {
-    node.governance.create_key(c, KeyCreate { name: "spare".into(), role: Role::Reader, scope: None }).await.expect("key").principal_id
+    node.governance.create_key(c, KeyCreate { name: "spare".into(), role: Some(Role::Reader), scope: None }).await.expect("key").principal_id
 }
 
 #[tokio::test]

@@ -225,7 +225,7 @@ async fn refusals_write_nothing() {
     let e = node.recovery.undelete_resource(&c, P, &id, UndeleteRequest { at: None, lsn: Some(lsn) }).await.expect_err("not yet");
     check(e, ErrorKind::NotFound);
     // Only admins.
-    let key = node.governance.create_key(&c, KeyCreate { name: "w".into(), role: Role::Contributor, scope: None }).await.expect("key");
+    let key = node.governance.create_key(&c, KeyCreate { name: "w".into(), role: Some(Role::Contributor), scope: None }).await.expect("key");
     let writer = Caller { principal: node.core.authenticate(Some(&key.key)).expect("auth"), request_id: RequestId::generate() };
     check(node.recovery.undelete_resource(&writer, P, &id, UndeleteRequest::default()).await.expect_err("403"), ErrorKind::Forbidden);
     check(node.recovery.resource_history(&writer, P, &id).await.expect_err("403"), ErrorKind::Forbidden);

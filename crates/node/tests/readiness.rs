@@ -115,13 +115,13 @@ async fn roles_that_can_delete_are_named_until_a_lock_or_an_unassignment_removes
     node.core.create_project(&c, project("shared")).await.expect("create");
     // Readers and backup operators cannot delete: they are not counted.
     for (name, role) in [("auditor", Role::Reader), ("backups", Role::BackupOperator)] {
-        node.governance.create_key(&c, KeyCreate { name: name.into(), role, scope: None }).await.expect("key");
+        node.governance.create_key(&c, KeyCreate { name: name.into(), role: Some(role), scope: None }).await.expect("key");
     }
     assert_eq!(status(&review(&node, &c, "shared").await, "standing_delete_rights"), CheckStatus::Pass);
 
     // A contributor at the project can delete it and its contents.
     let scope = Some("/projects/shared".to_owned());
-    let dev = node.governance.create_key(&c, KeyCreate { name: "dev".into(), role: Role::Contributor, scope }).await.expect("key");
+    let dev = node.governance.create_key(&c, KeyCreate { name: "dev".into(), role: Some(Role::Contributor), scope }).await.expect("key");
     let rights = finding(&review(&node, &c, "shared").await, "standing_delete_rights").clone();
     assert_eq!((rights.status, rights.severity), (CheckStatus::Fail, Severity::Medium));
     assert!(rights.message.contains(&format!("{} (contributor at /projects/shared)", dev.principal_id)), "{}", rights.message);

@@ -690,12 +690,12 @@ async fn roles_are_enforced() {
     let node = open(dir.path());
     node.core.create_project(&admin(&node), create_req("guarded")).await.expect("create");
     let reader_key = node
-        .governance.create_key(&admin(&node), KeyCreate { name: "ro".into(), role: Role::Reader, scope: None })
+        .governance.create_key(&admin(&node), KeyCreate { name: "ro".into(), role: Some(Role::Reader), scope: None })
         .await
         .expect("key")
         .key;
     let contributor_key = node
-        .governance.create_key(&admin(&node), KeyCreate { name: "rw".into(), role: Role::Contributor, scope: None })
+        .governance.create_key(&admin(&node), KeyCreate { name: "rw".into(), role: Some(Role::Contributor), scope: None })
         .await
         .expect("key")
         .key;
@@ -712,7 +712,7 @@ async fn roles_are_enforced() {
     forbidden(node.core.delete_project(&reader, "guarded").await, "reader delete");
     forbidden(node.core.journal(&reader, "guarded", Lsn::ZERO, None, None).await.map(drop), "reader journal");
     forbidden(
-        node.governance.create_key(&reader, KeyCreate { name: "x".into(), role: Role::Admin, scope: None }).await.map(drop),
+        node.governance.create_key(&reader, KeyCreate { name: "x".into(), role: Some(Role::Admin), scope: None }).await.map(drop),
         "reader key create",
     );
     // Reading is what a reader may do; nothing it tried was journaled.
@@ -748,15 +748,15 @@ async fn revoked_keys_stop_authenticating() {
     );
 
     let by_key = node
-        .governance.create_key(&admin(&node), KeyCreate { name: "one".into(), role: Role::Reader, scope: None })
+        .governance.create_key(&admin(&node), KeyCreate { name: "one".into(), role: Some(Role::Reader), scope: None })
         .await
         .expect("key");
     let by_principal = node
-        .governance.create_key(&admin(&node), KeyCreate { name: "two".into(), role: Role::Contributor, scope: None })
+        .governance.create_key(&admin(&node), KeyCreate { name: "two".into(), role: Some(Role::Contributor), scope: None })
         .await
         .expect("key");
     let kept = node
-        .governance.create_key(&admin(&node), KeyCreate { name: "three".into(), role: Role::Reader, scope: None })
+        .governance.create_key(&admin(&node), KeyCreate { name: "three".into(), role: Some(Role::Reader), scope: None })
         .await
         .expect("key");
     for k in [&by_key, &by_principal, &kept] {

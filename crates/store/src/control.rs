@@ -338,7 +338,8 @@ pub struct NewKey<'a> {
     pub key_id: &'a KeyId,
     pub principal_id: &'a PrincipalId,
     pub name: &'a str,
-    pub role: &'a str,
+    /// The role given at `scope`; `None` makes a principal that holds none.
+    pub role: Option<&'a str>,
     /// Where the role holds: `/` or `/projects/{name}`.
     pub scope: &'a str,
     pub hash: &'a str,
@@ -346,18 +347,21 @@ pub struct NewKey<'a> {
     pub source: &'a str,
 }
 
-/// Creates the principal if it does not exist, gives it `role` at `scope`, and adds the key.
+/// Creates the principal if it does not exist, gives it `role` at `scope` (when there is one),
+/// and adds the key.
 pub fn insert_key(conn: &Connection, key: &NewKey<'_>) -> Result<()> {
     let now = now_micros();
     conn.execute(
         "INSERT INTO principals (id, name, created_us) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
         params![key.principal_id.as_str(), key.name, now],
     )?;
-    conn.execute(
-        "INSERT INTO role_assignments (principal_id, role, scope) VALUES (?1, ?2, ?3)
-         ON CONFLICT DO NOTHING",
-        params![key.principal_id.as_str(), key.role, key.scope],
-    )?;
+    if let Some(role) = key.role {
+        conn.execute(
+            "INSERT INTO role_assignments (principal_id, role, scope) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            params![key.principal_id.as_str(), role, key.scope],
+        )?;
+    }
     conn.execute(
         "INSERT INTO api_keys (id, principal_id, hash, prefix, source, created_us)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -449,6 +453,35 @@ pub fn list_assignments(conn: &Connection) -> Result<Vec<(String, String, String
     let mut stmt = conn.prepare_cached("SELECT principal_id, role, scope FROM role_assignments ORDER BY principal_id, scope, role")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// How many principals would still hold `admin` at `/` with a live key once `without` is gone:
+/// a principal's assignment (`Assignment`) or a key, or every key, of one (`Keys`). The guard
+/// that keeps an Owner able to act.
+pub fn admins_left(conn: &Connection, without: AdminLoss<'_>) -> Result<usize> {
+    let (principal, role_gone, key_gone) = match without {
+        AdminLoss::Assignment { principal } => (principal, true, ""),
+        AdminLoss::Keys { key_or_principal } => ("", false, key_or_principal),
+    };
+    let count: i64 = conn.query_row(
+        "SELECT COUNT(DISTINCT r.principal_id) FROM role_assignments r
+         JOIN api_keys k ON k.principal_id = r.principal_id
+         WHERE r.role = 'admin' AND r.scope = '/' AND k.revoked_us IS NULL
+           AND NOT (?2 AND r.principal_id = ?1)
+           AND k.id <> ?3 AND k.principal_id <> ?3",
+        params![principal, role_gone, key_gone],
+        |r| r.get(0),
+    )?;
+    Ok(count as usize)
+}
+
+/// What [`admins_left`] leaves out.
+#[derive(Clone, Copy, Debug)]
+pub enum AdminLoss<'a> {
+    /// The principal's `admin` assignment at `/`.
+    Assignment { principal: &'a str },
+    /// A key by its id, or every key of a principal by the principal's id.
+    Keys { key_or_principal: &'a str },
 }
 
 /// Gives a principal a role at a scope; `false` when there is no such principal.

@@ -271,8 +271,10 @@ pub struct RoleDefinitionList {
 pub struct KeyCreate {
     /// A name for the new principal that owns the key.
     pub name: String,
+    /// The role the new principal holds; none when left out (assign one with `holdfast role
+    /// assign`): a key never gets standing rights by default.
     #[serde(default)]
-    pub role: Role,
+    pub role: Option<Role>,
     /// Where the role holds: `/` (the default) or `/projects/{name}`.
     #[serde(default)]
     pub scope: Option<String>,
@@ -285,7 +287,8 @@ pub struct KeyCreated {
     pub key_id: KeyId,
     pub principal_id: PrincipalId,
     pub name: String,
-    pub role: Role,
+    /// `null` for a key made without a role.
+    pub role: Option<Role>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -293,13 +296,14 @@ pub struct KeyInfo {
     pub key_id: KeyId,
     pub principal_id: PrincipalId,
     pub name: String,
-    pub role: Role,
+    /// The principal's first role (the one at `/` if there is one); `null` when it holds none.
+    pub role: Option<Role>,
     /// The first characters of the key, enough to recognise it.
     pub prefix: String,
     pub created_at: String,
     pub revoked_at: Option<String>,
-    /// Where its role holds.
-    pub scope: String,
+    /// Where its role holds; `null` when it holds none.
+    pub scope: Option<String>,
 }
 
 /// Holdfast's error envelope on `/v1`.
