@@ -7,10 +7,13 @@ use holdfast_types::{Error, Kind, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use holdfast_core::secrets::{Binding, MasterKey, SEALED_VERSION, Sealed};
-use holdfast_core::Data;
+use holdfast_core::projects::{data_key, data_key_for_sealing};
+use holdfast_core::secrets::{Binding, DATA_KEY_SEALED_VERSION, DataKey, MasterKey, RegionKey, Sealed};
+use holdfast_core::{Action, Caller, Data, Result};
+use holdfast_store::StateView;
+use holdfast_types::ProjectId;
+
 use crate::wire::{must_get, resource_name, store_err};
-use holdfast_core::{Action, Caller, Result};
 
 use crate::Agents;
 use crate::upstream::Upstream;
@@ -88,19 +91,27 @@ impl Agents {
             return Err(Error::invalid(format!("unsupported connection type {:?}; supported: openai", req.kind)));
         }
         self.upstream.check_target(&req.target)?;
-        let secret = match req.api_key.as_deref().filter(|k| !k.is_empty()) {
-            Some(key) => Some(self.core.master().seal(key, Binding { project: data.store.id().as_str(), connection: &req.name })?),
-            None => None,
-        };
-        let body = ConnectionBody { name: req.name.clone(), kind: req.kind, target: req.target, secret, metadata: req.metadata };
+        let api_key = req.api_key.filter(|k| !k.is_empty());
+        let mut body = ConnectionBody { name: req.name.clone(), kind: req.kind, target: req.target, secret: None, metadata: req.metadata };
         let out = wire(&body, None);
         let id = connection_id(&req.name);
-        let value = serde_json::to_value(&body).map_err(|e| Error::internal(e.to_string()))?;
+        let keys = self.secret_keys();
+        let project = data.store.id().clone();
         data.commit(Box::new(move |view| {
             if view.get(Kind::Connection, &id).map_err(store_err)?.is_some() {
                 return Err(Error::conflict(format!("a connection named {:?} exists already", body.name)));
             }
-            Ok(vec![Op::Put { kind: Kind::Connection, id, parent: None, body: value }])
+            // Sealed under the project's data key, made (and wrapped for each of its regions)
+            // with its first secret.
+            let mut ops = Vec::new();
+            if let Some(api_key) = &api_key {
+                let (data_key, key_ops) = data_key_for_sealing(view, &project, &project, &keys.region, &keys.region_key)?;
+                body.secret = Some(data_key.seal(api_key, Binding { project: project.as_str(), connection: &body.name })?);
+                ops.extend(key_ops);
+            }
+            let value = serde_json::to_value(&body).map_err(|e| Error::internal(e.to_string()))?;
+            ops.push(Op::Put { kind: Kind::Connection, id, parent: None, body: value });
+            Ok(ops)
         }))
         .await?;
         Ok(out)
@@ -129,16 +140,7 @@ impl Agents {
     pub async fn get_connection(&self, caller: &Caller, project: &str, name: &str, with_secret: bool) -> Result<Value> {
         let action = if with_secret { Action::SecretsRead } else { Action::DataRead };
         let data = self.core.data(caller, project, action).await?;
-        let (id, shown) = (connection_id(name), name.to_owned());
-        let body = data
-            .read(move |view| parse(&must_get(view, Kind::Connection, &id, "connection", &shown)?))
-            .await?;
-        let key = match (&body.secret, with_secret) {
-            (Some(sealed), true) => {
-                Some(self.core.master().open(sealed, Binding { project: data.store.id().as_str(), connection: &body.name })?)
-            }
-            _ => None,
-        };
+        let (body, key) = self.connection_with_secret(&data, name, with_secret).await?;
         Ok(wire(&body, key.as_deref()))
     }
 
@@ -167,22 +169,67 @@ impl Agents {
 
     /// The upstream a deployment calls, with its key decrypted.
     pub(crate) async fn upstream(&self, data: &Data, connection: &str) -> Result<Upstream> {
-        let (id, shown) = (connection_id(connection), connection.to_owned());
-        let body = data.read(move |view| parse(&must_get(view, Kind::Connection, &id, "connection", &shown)?)).await?;
-        let binding = Binding { project: data.store.id().as_str(), connection: &body.name };
-        let api_key = body.secret.as_ref().map(|s| self.core.master().open(s, binding)).transpose()?;
+        let (body, api_key) = self.connection_with_secret(data, connection, true).await?;
         Ok(Upstream { target: body.target, api_key, client: self.upstream.clone() })
+    }
+
+    /// A connection and, when asked, its secret opened: under the project's data key (version
+    /// 3), or the master key for a secret sealed before data keys (its project not yet opened
+    /// where it was sealed).
+    async fn connection_with_secret(&self, data: &Data, name: &str, with_secret: bool) -> Result<(ConnectionBody, Option<String>)> {
+        let (id, shown, project, keys) = (connection_id(name), name.to_owned(), data.store.id().clone(), self.secret_keys());
+        data.read(move |view| {
+            let body = parse(&must_get(view, Kind::Connection, &id, "connection", &shown)?)?;
+            let secret = match (&body.secret, with_secret) {
+                (Some(sealed), true) => Some(open_secret(view, &keys, &project, &project, sealed, &body.name)?),
+                _ => None,
+            };
+            Ok((body, secret))
+        })
+        .await
+    }
+
+    fn secret_keys(&self) -> SecretKeys {
+        SecretKeys::of(&self.core)
     }
 }
 
-/// The ops that seal every connection secret of a project's state again for the project `to`,
-/// opening each as sealed for the project `from`: at open (`from == to`, only version-1 secrets,
-/// which carry no binding yet) and when a restore makes a copy under a new id. A secret that does
-/// not open (another master key) is left as it is at open, and removed from a restored copy,
-/// with a warning naming the connection that needs its key again.
-pub(crate) fn reseal_ops(view: &holdfast_store::StateView<'_>, master: &MasterKey, from: &str, to: &str) -> Result<Vec<Op>> {
+/// What sealing and opening a connection secret takes, for use inside a plan or a read.
+pub(crate) struct SecretKeys {
+    pub master: MasterKey,
+    pub region: String,
+    pub region_key: std::sync::Arc<RegionKey>,
+}
+
+impl SecretKeys {
+    pub(crate) fn of(core: &holdfast_core::Service) -> Self {
+        Self { master: core.master().clone(), region: core.region().to_owned(), region_key: core.region_key().clone() }
+    }
+}
+
+/// Opens `sealed`, the secret of connection `connection` sealed for project `bound`; a data key
+/// is read from the record `record`.
+fn open_secret(view: &StateView<'_>, keys: &SecretKeys, record: &ProjectId, bound: &ProjectId, sealed: &Sealed, connection: &str) -> Result<String> {
+    let binding = Binding { project: bound.as_str(), connection };
+    if sealed.v != DATA_KEY_SEALED_VERSION {
+        return keys.master.open(sealed, binding);
+    }
+    let data_key = data_key(view, record, &keys.region, &keys.region_key)?.ok_or_else(|| {
+        Error::internal(format!("the secret of connection {connection:?} is sealed under a data key its project does not hold"))
+    })?;
+    data_key.open(sealed, binding)
+}
+
+/// The ops that seal every connection secret of a project's state again under the data key of
+/// the project `to`, opening each as sealed for the project `from`: at open (`from == to`; only
+/// secrets sealed before data keys, under the master key) and when a restore makes a copy under
+/// a new id (every secret: its binding names the project). A secret that does not open here
+/// (another master key, no wrap for this region) is left as it is at open, and removed from a
+/// restored copy, whose connection then needs its key set again.
+pub(crate) fn reseal_ops(view: &StateView<'_>, keys: &SecretKeys, from: &ProjectId, to: &ProjectId) -> Result<Vec<Op>> {
     let rows = view.list(Kind::Connection, None, None, usize::MAX >> 1, Order::Asc).map_err(store_err)?;
     let mut ops = Vec::new();
+    let mut sealing: Option<DataKey> = None;
     for row in rows {
         // A row this build cannot read must not keep its project from opening.
         let body = match parse(&row) {
@@ -193,11 +240,19 @@ pub(crate) fn reseal_ops(view: &holdfast_store::StateView<'_>, master: &MasterKe
             }
         };
         let Some(sealed) = &body.secret else { continue };
-        if from == to && sealed.v == SEALED_VERSION {
+        if from == to && sealed.v == DATA_KEY_SEALED_VERSION {
             continue;
         }
-        let secret = match master.open(sealed, Binding { project: from, connection: &body.name }) {
-            Ok(plain) => json!(master.seal(&plain, Binding { project: to, connection: &body.name })?),
+        let secret = match open_secret(view, keys, from, from, sealed, &body.name) {
+            Ok(plain) => {
+                if sealing.is_none() {
+                    let (data_key, key_ops) = data_key_for_sealing(view, from, to, &keys.region, &keys.region_key)?;
+                    ops.extend(key_ops);
+                    sealing = Some(data_key);
+                }
+                let data_key = sealing.as_ref().expect("set above");
+                json!(data_key.seal(&plain, Binding { project: to.as_str(), connection: &body.name })?)
+            }
             Err(e) if from == to => {
                 tracing::warn!(connection = %body.name, error = %e.message, "cannot seal a connection secret again");
                 continue;

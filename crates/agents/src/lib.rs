@@ -78,17 +78,17 @@ impl Domain for AgentsDomain {
     }
 
     /// Responses the last process left running are failed (they cannot finish), and secrets
-    /// sealed before they were bound to their project are bound now.
+    /// sealed under the master key (before data keys) are sealed again under the project's
+    /// data key.
     async fn opened(&self, core: &Service, store: &ProjectStore) -> Result<()> {
         core.commit_repair(store, responses::fail_interrupted()).await?;
-        let (master, id) = (core.master().clone(), store.id().clone());
-        core.commit_repair(store, Box::new(move |view| connections::reseal_ops(view, &master, id.as_str(), id.as_str())))
-            .await?;
+        let (keys, id) = (connections::SecretKeys::of(core), store.id().clone());
+        core.commit_repair(store, Box::new(move |view| connections::reseal_ops(view, &keys, &id, &id))).await?;
         Ok(())
     }
 
     fn rebind_ops(&self, core: &Service, view: &StateView<'_>, from: &ProjectId, to: &ProjectId) -> Result<Vec<Op>> {
-        connections::reseal_ops(view, core.master(), from.as_str(), to.as_str())
+        connections::reseal_ops(view, &connections::SecretKeys::of(core), from, to)
     }
 
     fn promotion_ops(&self, view: &StateView<'_>) -> Result<Vec<Op>> {

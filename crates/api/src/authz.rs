@@ -116,6 +116,7 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", "/internal/v1/projects/{id}/blobs/{hash}", Cluster),
     ("POST", "/internal/v1/projects/{id}/promote", Cluster),
     ("GET", "/internal/v1/projects/{id}/position", Cluster),
+    ("GET", "/internal/v1/region-key", Cluster),
     ("POST", "/internal/v1/projects/{id}/divergences", Cluster),
     ("POST", "/internal/v1/replicas", Cluster),
     ("DELETE", "/internal/v1/replicas/{id}", Cluster),

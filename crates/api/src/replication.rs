@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use holdfast_types::api::{
+    RegionKeyInfo,
     Divergence, DivergenceReport, ErrorBody, FailoverReport, FailoverRequest, JournalBatch, Position, Project, ProjectStatus,
     PromoteRequest, ReplayOutcome, ReplayRequest, ReplicaCreate, ReplicaStart,
 };
@@ -39,6 +40,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(position))
         .routes(routes!(record_divergence))
         .routes(routes!(resubmit))
+        .routes(routes!(region_key))
+}
+
+/// Peers: this region's public key, for wrapping a project's data key when it is replicated here.
+#[utoipa::path(get, path = "/internal/v1/region-key", tag = "internal",
+    responses((status = 200, body = RegionKeyInfo), (status = 401, body = ErrorBody)))]
+async fn region_key(State(state): State<AppState>) -> Json<RegionKeyInfo> {
+    Json(state.node.geo.region_key_for_peer())
 }
 
 #[derive(Debug, Deserialize)]

@@ -169,7 +169,7 @@ fn a_sealed_secret_opens_only_in_its_own_project() {
     // Copy project a's ciphertext into project b's row, as a stolen state.db or archive segment
     // pasted into another project would.
     let sealed = stored_connection(dir.path(), &a, "up")["secret"].clone();
-    assert_eq!(sealed["v"], 2, "{sealed}");
+    assert_eq!(sealed["v"], 3, "sealed under the project's data key: {sealed}");
     let mut body = stored_connection(dir.path(), &b, "up");
     body["secret"] = sealed;
     let db = rusqlite::Connection::open(dir.path().join("projects").join(&b).join("state.db")).expect("open");
@@ -186,7 +186,7 @@ fn a_sealed_secret_opens_only_in_its_own_project() {
 }
 
 #[test]
-fn a_version_one_secret_is_bound_to_its_project_when_the_project_opens() {
+fn a_version_one_secret_is_sealed_again_under_the_data_key_when_the_project_opens() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
     let admin = server.admin();
@@ -211,9 +211,9 @@ fn a_version_one_secret_is_bound_to_its_project_when_the_project_opens() {
     assert_eq!(got["credentials"]["key"], "sk-legacy-0123456789");
     let journal = admin.journal("alpha");
     let last = journal.last().expect("a change");
-    assert!(last.to_string().contains("\"v\":2"), "the open sealed the secret again, journaled: {last}");
+    assert!(last.to_string().contains("\"v\":3"), "the open sealed the secret again under the data key, journaled: {last}");
     server.stop();
-    assert_eq!(stored_connection(dir.path(), &a, "up")["secret"]["v"], 2);
+    assert_eq!(stored_connection(dir.path(), &a, "up")["secret"]["v"], 3);
 }
 
 /// A secret sealed as version 1 did: AES-256-GCM under the master key (hex), no associated data.

@@ -110,6 +110,8 @@ pub struct Service {
     master: MasterKey,
     /// Hashes API keys under a pepper derived from the master key.
     key_hasher: auth::KeyHasher,
+    /// This region's key pair for project data keys (derived from the master key).
+    region_key: Arc<secrets::RegionKey>,
     /// What the domain crates add to a project's life, called in order.
     domains: domain::Domains,
     /// Set when the server begins to shut down, so long polls return at once.
@@ -159,6 +161,7 @@ impl Service {
             idle_close: config.idle_close,
             used: std::sync::Mutex::new(HashMap::new()),
             key_hasher: auth::KeyHasher::new(&master),
+            region_key: Arc::new(secrets::RegionKey::of(&master)),
             master,
             region: config.region.clone(),
             data_dir: data.clone(),
@@ -221,6 +224,12 @@ impl Service {
     /// The node's master key (seals secrets).
     pub fn master(&self) -> &MasterKey {
         &self.master
+    }
+
+    /// This region's key pair for project data keys: what other regions wrap a project's data
+    /// key for, so its secrets open here.
+    pub fn region_key(&self) -> &Arc<secrets::RegionKey> {
+        &self.region_key
     }
 
     /// The key of the audit log's chain.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::{Action, Caller};
+use crate::secrets::{DataKey, DataKeyRecord, RegionKey, wrap_key};
 use crate::{Result, Service, validate};
 
 pub const DEFAULT_PAGE: usize = 20;
@@ -51,6 +52,9 @@ struct ProjectBody {
     primary_region: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     replicas: Vec<ReplicaSpec>,
+    /// The project's data key, wrapped for each region it lives in (`secrets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_key: Option<DataKeyRecord>,
 }
 
 /// The project's primary region (when replicated) and its replicas, from its record.
@@ -60,6 +64,97 @@ pub fn topology(view: &StateView<'_>, id: &ProjectId) -> Result<(Option<String>,
 
 /// The first change of a new epoch: `region` is the primary, and the old primary a replica in
 /// the mode `region` had.
+/// The project's data key as `region` opens it with `key`; `None` while it has none (no secret
+/// was sealed under one yet). Read from the record `id`.
+pub fn data_key(view: &StateView<'_>, id: &ProjectId, region: &str, key: &RegionKey) -> Result<Option<DataKey>> {
+    let Some((body, _)) = read_body(view, id).map_err(Error::from)? else { return Ok(None) };
+    let Some(record) = body.data_key.filter(|r| !r.wraps.is_empty()) else { return Ok(None) };
+    let wrapped = record.wraps.get(region).ok_or_else(|| {
+        Error::internal(format!(
+            "this region ({region}) holds no wrap of the project's data key, so its secrets cannot be opened here: \
+             run `holdfast project replicate --project NAME --to {region}` at the primary again"
+        ))
+    })?;
+    key.unwrap_key(wrapped, region).map(Some)
+}
+
+/// The project's data key for sealing: the one it has, or a new one, wrapped for every region
+/// whose key the record lists (this one always), with the op that records what changed. The
+/// record is read at `id` and written at `write_id` (a restore reads the source's and writes the
+/// copy's).
+pub fn data_key_for_sealing(
+    view: &StateView<'_>,
+    id: &ProjectId,
+    write_id: &ProjectId,
+    region: &str,
+    key: &RegionKey,
+) -> Result<(DataKey, Vec<Op>)> {
+    let (body, _) = read_body(view, id).map_err(Error::from)?.ok_or_else(|| not_found(id.as_str()))?;
+    let before = body.data_key.clone();
+    let mut record = body.data_key.unwrap_or_default();
+    record.keys.insert(region.to_owned(), key.public().to_owned());
+    let data_key = match record.wraps.get(region) {
+        Some(wrapped) => key.unwrap_key(wrapped, region)?,
+        None if record.wraps.is_empty() => DataKey::generate()?,
+        None => return Err(Error::internal(format!(
+            "this region ({region}) holds no wrap of the project's data key: run `holdfast project replicate --project NAME --to \
+             {region}` at the primary again"
+        ))),
+    };
+    wrap_missing(&mut record, &data_key)?;
+    Ok((data_key, record_ops(before, record, write_id)))
+}
+
+/// Adds `peer`'s public key to the project's data-key record and, when the project has a data
+/// key, wraps it for `peer` too: journaled when the project is replicated there.
+pub fn data_key_recipient_ops(view: &StateView<'_>, id: &ProjectId, region: &str, key: &RegionKey, peer: &str, peer_key: &str) -> Result<Vec<Op>> {
+    let (body, _) = read_body(view, id).map_err(Error::from)?.ok_or_else(|| not_found(id.as_str()))?;
+    let before = body.data_key.clone();
+    let mut record = body.data_key.unwrap_or_default();
+    record.keys.insert(peer.to_owned(), peer_key.to_owned());
+    if !record.wraps.is_empty() {
+        let wrapped = record.wraps.get(region).ok_or_else(|| {
+            Error::conflict(format!(
+                "this region ({region}) cannot open the project's data key, so it cannot wrap it for {peer}: \
+                 replicate from a region that holds the project's secrets"
+            ))
+        })?;
+        let data_key = key.unwrap_key(wrapped, region)?;
+        wrap_missing(&mut record, &data_key)?;
+    }
+    Ok(record_ops(before, record, id))
+}
+
+/// Wraps `data_key` for every listed region without a wrap for its current key.
+fn wrap_missing(record: &mut DataKeyRecord, data_key: &DataKey) -> Result<()> {
+    for (region, public) in &record.keys {
+        if record.wraps.get(region).is_none_or(|w| &w.to != public) {
+            let wrapped = wrap_key(data_key, public, region)?;
+            record.wraps.insert(region.clone(), wrapped);
+        }
+    }
+    Ok(())
+}
+
+fn record_ops(before: Option<DataKeyRecord>, after: DataKeyRecord, id: &ProjectId) -> Vec<Op> {
+    if before.as_ref() == Some(&after) {
+        return Vec::new();
+    }
+    vec![Op::Patch { kind: Kind::Project, id: id.as_str().to_owned(), patch: json!({ "data_key": after }) }]
+}
+
+/// The regions listed in the project's record whose copy cannot open its secrets: they have a
+/// key but no wrap for it (replicated before data keys existed). Empty while no secret exists.
+pub fn regions_without_data_key(view: &StateView<'_>, id: &ProjectId, regions: &[String]) -> Result<Vec<String>> {
+    let Some((body, _)) = read_body(view, id).map_err(Error::from)? else { return Ok(Vec::new()) };
+    let Some(record) = body.data_key.filter(|r| !r.wraps.is_empty()) else { return Ok(Vec::new()) };
+    Ok(regions
+        .iter()
+        .filter(|r| record.keys.get(*r).is_none_or(|public| record.wraps.get(*r).is_none_or(|w| &w.to != public)))
+        .cloned()
+        .collect())
+}
+
 pub fn topology_promotion_ops(
     view: &StateView<'_>,
     id: &ProjectId,
@@ -402,6 +497,7 @@ impl Service {
             soft_delete_retention_days: req.soft_delete_retention_days,
             purge_protection: req.purge_protection,
             identity: user_identity,
+            data_key: None,
             deleted_us: None,
             primary_region: None,
             replicas: Vec::new(),
@@ -835,6 +931,18 @@ impl Service {
 impl Service {
     /// Journals a change of the project's topology (primary region, replicas) made by `f`, as
     /// the project's locks allow (`deleting`: it removes a copy).
+    /// Journals `peer`'s region key in the project's record and wraps the project's data key for
+    /// it, so the project's secrets open there (`holdfast project replicate`).
+    pub async fn add_data_key_recipient(&self, caller: &Caller, entry: &CatalogEntry, store: &ProjectStore, peer: &str, peer_key: &str) -> Result<()> {
+        let (id, region, key, peer, peer_key) =
+            (entry.id.clone(), self.region.clone(), self.region_key.clone(), peer.to_owned(), peer_key.to_owned());
+        let plan: holdfast_store::Plan =
+            Box::new(move |view| data_key_recipient_ops(view, &id, &region, &key, &peer, &peer_key).map_err(Into::into));
+        let plan = self.record_plan(&entry.name, false, plan);
+        store.write(caller.principal.id.as_str(), caller.request_id.as_str(), plan).await.map_err(Error::from)?;
+        Ok(())
+    }
+
     pub async fn update_topology(
         &self,
         caller: &Caller,

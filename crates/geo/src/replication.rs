@@ -24,7 +24,7 @@ use holdfast_store::control::{self, CatalogEntry, ReplicaRecord};
 use holdfast_store::{ProjectStore, Role as StoreRole, SyncCommit};
 use holdfast_types::api::{
     CommitMode, JournalBatch, Project, ProjectStatus, ReplicaCreate, ReplicaMode, ReplicaProgress, ReplicaSpec,
-    PromoteRequest, ReplicaStart, ReplicaStatus, FailoverRequest, FailoverReport, Position, DivergenceReport,
+    PromoteRequest, ReplicaStart, ReplicaStatus, FailoverRequest, FailoverReport, Position, DivergenceReport, RegionKeyInfo,
 };
 use holdfast_types::{Change, Epoch, Error, ErrorKind, Lsn, Micros, Op, ProjectId, now_micros, rfc3339};
 
@@ -260,6 +260,11 @@ impl Geo {
         &self.state.replication
     }
 
+    /// This region's public key, for a peer that replicates a project here.
+    pub fn region_key_for_peer(&self) -> RegionKeyInfo {
+        RegionKeyInfo { region: self.core.region().to_owned(), key: self.core.region_key().public().to_owned() }
+    }
+
     /// Checks a peer's cluster secret (the API gate calls it for every `/internal` route).
     pub fn admit_peer(&self, secret: Option<&str>) -> Result<()> {
         self.replication().admits(secret)
@@ -323,6 +328,19 @@ impl Geo {
         if store.role() != StoreRole::Primary {
             return Err(Error::conflict(format!("project {project:?} is not primary in region {}", self.core.region())));
         }
+        // The project's secrets must open there: its data key is wrapped for the peer's key.
+        let peer_key: RegionKeyInfo = call(
+            self.replication().request(reqwest::Method::GET, &request.region, "/internal/v1/region-key")?,
+            &format!("asking region {} for its region key (is it running this version of holdfast?)", request.region),
+        )
+        .await?;
+        if peer_key.region != request.region {
+            return Err(Error::conflict(format!(
+                "the server configured as region {} says it is region {}: fix the --peer setting",
+                request.region, peer_key.region
+            )));
+        }
+        self.core.add_data_key_recipient(caller, &entry, &store, &request.region, &peer_key.key).await?;
         let start = ReplicaStart {
             project_id: entry.id.clone(),
             name: entry.name.clone(),

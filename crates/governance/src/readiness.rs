@@ -99,11 +99,13 @@ impl Governance {
         } else {
             None
         };
+        let status = self.geo.status_of(entry).await?;
+        let locked_out = self.regions_without_data_key(entry, &status).await?;
         let findings = vec![
             delete_lock(name, &locks),
             data_plane_lock(name, &locks),
             continuous_backup(name, backup.as_ref()),
-            replica(name, &self.geo.status_of(entry).await?),
+            replica(name, &status, &locked_out),
             identity(name, &project),
             standing_delete_rights(name, holders, &locks),
             restore_drill(name, backup.as_ref(), now_micros()),
@@ -111,6 +113,19 @@ impl Governance {
         ];
         let ok = !findings.iter().any(|f| f.status == CheckStatus::Fail && f.severity == Severity::High);
         Ok(Readiness { project: name.to_owned(), ok, findings })
+    }
+
+    /// The replica regions of a primary here that could not open the project's secrets.
+    async fn regions_without_data_key(&self, entry: &CatalogEntry, status: &ProjectStatus) -> Result<Vec<String>> {
+        if status.role != "primary" || status.replicas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let regions: Vec<String> = status.replicas.iter().map(|r| r.region.clone()).collect();
+        let (store, id) = (self.core.store(entry).await?, entry.id.clone());
+        store
+            .read(move |view| Ok(holdfast_core::projects::regions_without_data_key(view, &id, &regions)))
+            .await
+            .map_err(Error::from)?
     }
 
     /// Every assignment, Owners' aside, whose role allows a delete, held by a principal that
@@ -226,9 +241,19 @@ const REPLICA_LAG_TARGET_MS: u64 = 1000;
 
 /// A replica in another region that has pulled since this server started, with its lag under
 /// [`REPLICA_LAG_TARGET_MS`]. Reviewed in the primary's region; a replica's region says so.
-fn replica(name: &str, status: &ProjectStatus) -> Finding {
+fn replica(name: &str, status: &ProjectStatus, locked_out: &[String]) -> Finding {
     const CHECK: &str = "replica";
     let fix = format!("holdfast project replicate --project {name} --to REGION --mode warm");
+    if let Some(region) = locked_out.first() {
+        // Replicated before data keys: a failover there would leave every connection without
+        // its key.
+        return fail(
+            CHECK,
+            Severity::High,
+            format!("the replica of {name} in region {region} cannot open the project's connection secrets (no wrap of its data key for that region)"),
+            format!("holdfast project replicate --project {name} --to {region}"),
+        );
+    }
     if status.role != "primary" {
         return finding(
             CHECK,

@@ -196,3 +196,34 @@ async fn without_an_archive_backup_and_drill_fail_rather_than_pass() {
     }
     node.core.shutdown().await;
 }
+
+/// A replica region listed in the project's record without a wrap of its data key (a project
+/// replicated before data keys) could not open the project's connection secrets after a
+/// failover: the review fails the replica check, high, naming the region and the fix.
+#[tokio::test]
+async fn a_replica_that_cannot_open_the_projects_secrets_is_a_high_finding() {
+    let dir = tempfile::tempdir().expect("data");
+    let node = open(dir.path(), None);
+    let c = as_key(&node, KEY);
+    node.core.create_project(&c, project("keyed")).await.expect("create");
+    let connection: holdfast_agents::connections::ConnectionCreate = serde_json::from_value(serde_json::json!({
+        "name": "up", "target": "http://127.0.0.1:9/v1", "api_key": "sk-0123456789"
+    }))
+    .expect("connection");
+    node.agents.create_connection(&c, "keyed", connection).await.expect("connection");
+    // The record names a replica in region "far", whose key the project never learned.
+    let entry = node.core.entry("keyed").await.expect("entry");
+    let store = node.core.store(&entry).await.expect("store");
+    let spec: holdfast_types::api::ReplicaSpec = serde_json::from_value(serde_json::json!({"region": "far", "mode": "warm"})).expect("spec");
+    node.core
+        .update_topology(&c, &entry, &store, false, move |primary, replicas| {
+            primary.get_or_insert("test".into());
+            replicas.push(spec);
+        })
+        .await
+        .expect("topology");
+    let replica = finding(&review(&node, &c, "keyed").await, "replica").clone();
+    assert_eq!((replica.status, replica.severity), (CheckStatus::Fail, Severity::High), "{replica:#?}");
+    assert!(replica.message.contains("far") && replica.message.contains("secrets"), "{replica:#?}");
+    assert_eq!(replica.fix, "holdfast project replicate --project keyed --to far");
+}

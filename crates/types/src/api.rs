@@ -763,6 +763,15 @@ pub struct FailoverReport {
     pub message: String,
 }
 
+/// `GET /internal/v1/region-key`: a region's public key, which a primary wraps a project's data
+/// key for when it replicates the project there (docs/formats/replication.md).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RegionKeyInfo {
+    pub region: String,
+    /// X25519 public key, base64 of 32 bytes.
+    pub key: String,
+}
+
 /// `GET /internal/v1/projects/{id}/position`: what a region holds of a project.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Position {
