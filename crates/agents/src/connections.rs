@@ -243,16 +243,17 @@ pub(crate) fn reseal_ops(view: &StateView<'_>, keys: &SecretKeys, from: &Project
         if from == to && sealed.v == DATA_KEY_SEALED_VERSION {
             continue;
         }
-        let secret = match open_secret(view, keys, from, from, sealed, &body.name) {
-            Ok(plain) => {
-                if sealing.is_none() {
-                    let (data_key, key_ops) = data_key_for_sealing(view, from, to, &keys.region, &keys.region_key)?;
-                    ops.extend(key_ops);
-                    sealing = Some(data_key);
-                }
-                let data_key = sealing.as_ref().expect("set above");
-                json!(data_key.seal(&plain, Binding { project: to.as_str(), connection: &body.name })?)
+        let resealed = open_secret(view, keys, from, from, sealed, &body.name).and_then(|plain| {
+            if sealing.is_none() {
+                let (data_key, key_ops) = data_key_for_sealing(view, from, to, &keys.region, &keys.region_key)?;
+                ops.extend(key_ops);
+                sealing = Some(data_key);
             }
+            let data_key = sealing.as_ref().expect("set above");
+            data_key.seal(&plain, Binding { project: to.as_str(), connection: &body.name })
+        });
+        let secret = match resealed {
+            Ok(sealed) => json!(sealed),
             Err(e) if from == to => {
                 tracing::warn!(connection = %body.name, error = %e.message, "cannot seal a connection secret again");
                 continue;

@@ -16,6 +16,16 @@ pub async fn admin_reset(data: PathBuf, format: Format) -> Result<(), Exit> {
         return Err(Exit::new(2, anyhow!("{} is not a holdfast data directory (no control.db)", data.display())));
     }
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    // Key hashes are peppered by the master key: a key made under another one would never work.
+    if env("HOLDFAST_MASTER_KEY").is_none() && !data.join("master.key").exists() {
+        return Err(Exit::new(
+            2,
+            anyhow!(
+                "{} has no master.key: set HOLDFAST_MASTER_KEY to the master key the server runs with",
+                data.display()
+            ),
+        ));
+    }
     let mut config = ServiceConfig::new(data, "local", env("HOLDFAST_ADMIN_KEY"));
     // The key's hash is peppered by the master key: the one the server uses.
     config.master_key = env("HOLDFAST_MASTER_KEY");

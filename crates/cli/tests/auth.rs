@@ -296,4 +296,10 @@ fn the_env_admin_key_is_an_admin_again_after_a_restart() {
     // HOLDFAST_ADMIN_KEY says this key is an admin key: a start makes it one again.
     let server = Server::start(data.path());
     server.admin().get("/v1/keys").ok(200);
+    // Revoked while another admin holds on, it is live again at the next start.
+    assert_eq!(server.admin().delete("/v1/keys/prn_admin").status, 204);
+    server.admin().get("/v1/keys").err(401, "unauthenticated");
+    server.stop();
+    let server = Server::start(data.path());
+    server.admin().get("/v1/keys").ok(200);
 }

@@ -39,6 +39,10 @@ fn secrets_open_at_the_new_primary_after_planned_and_forced_failovers_with_per_r
     api_a.post("/v1/projects/sec/connections", &connection).ok(201);
     api_a.post("/v1/projects/sec/deployments", &json!({"name": "dep1", "connection": "up", "model": "fake"})).ok(201);
     respond(&api_a, "sec");
+    // Another project is replicated before it has any secret; its first one is made later, by
+    // whichever region leads then.
+    api_a.create_project("late");
+    api_a.post("/v1/projects/late/replicas", &json!({"region": "b", "mode": "hot"})).ok(200);
 
     // Replicated: the data key is wrapped for b's region key, so b's copy opens the secret too.
     api_a.post("/v1/projects/sec/replicas", &json!({"region": "b", "mode": "hot"})).ok(200);
@@ -58,6 +62,14 @@ fn secrets_open_at_the_new_primary_after_planned_and_forced_failovers_with_per_r
     let third = json!({"name": "up3", "type": "openai", "target": format!("http://127.0.0.1:{model}/v1"), "api_key": "sk-third-555555555"});
     api_b.post("/v1/projects/sec/connections", &third).ok(201);
     wait_applied(&api_a, "sec", status(&api_b, "sec")["lsn"].as_u64().unwrap());
+
+    // The late project fails over to b before its first secret; b's secret opens at a, the
+    // old primary and now a hot replica.
+    api_a.post("/v1/projects/late/failover", &json!({"to": "b"})).ok(200);
+    let late = json!({"name": "up", "type": "openai", "target": format!("http://127.0.0.1:{model}/v1"), "api_key": "sk-late-000000000"});
+    api_b.post("/v1/projects/late/connections", &late).ok(201);
+    wait_applied(&api_a, "late", status(&api_b, "late")["lsn"].as_u64().unwrap());
+    assert_eq!(credentials(&api_a, "late")["credentials"]["key"], "sk-late-000000000", "the old primary was wrapped for too");
 
     // b is lost; a forced failover to a: a serves responses with every secret.
     assert!(!b.kill9().success());

@@ -383,10 +383,15 @@ impl Service {
                         tracing::info!("stored HOLDFAST_ADMIN_KEY's hash under the node's key-hash pepper");
                     }
                     control::revoke_source_except(c, "env", &hash)?;
-                    let live = control::list_keys(c)?
-                        .into_iter()
-                        .any(|k| k.hash == hash && k.revoked_us.is_none());
-                    if live {
+                    let stored: Vec<_> = control::list_keys(c)?.into_iter().filter(|k| k.hash == hash).collect();
+                    let live = stored.iter().any(|k| k.revoked_us.is_none());
+                    if !live && !stored.is_empty() {
+                        // Revoked through the API while another admin held on: the setting says
+                        // the key is an admin key, so it is one again (and said so).
+                        tracing::warn!("HOLDFAST_ADMIN_KEY was revoked; it is an admin key again because it is still set");
+                        control::unrevoke_key_hash(c, &hash)?;
+                    }
+                    if live || !stored.is_empty() {
                         // The key is an admin key by this setting: its principal holds
                         // `admin` at `/` whatever happened to the assignment.
                         control::assign_role(c, admin.as_str(), Role::Admin.as_str(), "/")?;

@@ -62,8 +62,6 @@ pub fn topology(view: &StateView<'_>, id: &ProjectId) -> Result<(Option<String>,
     Ok(read_body(view, id)?.map(|(b, _)| (b.primary_region, b.replicas)).unwrap_or_default())
 }
 
-/// The first change of a new epoch: `region` is the primary, and the old primary a replica in
-/// the mode `region` had.
 /// The project's data key as `region` opens it with `key`; `None` while it has none (no secret
 /// was sealed under one yet). Read from the record `id`.
 pub fn data_key(view: &StateView<'_>, id: &ProjectId, region: &str, key: &RegionKey) -> Result<Option<DataKey>> {
@@ -111,6 +109,9 @@ pub fn data_key_recipient_ops(view: &StateView<'_>, id: &ProjectId, region: &str
     let (body, _) = read_body(view, id).map_err(Error::from)?.ok_or_else(|| not_found(id.as_str()))?;
     let before = body.data_key.clone();
     let mut record = body.data_key.unwrap_or_default();
+    // This region's key too: a data key made later, by whichever region then leads, is wrapped
+    // for the region replicating now as well.
+    record.keys.insert(region.to_owned(), key.public().to_owned());
     record.keys.insert(peer.to_owned(), peer_key.to_owned());
     if !record.wraps.is_empty() {
         let wrapped = record.wraps.get(region).ok_or_else(|| {
@@ -155,6 +156,8 @@ pub fn regions_without_data_key(view: &StateView<'_>, id: &ProjectId, regions: &
         .collect())
 }
 
+/// The first change of a new epoch: `region` is the primary, and the old primary a replica in
+/// the mode `region` had.
 pub fn topology_promotion_ops(
     view: &StateView<'_>,
     id: &ProjectId,
@@ -929,8 +932,6 @@ impl Service {
 }
 
 impl Service {
-    /// Journals a change of the project's topology (primary region, replicas) made by `f`, as
-    /// the project's locks allow (`deleting`: it removes a copy).
     /// Journals `peer`'s region key in the project's record and wraps the project's data key for
     /// it, so the project's secrets open there (`holdfast project replicate`).
     pub async fn add_data_key_recipient(&self, caller: &Caller, entry: &CatalogEntry, store: &ProjectStore, peer: &str, peer_key: &str) -> Result<()> {
@@ -943,6 +944,8 @@ impl Service {
         Ok(())
     }
 
+    /// Journals a change of the project's topology (primary region, replicas) made by `f`, as
+    /// the project's locks allow (`deleting`: it removes a copy).
     pub async fn update_topology(
         &self,
         caller: &Caller,

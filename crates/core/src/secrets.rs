@@ -128,7 +128,7 @@ impl MasterKey {
     pub fn open(&self, sealed: &Sealed, binding: Binding<'_>) -> Result<String> {
         let bad = || {
             Error::internal(format!(
-                "the secret of connection {:?} cannot be decrypted here: it was sealed under another master key or for                  another project or connection",
+                "the secret of connection {:?} cannot be decrypted here: it was sealed under another master key or for another project or connection",
                 binding.connection
             ))
         };
@@ -263,6 +263,9 @@ impl RegionKey {
         }
         let epk = decode32(&wrapped.epk).ok_or_else(|| bad("a malformed ephemeral key"))?;
         let shared = self.secret.diffie_hellman(&x25519_dalek::PublicKey::from(epk));
+        if !shared.was_contributory() {
+            return Err(bad("its ephemeral key is a low-order point"));
+        }
         let cipher = wrap_cipher(shared.as_bytes(), &epk, &decode32(&self.public).unwrap_or_default());
         let nonce: [u8; 12] = B64.decode(&wrapped.nonce).ok().and_then(|n| n.try_into().ok()).ok_or_else(|| bad("a malformed nonce"))?;
         let ciphertext = B64.decode(&wrapped.ciphertext).map_err(|_| bad("malformed"))?;
@@ -280,6 +283,10 @@ pub fn wrap_key(key: &DataKey, to: &str, region: &str) -> Result<Wrapped> {
     let ephemeral = x25519_dalek::StaticSecret::from(random_bytes::<32>()?);
     let epk = *x25519_dalek::PublicKey::from(&ephemeral).as_bytes();
     let shared = ephemeral.diffie_hellman(&x25519_dalek::PublicKey::from(recipient));
+    // A low-order "public key" would make the shared secret public: refused.
+    if !shared.was_contributory() {
+        return Err(Error::invalid(format!("region {region}'s key is not a usable X25519 public key")));
+    }
     let cipher = wrap_cipher(shared.as_bytes(), &epk, &recipient);
     let nonce: [u8; 12] = random_bytes::<12>()?;
     let ciphertext = cipher
@@ -374,8 +381,15 @@ mod tests {
         let for_west = wrap_key(&key, west.public(), "westus").expect("wrap");
         let opened = west.unwrap_key(&for_west, "westus").expect("unwrap in westus");
         assert_eq!(opened.open(&sealed, here).expect("open"), "sk-secret");
-        // Not with another region's key, nor under another region's name.
+        // Not with another region's key (even when the wrap claims to be for it), nor under
+        // another region's name.
         assert!(east.unwrap_key(&for_west, "westus").is_err());
+        let Err(e) = east.unwrap_key(&Wrapped { to: east.public().to_owned(), ..for_west.clone() }, "westus") else {
+            panic!("east's secret key opened a wrap made for west");
+        };
+        assert!(e.message.contains("does not open"), "{}", e.message);
+        // A low-order point is no key.
+        assert!(wrap_key(&key, &B64.encode([0u8; 32]), "evil").is_err());
         assert!(west.unwrap_key(&Wrapped { to: west.public().to_owned(), ..for_west.clone() }, "eastus").is_err());
         // A tampered wrap does not open.
         let mut bent = for_west.clone();

@@ -78,7 +78,9 @@ impl Geo {
         let mut outcomes = Vec::with_capacity(chosen.len());
         let mut replayed = record.replayed.clone();
         for change in chosen {
-            let ops = change.ops.clone();
+            // The project record (topology, data key) was the deposed primary's view of a
+            // project it no longer leads: its changes are not replayed.
+            let ops: Vec<Op> = change.ops.iter().filter(|op| op.kind() != Kind::Project).cloned().collect();
             let outcome = match data.commit(Box::new(move |_| Ok(ops))).await {
                 Ok(committed) => {
                     replayed.push(change.lsn);

@@ -322,6 +322,9 @@ impl Geo {
             return Err(Error::invalid(format!("{} is this server's own region; name a peer region", request.region)));
         }
         self.replication().peer(&request.region)?;
+        if request.sync_fallback && request.commit != CommitMode::Sync {
+            return Err(Error::invalid("sync_fallback applies to sync commit only: add commit: sync"));
+        }
         let entry = self.core.entry(project).await?;
         self.core.check_project_locks(&entry.name, false)?;
         let store = self.core.store(&entry).await?;
@@ -349,9 +352,6 @@ impl Geo {
         };
         let peer = self.replication().request(reqwest::Method::POST, &request.region, "/internal/v1/replicas")?;
         let _: serde_json::Value = call(peer.json(&start), &format!("starting the replica in {}", request.region)).await?;
-        if request.sync_fallback && request.commit != CommitMode::Sync {
-            return Err(Error::invalid("sync_fallback applies to sync commit only: add commit: sync"));
-        }
         let spec = ReplicaSpec { region: request.region.clone(), mode: request.mode, commit: request.commit, sync_fallback: request.sync_fallback };
         let region = self.core.region().to_owned();
         self.core.update_topology(caller, &entry, &store, false, move |primary, replicas| {

@@ -118,7 +118,7 @@ impl Governance {
             .map_err(Error::from)?;
         let Some(held) = outcome else {
             return Err(Error::conflict(format!(
-                "principal {} holds the last admin role at / with a live key; assign admin at / to another key first                  (holdfast role assign --principal PRN --role admin --scope /), then remove this one",
+                "principal {} holds the last admin role at / with a live key; assign admin at / to another key first (holdfast role assign --principal PRN --role admin --scope /), then remove this one",
                 req.principal_id
             )));
         };
@@ -156,7 +156,7 @@ impl Governance {
             .map_err(|last_admin| {
                 if last_admin {
                     Error::conflict(format!(
-                        "{id} holds the last live key of an admin at /; make another admin key first                          (holdfast key create --name NAME --role admin), then revoke this one"
+                        "{id} holds the last live key of an admin at /; make another admin key first (holdfast key create --name NAME --role admin), then revoke this one"
                     ))
                 } else {
                     Error::not_found(format!("no key or principal with id {id:?}"))

@@ -226,4 +226,11 @@ async fn a_replica_that_cannot_open_the_projects_secrets_is_a_high_finding() {
     assert_eq!((replica.status, replica.severity), (CheckStatus::Fail, Severity::High), "{replica:#?}");
     assert!(replica.message.contains("far") && replica.message.contains("secrets"), "{replica:#?}");
     assert_eq!(replica.fix, "holdfast project replicate --project keyed --to far");
+    // Once the project holds far's key (what replicate journals), the data key is wrapped for it
+    // and the finding is only the replica's health.
+    let far = holdfast_core::secrets::MasterKey::load(Some(&"0f".repeat(32)), Path::new("/nonexistent")).expect("key");
+    let far = holdfast_core::secrets::RegionKey::of(&far);
+    node.core.add_data_key_recipient(&c, &entry, &store, "far", far.public()).await.expect("wrap for far");
+    let replica = finding(&review(&node, &c, "keyed").await, "replica").clone();
+    assert!(!replica.message.contains("secrets") && replica.severity != Severity::High, "{replica:#?}");
 }

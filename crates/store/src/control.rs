@@ -415,6 +415,11 @@ pub fn revoke_keys(conn: &Connection, key_or_principal: &str) -> Result<usize> {
     )?)
 }
 
+/// Makes a revoked key live again, by its hash (`HOLDFAST_ADMIN_KEY` set again at start).
+pub fn unrevoke_key_hash(conn: &Connection, hash: &str) -> Result<usize> {
+    Ok(conn.execute("UPDATE api_keys SET revoked_us = NULL WHERE hash = ?1 AND revoked_us IS NOT NULL", [hash])?)
+}
+
 /// Replaces a live key's hash (a key stored under an older hash scheme, now hashed anew).
 /// Returns how many keys changed: 0 or 1.
 pub fn rehash_key(conn: &Connection, old: &str, new: &str) -> Result<usize> {
