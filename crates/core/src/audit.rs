@@ -123,14 +123,16 @@ impl Service {
     /// it for every mutation before the response leaves. The change itself is committed already,
     /// so a failure to write the entry is logged and counted, and the response still goes out
     /// (answering an error would invite a retry of a write that happened).
-    pub async fn audit_durable(&self, request: Audited) {
+    /// Returns whether the entry is durable.
+    pub async fn audit_durable(&self, request: Audited) -> bool {
         let (done, written) = tokio::sync::oneshot::channel();
         self.audit.send(record_of(request), Some(done));
         match tokio::time::timeout(DURABLE_WAIT, written).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => true,
             Ok(Err(_)) | Err(_) => {
                 metrics::counter!("holdfast_audit_write_failures_total").increment(1);
                 tracing::error!("a mutation's audit entry could not be made durable before its response");
+                false
             }
         }
     }

@@ -476,7 +476,7 @@ impl Service {
             .map_err(Error::from)?;
         self.reload_keys(&serial).await?;
         let system = Caller::system();
-        self.audit_durable(crate::audit::Audited {
+        let recorded = self.audit_durable(crate::audit::Audited {
             principal: system.principal.id.as_str().to_owned(),
             method: "CLI".into(),
             route: "holdfast admin reset".into(),
@@ -488,6 +488,13 @@ impl Service {
             request_id: system.request_id.as_str().to_owned(),
         })
         .await;
+        if !recorded {
+            // A break-glass key nobody can see in the audit log is not handed out.
+            let k = key_id.clone();
+            self.control.call(move |c| control::revoke_keys(c, k.as_str())).await.map_err(Error::from)?;
+            self.reload_keys(&serial).await?;
+            return Err(Error::internal("the reset could not be recorded in the audit log; no key was made"));
+        }
         Ok(KeyCreated { key, key_id, principal_id, name, role: Some(Role::Admin) })
     }
 

@@ -5,6 +5,7 @@
 //! lock and installs the reloaded set before it returns, so a revoked key stops working at once.
 
 use holdfast_core::auth::{Action, Caller, assignment_scope, built_in_definition, validate_definition};
+use holdfast_core::identities::SYSTEM_ASSIGNED;
 use holdfast_core::{Result, validate};
 use holdfast_store::control::{self, AdminLoss, NewKey};
 use holdfast_types::api::{
@@ -87,7 +88,26 @@ impl Governance {
         let (p, role, scope) = (req.principal_id.as_str().to_owned(), req.role.as_str().to_owned(), req.scope.clone());
         let serial = self.core.principals_lock().await;
         self.role_exists(&req.role).await?;
-        let known = self.core.control().call(move |c| control::assign_role(c, &p, &role, &scope)).await.map_err(Error::from)?;
+        let outcome = self
+            .core
+            .control()
+            .call(move |c| {
+                // A system-assigned identity ends with its project's purge: an Owner of
+                // everything must not end with one project.
+                if role == Role::Admin.as_str() && scope == "/" && control::principal_kind(c, &p)?.as_deref() == Some(SYSTEM_ASSIGNED) {
+                    return Ok(None);
+                }
+                control::assign_role(c, &p, &role, &scope).map(Some)
+            })
+            .await
+            .map_err(Error::from)?;
+        let Some(known) = outcome else {
+            return Err(Error::invalid(format!(
+                "principal {} is a project's system-assigned identity, removed with its project: it cannot hold admin at /; \
+                 give it a role at its project, or use a user-assigned identity",
+                req.principal_id
+            )));
+        };
         if !known {
             return Err(Error::not_found(format!("no principal with id {}", req.principal_id)));
         }

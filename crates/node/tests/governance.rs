@@ -252,6 +252,13 @@ async fn identities_outlive_or_end_with_their_project() {
     let sys_key = node.governance.create_identity_key(&c, &sys_identity.name).await.expect("sys key");
     let sys_grant = RoleAssignment { principal_id: sys_identity.principal_id.clone(), role: Role::AiReader, scope: "/projects/shared".into() };
     node.governance.assign_role(&c, sys_grant).await.expect("assign sys");
+    // A system identity ends with its project: it can never be an Owner of everything (its
+    // purge would then remove the last admin without the guard seeing it).
+    let owner = RoleAssignment { principal_id: sys_identity.principal_id.clone(), role: Role::Admin, scope: "/".into() };
+    let message = kind(node.governance.assign_role(&c, owner).await, ErrorKind::InvalidInput, "system identity as admin at /");
+    assert!(message.contains("system-assigned"), "{message}");
+    let at_project = RoleAssignment { principal_id: sys_identity.principal_id.clone(), role: Role::Admin, scope: "/projects/tool".into() };
+    node.governance.assign_role(&c, at_project).await.expect("admin of its own project is fine");
     node.agents.get_conversation(&as_key(&node, &runner_key.key), "shared", &conv).await.expect("runner reads");
     node.agents.get_conversation(&as_key(&node, &sys_key.key), "shared", &conv).await.expect("sys reads");
 

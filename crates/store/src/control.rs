@@ -489,6 +489,11 @@ pub enum AdminLoss<'a> {
     Keys { key_or_principal: &'a str },
 }
 
+/// A principal's kind (`user_assigned`, `system_assigned` for identities), `None` when unknown.
+pub fn principal_kind(conn: &Connection, principal: &str) -> Result<Option<String>> {
+    Ok(conn.query_row("SELECT kind FROM principals WHERE id = ?1", [principal], |r| r.get::<_, Option<String>>(0)).optional()?.flatten())
+}
+
 /// Gives a principal a role at a scope; `false` when there is no such principal.
 pub fn assign_role(conn: &Connection, principal: &str, role: &str, scope: &str) -> Result<bool> {
     let known = conn.query_row("SELECT 1 FROM principals WHERE id = ?1", [principal], |_| Ok(())).optional()?.is_some();
