@@ -267,8 +267,9 @@ fn a_forced_failover_keeps_the_lost_primarys_unreplicated_writes_as_a_divergence
 }
 
 #[test]
-fn with_sync_commit_a_killed_primary_loses_no_acknowledged_write() {
-    let (a, b, _da, _db) = pair();
+fn with_sync_commit_a_killed_primary_loses_no_acknowledged_write_and_sync_resumes_when_it_returns() {
+    let (a, b, da, _db) = pair();
+    let (a_port, b_port) = (a.port, b.port);
     let (api_a, api_b) = (a.admin(), b.admin());
     api_a.create_project("sync");
     let conv = api_a.post(&oa("sync", "/conversations"), &json!({})).ok(200)["id"].as_str().expect("id").to_owned();
@@ -312,6 +313,32 @@ fn with_sync_commit_a_killed_primary_loses_no_acknowledged_write() {
     for item in &acked {
         api_b.get(&oa("sync", &format!("/conversations/{conv}/items/{item}"))).ok(200);
     }
+
+    // The lost region no longer gates writes: the new primary takes them, and says it is not
+    // synchronously protected (it used to answer 503 until the dead region came back).
+    let items = oa("sync", &format!("/conversations/{conv}/items"));
+    api_b.post(&items, &json!({"items": [{"role": "user", "content": "after the loss"}]})).ok(200);
+    let lost = status(&api_b, "sync")["replicas"].as_array().expect("replicas").iter().find(|r| r["region"] == "a").cloned().expect("a listed");
+    assert_eq!(lost["commit"], "sync", "{lost:#}");
+    assert!(lost["sync_suspended_since"].is_string(), "{lost:#}");
+
+    // a returns, steps down, catches up: sync commit applies again, by itself.
+    let a = region(da.path(), "a", a_port, "b", b_port, &|o| o);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(&api_b, "sync");
+        let back = s["replicas"].as_array().expect("replicas").iter().find(|r| r["region"] == "a").cloned().expect("a listed");
+        if back.get("sync_suspended_since").is_none_or(Value::is_null) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sync commit never resumed: {s:#}");
+        sleep(Duration::from_millis(100));
+    }
+    let written = api_b.post(&items, &json!({"items": [{"role": "user", "content": "protected again"}]})).ok(200);
+    let item = written["data"][0]["id"].as_str().expect("item id").to_owned();
+    // A sync write is acknowledged only once a has it.
+    wait_applied(&a.admin(), "sync", status(&api_b, "sync")["lsn"].as_u64().expect("lsn"));
+    a.admin().get(&format!("{items}/{item}")).ok(200);
 }
 
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use holdfast_store::control::{self, CatalogEntry};
 use holdfast_store::{ProjectStore, Resource, StateView, StoreError};
 use holdfast_types::api::{
-    JournalPage, Page, Project, ProjectCreate, ProjectIdentity, ProjectPage, ProjectUpdate, ReplicaMode, ReplicaSpec,
+    JournalPage, Page, Project, ProjectCreate, ProjectIdentity, ProjectPage, ProjectUpdate, CommitMode, ReplicaMode, ReplicaSpec,
 };
 use holdfast_types::{Error, ErrorKind, Kind, Lsn, Micros, Op, ProjectId, now_micros, rfc3339};
 use serde::{Deserialize, Serialize};
@@ -157,20 +157,23 @@ pub fn regions_without_data_key(view: &StateView<'_>, id: &ProjectId, regions: &
 }
 
 /// The first change of a new epoch: `region` is the primary, and the old primary a replica in
-/// the mode `region` had.
+/// the mode `region` had. `lost_at` (a forced or automatic failover: the old primary's region is
+/// lost) suspends its sync commit from then, so writes here do not wait for a region that is gone.
 pub fn topology_promotion_ops(
     view: &StateView<'_>,
     id: &ProjectId,
     region: &str,
     old_primary: &str,
     mode: ReplicaMode,
+    lost_at: Option<Micros>,
 ) -> Result<Vec<Op>> {
     let (mut body, _) = read_body(view, id).map_err(Error::from)?.ok_or_else(|| not_found(id.as_str()))?;
     // The old primary replicates as the new one did: same commit setting.
     let (commit, sync_fallback) =
         body.replicas.iter().find(|r| r.region == region).map(|r| (r.commit, r.sync_fallback)).unwrap_or_default();
     body.replicas.retain(|r| r.region != region && r.region != old_primary);
-    body.replicas.push(ReplicaSpec { region: old_primary.to_owned(), mode, commit, sync_fallback });
+    let sync_suspended_us = lost_at.filter(|_| commit == CommitMode::Sync);
+    body.replicas.push(ReplicaSpec { region: old_primary.to_owned(), mode, commit, sync_fallback, sync_suspended_us });
     body.primary_region = Some(region.to_owned());
     let topology = json!({ "primary_region": body.primary_region, "replicas": body.replicas });
     Ok(vec![Op::Patch { kind: Kind::Project, id: id.as_str().to_owned(), patch: topology }])

@@ -246,7 +246,9 @@ impl GeoState {
         let (_, replicas) = store.read(move |view| holdfast_core::projects::topology(view, &id)).await.map_err(Error::from)?;
         let gate = self.coordinator.as_ref().filter(|_| !replicas.is_empty()).map(|c| c.write_gate());
         store.set_write_gate(gate);
-        let sync: Vec<&ReplicaSpec> = replicas.iter().filter(|r| r.commit == CommitMode::Sync).collect();
+        // A region a failover declared lost gates nothing until it has caught up again.
+        let sync: Vec<&ReplicaSpec> =
+            replicas.iter().filter(|r| r.commit == CommitMode::Sync && r.sync_suspended_us.is_none()).collect();
         let regions: Vec<String> = sync.iter().map(|r| r.region.clone()).collect();
         let fallback = !sync.is_empty() && sync.iter().all(|r| r.sync_fallback);
         let timeout = self.replication.config.sync_timeout;
@@ -352,7 +354,13 @@ impl Geo {
         };
         let peer = self.replication().request(reqwest::Method::POST, &request.region, "/internal/v1/replicas")?;
         let _: serde_json::Value = call(peer.json(&start), &format!("starting the replica in {}", request.region)).await?;
-        let spec = ReplicaSpec { region: request.region.clone(), mode: request.mode, commit: request.commit, sync_fallback: request.sync_fallback };
+        let spec = ReplicaSpec {
+            region: request.region.clone(),
+            mode: request.mode,
+            commit: request.commit,
+            sync_fallback: request.sync_fallback,
+            sync_suspended_us: None,
+        };
         let region = self.core.region().to_owned();
         self.core.update_topology(caller, &entry, &store, false, move |primary, replicas| {
             primary.get_or_insert(region);
@@ -416,6 +424,12 @@ impl Geo {
             followers.entry(entry.id.clone()).or_default().insert(region.to_owned(), Follower { applied: after, last_contact: now_micros() });
         }
         store.acknowledge(region, after);
+        if after == store.last_lsn()
+            && let Err(e) = self.resume_sync_if_suspended(&entry, &store, region).await
+        {
+            // The pull goes on; the next one tries again.
+            tracing::warn!(project = %entry.name, region, error = %e.message, "cannot resume sync commit");
+        }
         if store.last_lsn() <= after && !wait.is_zero() {
             let mut lsn = store.subscribe();
             let mut stopping = self.core.stopping();
@@ -430,6 +444,26 @@ impl Geo {
         let changes = store.journal(after, limit.clamp(1, PULL_LIMIT)).await.map_err(Error::from)?;
         let last = store.read(|view| Ok((view.last_lsn()?, view.last_change()?.map_or(0, |c| c.ts)))).await.map_err(Error::from)?;
         Ok(JournalBatch { changes, last_lsn: last.0, epoch: store.epoch(), last_ts: last.1 })
+    }
+
+    /// A region whose sync commit a failover suspended has everything this primary has: its sync
+    /// commit applies again (journaled, so every copy knows the project is protected again).
+    async fn resume_sync_if_suspended(&self, entry: &CatalogEntry, store: &ProjectStore, region: &str) -> Result<()> {
+        let id = entry.id.clone();
+        let (_, replicas) = store.read(move |view| holdfast_core::projects::topology(view, &id)).await.map_err(Error::from)?;
+        if !replicas.iter().any(|r| r.region == region && r.sync_suspended_us.is_some()) {
+            return Ok(());
+        }
+        let back = region.to_owned();
+        self.core
+            .update_topology(&Caller::system(), entry, store, false, move |_, replicas| {
+                for r in replicas.iter_mut().filter(|r| r.region == back) {
+                    r.sync_suspended_us = None;
+                }
+            })
+            .await?;
+        tracing::info!(project = %entry.name, region, "the region caught up: sync commit applies again");
+        self.state.apply_sync_setting(store).await
     }
 
     /// `GET /internal/v1/projects/{id}/snapshot`: a consistent copy of the project's database.
@@ -842,7 +876,7 @@ impl Geo {
             Some(epoch) => epoch,
             None => Epoch(store.epoch().0 + 1),
         };
-        let lsn = self.promote_here(&entry, &store, &state, epoch, &old, state.mode).await?;
+        let lsn = self.promote_here(&entry, &store, &state, epoch, &old, state.mode, true).await?;
         // What the replica had applied when the promotion committed (a pull may have landed
         // after the failover began).
         let last = Lsn(lsn.0 - 1);
@@ -880,12 +914,14 @@ impl Geo {
         epoch: Epoch,
         old: &str,
         mode: ReplicaMode,
+        lost: bool,
     ) -> Result<Lsn> {
         state.stop.send_replace(true);
         let (region, old, project) = (self.core.region().to_owned(), old.to_owned(), entry.id.clone());
         let core = self.core.clone();
+        let lost_at = lost.then(now_micros);
         let plan: holdfast_store::Plan = Box::new(move |view| {
-            let mut ops = holdfast_core::projects::topology_promotion_ops(view, &project, &region, &old, mode)?;
+            let mut ops = holdfast_core::projects::topology_promotion_ops(view, &project, &region, &old, mode, lost_at)?;
             ops.extend(core.domain_promotion_ops(view)?);
             Ok(ops)
         });
@@ -916,7 +952,7 @@ impl Geo {
     /// lapsed, so it has fenced itself).
     pub(crate) async fn promote_automatically(self: &Arc<Self>, entry: &CatalogEntry, store: &ProjectStore, state: &ReplicaState, epoch: Epoch) -> Result<Lsn> {
         let old = state.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.promote_here(entry, store, state, epoch, &old, state.mode).await
+        self.promote_here(entry, store, state, epoch, &old, state.mode, true).await
     }
 
     /// `POST /internal/v1/projects/{id}/promote`: the target of a planned failover applies up
@@ -946,7 +982,8 @@ impl Geo {
                 request.until_lsn
             )));
         }
-        let lsn = self.promote_here(&entry, &store, &state, request.epoch, &request.old_primary, request.old_primary_mode).await?;
+        let lsn =
+            self.promote_here(&entry, &store, &state, request.epoch, &request.old_primary, request.old_primary_mode, false).await?;
         Ok(serde_json::json!({ "project_id": entry.id, "epoch": request.epoch, "lsn": lsn }))
     }
 
@@ -1167,10 +1204,13 @@ impl Geo {
                 };
                 metrics::gauge!("holdfast_replication_lag_changes", "project" => entry.name.clone(), "region" => spec.region.clone())
                     .set(lsn.0.saturating_sub(applied.0) as f64);
+                metrics::gauge!("holdfast_sync_suspended", "project" => entry.name.clone(), "region" => spec.region.clone())
+                    .set(if spec.sync_suspended_us.is_some() { 1.0 } else { 0.0 });
                 replicas.push(ReplicaStatus {
                     region: spec.region,
                     mode: spec.mode,
                     commit: spec.commit,
+                    sync_suspended_since: spec.sync_suspended_us.map(rfc3339),
                     applied_lsn: applied,
                     lag_changes: lsn.0.saturating_sub(applied.0),
                     lag_ms,

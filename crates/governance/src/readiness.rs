@@ -263,6 +263,18 @@ fn replica(name: &str, status: &ProjectStatus, locked_out: &[String]) -> Finding
             String::new(),
         );
     }
+    if let Some((r, since)) = status.replicas.iter().find_map(|r| Some((r, r.sync_suspended_since.as_ref()?))) {
+        return fail(
+            CHECK,
+            Severity::Medium,
+            format!(
+                "{name} is not synchronously protected since {since}: a failover declared region {} lost, and writes do not wait \
+                 for it until it is back and caught up (RPO > 0 meanwhile)",
+                r.region
+            ),
+            format!("bring region {} back; holdfast status --project {name} shows when sync commit applies again", r.region),
+        );
+    }
     let healthy = status.replicas.iter().find(|r| r.last_contact.is_some() && r.lag_ms < REPLICA_LAG_TARGET_MS);
     match (healthy, status.replicas.first()) {
         (Some(r), _) => pass(CHECK, Severity::Medium, format!("replica in region {} ({:?}), {} ms behind", r.region, r.mode, r.lag_ms)),

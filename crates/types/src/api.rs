@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Change, Epoch, KeyId, Lsn, PrincipalId, ProjectId};
+use crate::{Change, Epoch, KeyId, Lsn, Micros, PrincipalId, ProjectId};
 
 /// A project: the unit of isolation, replication, backup and export.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -621,6 +621,11 @@ pub struct ReplicaSpec {
     /// anyway (as async, with a warning and `holdfast_sync_fallbacks_total`) instead of failing it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sync_fallback: bool,
+    /// Sync commit only: set (µs) when a forced or automatic failover declared this region lost;
+    /// while set, writes do not wait for it (the project is not synchronously protected, RPO >
+    /// 0). Cleared when the region, back as a replica, has caught up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_suspended_us: Option<Micros>,
 }
 
 /// `POST /v1/projects/{project}/replicas`.
@@ -666,6 +671,10 @@ pub struct ReplicaStatus {
     pub region: String,
     pub mode: ReplicaMode,
     pub commit: CommitMode,
+    /// Sync commit suspended since (RFC 3339): a failover declared the region lost, and writes
+    /// do not wait for it until it has caught up again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_suspended_since: Option<String>,
     /// What the replica has durably applied (it asks for changes after it).
     pub applied_lsn: Lsn,
     pub lag_changes: u64,
