@@ -47,11 +47,23 @@ impl IntoResponse for ApiError {
                 request_id: current_request_id(),
             },
         };
+        let committed = self.0.committed_lsn;
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
+        mark_committed(&mut response, committed);
         response
+    }
+}
+
+/// `x-holdfast-committed: true` and `x-holdfast-committed-lsn` on an error answering a write
+/// that was committed all the same, so a client can tell it must not simply retry.
+pub fn mark_committed(response: &mut Response, lsn: Option<holdfast_types::Lsn>) {
+    if let Some(lsn) = lsn {
+        let headers = response.headers_mut();
+        headers.insert("x-holdfast-committed", header::HeaderValue::from_static("true"));
+        headers.insert("x-holdfast-committed-lsn", header::HeaderValue::from(lsn.0));
     }
 }
 

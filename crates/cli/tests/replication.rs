@@ -402,6 +402,11 @@ fn a_sync_write_the_replica_does_not_confirm_fails_unless_fallback_is_on() {
     let refused = api_a.post(&oa("strict", &format!("/conversations/{conv}/items")), &body);
     assert_eq!(refused.status, 503, "{}", refused.text);
     assert!(refused.text.contains("did not confirm"), "{}", refused.text);
+    // It is committed, and the answer says so, with its LSN: a blind retry would write it twice.
+    assert_eq!(refused.header("x-holdfast-committed").as_deref(), Some("true"), "{:?}", refused.headers);
+    let committed: u64 = refused.header("x-holdfast-committed-lsn").expect("committed LSN").parse().expect("a number");
+    let change = api_a.get(&format!("/v1/projects/strict/journal?after={}&limit=1", committed - 1)).ok(200);
+    assert!(change["changes"][0].to_string().contains("unconfirmed"), "the change named is the write: {change}");
     common::send_signal(b.pid(), "CONT");
 
     // With the fallback on, the same outage acknowledges the write as async.

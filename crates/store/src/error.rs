@@ -38,10 +38,14 @@ impl From<StoreError> for Error {
             StoreError::Rejected(e) => e,
             StoreError::Closed => Error::new(ErrorKind::Unavailable, "project store is closed; retry"),
             StoreError::Deleted => Error::new(ErrorKind::NotFound, "project was deleted"),
-            e @ StoreError::SyncTimeout { .. } => Error::new(
+            e @ StoreError::SyncTimeout { lsn, .. } => Error::new(
                 ErrorKind::Unavailable,
-                format!("{e}; it is not acknowledged: check the replica (holdfast status) and retry"),
-            ),
+                format!(
+                    "{e}; it is not acknowledged, but it is committed (x-holdfast-committed): check the replica (holdfast \
+                     status) before writing it again"
+                ),
+            )
+            .committed_at(lsn),
             StoreError::NotPrimary(role) => Error::new(
                 ErrorKind::Unavailable,
                 format!("this copy of the project is {role}: it takes no writes; send them to the project's primary region"),

@@ -59,6 +59,10 @@ impl ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    /// Set when the write the error answers was committed nonetheless (a sync commit its
+    /// replica did not confirm): the LSN of its change. The HTTP layer says so in
+    /// `x-holdfast-committed`, so a client does not write it twice by retrying.
+    pub committed_lsn: Option<crate::Lsn>,
 }
 
 impl fmt::Display for Error {
@@ -69,7 +73,12 @@ impl fmt::Display for Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), committed_lsn: None }
+    }
+
+    /// The same error, for a write committed at `lsn` all the same.
+    pub fn committed_at(self, lsn: crate::Lsn) -> Self {
+        Self { committed_lsn: Some(lsn), ..self }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

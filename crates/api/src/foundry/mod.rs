@@ -60,7 +60,9 @@ impl IntoResponse for OaError {
                 "code": self.0.kind.code(),
             }
         });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        crate::error::mark_committed(&mut response, self.0.committed_lsn);
+        response
     }
 }
 
