@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::items::{MAX_ITEMS_PER_REQUEST, normalize};
-use crate::wire::{List, ListQuery, deleted, metadata, must_get, new_id, page, unix_seconds};
+use crate::wire::{List, ListQuery, deleted, filtered_page, metadata, must_get, new_id, page, store_err, unix_seconds};
 use holdfast_core::{Action, Caller, Result};
 
 use crate::Agents;
@@ -22,6 +22,17 @@ pub struct ConversationCreate {
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ConversationUpdate {
     pub metadata: Option<Value>,
+}
+
+/// `GET /conversations`: a list page, and `metadata[KEY]=VALUE` filters (every one must match).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ConversationListQuery {
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+    pub order: Option<String>,
+    /// Every other query parameter: only `metadata[KEY]` is known.
+    #[serde(flatten)]
+    pub rest: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -99,6 +110,35 @@ impl Agents {
         }))
         .await?;
         self.get_conversation(caller, project, &id).await
+    }
+
+    /// Lists the project's conversations, newest first unless `order=asc`, paged like items, and
+    /// keeps those whose metadata has every `metadata[KEY]=VALUE` asked for.
+    pub async fn list_conversations(&self, caller: &Caller, project: &str, query: ConversationListQuery) -> Result<List> {
+        let data = self.core.data(caller, project, Action::DataRead).await?;
+        let mut wanted = Vec::new();
+        for (name, value) in query.rest {
+            let key = name
+                .strip_prefix("metadata[")
+                .and_then(|k| k.strip_suffix(']'))
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| Error::invalid(format!("unknown query parameter {name:?}; filter with metadata[KEY]=VALUE")))?;
+            wanted.push((key.to_owned(), value));
+        }
+        let list = ListQuery { after: query.after, before: None, limit: query.limit, order: query.order };
+        let (limit, order) = (list.limit()?, list.order(Order::Desc)?);
+        data.read(move |view| {
+            if let Some(after) = &list.after
+                && view.get(Kind::Conversation, after).map_err(store_err)?.is_none()
+            {
+                return Err(Error::invalid(format!("'after' cursor {after:?} does not name a conversation")));
+            }
+            let (rows, has_more) = filtered_page(view, Kind::Conversation, None, list.after.clone(), limit, order, |r| {
+                wanted.iter().all(|(k, v)| r.body["metadata"][k.as_str()].as_str() == Some(v.as_str()))
+            })?;
+            Ok(List::new(rows.iter().map(conversation_wire).collect(), has_more))
+        })
+        .await
     }
 
     pub async fn get_conversation(&self, caller: &Caller, project: &str, id: &str) -> Result<Value> {

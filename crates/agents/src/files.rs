@@ -5,13 +5,13 @@
 
 use bytes::Bytes;
 use holdfast_blob::BlobHash;
-use holdfast_store::{Order, Resource, StateView};
+use holdfast_store::{Order, Resource};
 use holdfast_types::{Error, ErrorKind, Kind, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use holdfast_core::Data;
-use crate::wire::{List, deleted, must_get, new_id, store_err, unix_seconds};
+use crate::wire::{List, deleted, filtered_page, must_get, new_id, store_err, unix_seconds};
 use holdfast_core::{Action, Caller, Result};
 
 use crate::Agents;
@@ -113,41 +113,6 @@ fn filename(name: Option<&str>) -> Result<String> {
         return Err(Error::invalid("filename must not contain control characters"));
     }
     Ok(name.to_owned())
-}
-
-/// One page of `kind` resources under `parent` after `after` (a resource id), keeping those
-/// `keep` accepts; `(rows, has_more)`.
-pub(crate) fn filtered_page(
-    view: &StateView<'_>,
-    kind: Kind,
-    parent: Option<&str>,
-    after: Option<String>,
-    limit: usize,
-    order: Order,
-    keep: impl Fn(&Resource) -> bool,
-) -> Result<(Vec<Resource>, bool)> {
-    const SCAN: usize = 256;
-    let mut cursor = after;
-    let mut out = Vec::new();
-    loop {
-        let rows = view.list(kind, parent, cursor.as_deref(), SCAN, order).map_err(store_err)?;
-        let scanned = rows.len();
-        for r in rows {
-            cursor = Some(r.id.clone());
-            if keep(&r) {
-                out.push(r);
-                if out.len() > limit {
-                    break;
-                }
-            }
-        }
-        if out.len() > limit || scanned < SCAN {
-            break;
-        }
-    }
-    let has_more = out.len() > limit;
-    out.truncate(limit);
-    Ok((out, has_more))
 }
 
 impl Agents {

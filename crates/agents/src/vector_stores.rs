@@ -18,10 +18,10 @@ use holdfast_types::{Error, Kind, Op};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
-use crate::files::{file_body, filtered_page, link_id};
+use crate::files::{file_body, link_id};
 use crate::index::{DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP_TOKENS, MAX_PRELOADED_BYTES, Preloaded, text_of};
 use holdfast_core::Data;
-use crate::wire::{List, ListQuery, deleted, metadata, must_get, new_id, page, store_err, unix_seconds};
+use crate::wire::{List, ListQuery, deleted, filtered_page, metadata, must_get, new_id, page, store_err, unix_seconds};
 use holdfast_core::{Action, Caller, Result};
 
 use crate::Agents;

@@ -97,6 +97,41 @@ pub(crate) fn page(
     Ok((rows, has_more))
 }
 
+/// One page of `kind` resources under `parent` after `after` (a resource id), keeping those
+/// `keep` accepts; `(rows, has_more)`.
+pub(crate) fn filtered_page(
+    view: &StateView<'_>,
+    kind: Kind,
+    parent: Option<&str>,
+    after: Option<String>,
+    limit: usize,
+    order: Order,
+    keep: impl Fn(&Resource) -> bool,
+) -> Result<(Vec<Resource>, bool)> {
+    const SCAN: usize = 256;
+    let mut cursor = after;
+    let mut out = Vec::new();
+    loop {
+        let rows = view.list(kind, parent, cursor.as_deref(), SCAN, order).map_err(store_err)?;
+        let scanned = rows.len();
+        for r in rows {
+            cursor = Some(r.id.clone());
+            if keep(&r) {
+                out.push(r);
+                if out.len() > limit {
+                    break;
+                }
+            }
+        }
+        if out.len() > limit || scanned < SCAN {
+            break;
+        }
+    }
+    let has_more = out.len() > limit;
+    out.truncate(limit);
+    Ok((out, has_more))
+}
+
 /// OpenAI metadata: at most 16 string pairs, keys up to 64 characters, values up to 512.
 pub(crate) fn metadata(value: Option<Value>) -> Result<BTreeMap<String, String>> {
     let Some(value) = value else { return Ok(BTreeMap::new()) };

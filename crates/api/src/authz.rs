@@ -137,6 +137,7 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", const_concat::DEPLOYMENT, act(DataRead)),
     // OpenAI-compatible.
     ("POST", const_concat::CONVERSATIONS, act(DataWrite)),
+    ("GET", const_concat::CONVERSATIONS, act(DataRead)),
     ("GET", const_concat::CONVERSATION, act(DataRead)),
     ("POST", const_concat::CONVERSATION, act(DataWrite)),
     ("DELETE", const_concat::CONVERSATION, act(DataWrite)),

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use holdfast_agents::conversations::{ConversationCreate, ConversationUpdate, ItemsCreate};
+use holdfast_agents::conversations::{ConversationCreate, ConversationListQuery, ConversationUpdate, ItemsCreate};
 use holdfast_agents::{List, ListQuery};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -13,7 +13,7 @@ use crate::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create_conversation))
+        .routes(routes!(create_conversation, list_conversations))
         .routes(routes!(get_conversation, update_conversation, delete_conversation))
         .routes(routes!(create_items, list_items))
         .routes(routes!(get_item, delete_item))
@@ -29,6 +29,22 @@ async fn create_conversation(
     OaJson(req): OaJson<ConversationCreate>,
 ) -> OaResult<Json<Value>> {
     Ok(Json(s.node.agents.create_conversation(&c, &project, req).await?))
+}
+
+/// Lists the project's conversations (newest first; `order`, `after`, `limit`, and
+/// `metadata[KEY]=VALUE` filters).
+#[utoipa::path(get, path = "/api/projects/{project}/openai/v1/conversations", tag = "openai",
+    params(("project" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<usize>, Query),
+        ("order" = Option<String>, Query, description = "desc (default) or asc")),
+    responses((status = 200, body = Object), (status = 400, body = Object), (status = 401, body = Object),
+        (status = 403, body = Object), (status = 404, body = Object)))]
+async fn list_conversations(
+    State(s): State<AppState>,
+    OaAuthed(c): OaAuthed,
+    Path(project): Path<String>,
+    OaQuery(query): OaQuery<ConversationListQuery>,
+) -> OaResult<Json<List>> {
+    Ok(Json(s.node.agents.list_conversations(&c, &project, query).await?))
 }
 
 /// Gets a conversation.
