@@ -131,7 +131,14 @@ pub async fn serve(State(c): State<Consistency>, request: Request, next: Next) -
     {
         return with_position(refuse(&template, e), geo.local_copy(&project).await.ok());
     }
-    let response = next.run(request).await;
+    let keyed = forwards(request.method(), &template)
+        && request.headers().contains_key(crate::idempotency::IDEMPOTENCY_HEADER)
+        && !crate::idempotency::UNKEYED_ROUTES.contains(&template.as_str());
+    let response = if keyed {
+        crate::idempotency::serve(&c.state, &template, &project, request, next, c.max_body_bytes, refuse).await
+    } else {
+        next.run(request).await
+    };
     with_position(response, geo.local_copy(&project).await.ok())
 }
 

@@ -17,6 +17,7 @@ mod export;
 mod extract;
 mod foundry;
 mod history;
+mod idempotency;
 mod identities;
 mod locks;
 mod middleware;
@@ -70,6 +71,39 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The `Idempotency-Key` header, and the statuses it adds, on every write of a project route
+/// that takes it (`idempotency.rs`): described once here, as the middleware serves them all.
+struct IdempotentWrites;
+
+impl utoipa::Modify for IdempotentWrites {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, Required, ResponseBuilder, Type};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let project_route = path.starts_with("/v1/projects/{project}/") || path.starts_with("/api/projects/{project}/");
+            if !project_route || idempotency::UNKEYED_ROUTES.contains(&path.as_str()) {
+                continue;
+            }
+            for operation in [&mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten() {
+                let header = ParameterBuilder::new()
+                    .name("Idempotency-Key")
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some("1–255 visible ASCII characters; a retry with the same key and request gets the first answer"))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String)));
+                operation.parameters.get_or_insert_with(Vec::new).push(header.build().into());
+                let responses = &mut operation.responses.responses;
+                responses.entry("422".into()).or_insert_with(|| {
+                    ResponseBuilder::new().description("the Idempotency-Key was used for another request").build().into()
+                });
+                responses.entry("409".into()).or_insert_with(|| {
+                    ResponseBuilder::new().description("a retry of a committed keyed write whose answer was not kept").build().into()
+                });
+            }
+        }
+    }
+}
+
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(check::routes()).merge(locks::routes()).merge(roles::routes()).merge(identities::routes()).merge(audit::routes()).merge(replication::routes())
@@ -78,7 +112,12 @@ fn routes() -> OpenApiRouter<AppState> {
 /// The OpenAPI document of every route, built once.
 pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     static API: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
-    API.get_or_init(|| routes().split_for_parts().1)
+    API.get_or_init(|| {
+        let mut api = routes().split_for_parts().1;
+        // Over the merged routes: the document's own modifiers run before they are added.
+        utoipa::Modify::modify(&IdempotentWrites, &mut api);
+        api
+    })
 }
 
 /// The whole HTTP application.

@@ -92,13 +92,19 @@ impl Client {
     }
 
     /// Sends to each endpoint in turn until one answers; only a failure to connect moves on to
-    /// the next, so a request is never sent twice.
+    /// the next, so a request is never sent twice. A write carries one fresh `Idempotency-Key`
+    /// to every endpoint it tries, so even one that took it before the connection broke does
+    /// not write it twice.
     async fn send<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, Exit> {
         let mut last_error = None;
+        let idempotency = (method != Method::GET).then(|| format!("holdfast-cli-{}", ulid::Ulid::generate().to_string().to_lowercase()));
         for endpoint in &self.endpoints {
             let mut request = self.http.request(method.clone(), format!("{endpoint}{path}"));
             if let Some(key) = &self.key {
                 request = request.bearer_auth(key);
+            }
+            if let Some(idempotency) = &idempotency {
+                request = request.header("Idempotency-Key", idempotency);
             }
             if let Some(body) = body {
                 request = request.json(body);

@@ -80,7 +80,7 @@ fn a_backup_operator_restores_and_exports_but_never_deletes_or_reads_contents() 
     assert_eq!(ops.get("/v1/projects/alpha/export").status, 200);
     let message = ops.delete("/v1/projects/alpha").err(403, "forbidden");
     assert!(message.contains("projects/write"), "{message}");
-    assert_eq!(ops.get(&conversations("alpha")).status, 405, "no GET list of conversations on the wire");
+    assert_eq!(ops.get(&conversations("alpha")).status, 403, "no list of contents");
     assert_eq!(ops.get(&format!("{}/conv_x", conversations("alpha"))).status, 403, "no contents");
     assert_eq!(server.stop().code(), Some(0));
 }

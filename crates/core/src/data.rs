@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use holdfast_store::{Committed, Plan, ProjectStore, StateView};
-use holdfast_types::Error;
+use holdfast_types::{Error, now_micros};
 
+use crate::idempotency;
 use crate::locks::{SharedLocks, check_data_locks};
 use crate::{Action, Caller, Result, Service};
 
@@ -44,17 +45,28 @@ impl Service {
 
 impl Data {
     /// Journals a plan as this caller; the ops it makes must pass the project's locks.
+    /// The first write of a request sent with an `Idempotency-Key` journals the key in the
+    /// same change ([`crate::idempotency`]).
     pub async fn commit(&self, plan: Plan) -> Result<Committed> {
         let (locks, project) = (self.locks.clone(), self.store.name().to_owned());
+        let keyed = idempotency::take();
+        let (key, now) = (keyed.clone(), now_micros());
         let plan: Plan = Box::new(move |view| {
-            let ops = plan(view)?;
+            let mut ops = plan(view)?;
             check_data_locks(&locks, &project, view, &ops)?;
+            if let Some((key, fingerprint)) = key.filter(|_| !ops.is_empty()) {
+                ops.push(idempotency::record_op(view, &key, &fingerprint, now)?);
+            }
             Ok(ops)
         });
-        self.store
-            .write(self.caller.principal.id.as_str(), self.caller.request_id.as_str(), plan)
-            .await
-            .map_err(Error::from)
+        let committed = self.store.write(self.caller.principal.id.as_str(), self.caller.request_id.as_str(), plan).await;
+        if keyed.is_some() {
+            match committed.as_ref().ok().and_then(|c| c.lsn) {
+                Some(lsn) => idempotency::journaled(lsn),
+                None => idempotency::untake(),
+            }
+        }
+        committed.map_err(Error::from)
     }
 
     /// Reads on a reader connection.

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod auth;
 pub mod data;
 pub mod domain;
+pub mod idempotency;
 pub mod identities;
 pub mod locks;
 pub mod projects;

@@ -63,10 +63,13 @@ pub enum Kind {
     /// Changes a deposed primary committed that never reached the new one (`div_…`), kept for
     /// an operator to list and replay (DESIGN.md invariant 5).
     Divergence,
+    /// A write made with an `Idempotency-Key` (`idem:{key}`): the request's fingerprint,
+    /// journaled in the write's own change, then the answer to give its retries.
+    IdempotencyKey,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Project,
         Kind::Connection,
         Kind::Deployment,
@@ -80,6 +83,7 @@ impl Kind {
         Kind::VectorStoreFile,
         Kind::FileBatch,
         Kind::Divergence,
+        Kind::IdempotencyKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +101,7 @@ impl Kind {
             Kind::VectorStoreFile => "vector_store_file",
             Kind::FileBatch => "file_batch",
             Kind::Divergence => "divergence",
+            Kind::IdempotencyKey => "idempotency_key",
         }
     }
 

@@ -26,6 +26,9 @@ pub enum ErrorKind {
     QuotaExceeded,
     /// The server cannot take the request now (shutting down, storage failing); retry later.
     Unavailable,
+    /// Well-formed, but it cannot be processed as it is (an idempotency key used for another
+    /// request).
+    Unprocessable,
     /// A bug or corruption; details are in the server log under the request id.
     Internal,
 }
@@ -45,6 +48,7 @@ impl ErrorKind {
             ErrorKind::Locked => "ScopeLocked",
             ErrorKind::QuotaExceeded => "quota_exceeded",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Unprocessable => "unprocessable",
             ErrorKind::Internal => "internal",
         }
     }

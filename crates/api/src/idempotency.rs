@@ -1,0 +1,112 @@
+//! `Idempotency-Key` on the project routes' writes (OpenAI's convention): the first request
+//! with a key is served and its write journals the key (`holdfast_core::idempotency`); a retry
+//! with the same key and the same request gets the first answer with `Idempotent-Replayed:
+//! true` and writes nothing; the same key with another request is 422. The record is in the
+//! project's journal, so this holds in any region, across failovers and restores.
+//!
+//! The request's fingerprint is sha256 of its method, path with query, and body. Uploads and
+//! imports (streamed bodies) are not keyed; a streamed answer (server-sent events) is not kept,
+//! so its retry is refused as already committed rather than written twice.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use holdfast_core::idempotency::{Answer, Outcome, keyed};
+use holdfast_types::Error;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// The project routes whose writes are not keyed: their bodies are streamed through.
+pub const UNKEYED_ROUTES: [&str; 2] = ["/api/projects/{project}/openai/v1/files", "/v1/projects/{project}/import"];
+/// Largest answer kept for retries.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// An error answered in the shape of the route's facade.
+pub type Refuse = fn(&str, Error) -> Response;
+
+/// Serves a write sent with an `Idempotency-Key`; `refuse` answers errors in the route's shape.
+pub async fn serve(
+    state: &AppState,
+    template: &str,
+    project: &str,
+    request: Request,
+    next: Next,
+    max_body: usize,
+    refuse: Refuse,
+) -> Response {
+    let key = match request.headers().get(IDEMPOTENCY_HEADER).map(|v| v.to_str().map(str::to_owned)) {
+        Some(Ok(key)) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => key,
+        _ => return refuse(template, Error::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters")),
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, max_body).await {
+        Ok(bytes) => bytes,
+        Err(_) => return refuse(template, Error::new(holdfast_types::ErrorKind::PayloadTooLarge, format!("the body is larger than {max_body} bytes"))),
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(parts.method.as_str());
+    hasher.update(b"\n");
+    hasher.update(parts.uri.path_and_query().map_or("", |p| p.as_str()));
+    hasher.update(b"\n");
+    hasher.update(&bytes);
+    let fingerprint = hex::encode(hasher.finalize());
+    let core = &state.node.core;
+    // A route that acts on a project not open here (a restore of a deleted project from the
+    // archive) is served unkeyed: the handler says what it can do.
+    let Ok(store) = core.project_store(project).await else {
+        return next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    };
+    match core.idempotent_answer(&store, &key, &fingerprint).await {
+        Err(e) => refuse(template, e),
+        Ok(Outcome::Replay(answer)) => replayed(answer),
+        Ok(Outcome::CommittedWithoutAnswer) => {
+            let mut response = refuse(
+                template,
+                Error::conflict(format!(
+                    "the request with Idempotency-Key {key:?} was committed, but its answer was not kept (a stream, or the \
+                     server stopped in between): it is not written again; read the result instead"
+                )),
+            );
+            response.headers_mut().insert("x-holdfast-committed", HeaderValue::from_static("true"));
+            response
+        }
+        Ok(Outcome::New) => {
+            let request = Request::from_parts(parts, Body::from(bytes));
+            let (response, journaled) = keyed(key.clone(), fingerprint, next.run(request)).await;
+            if journaled.is_none() {
+                return response;
+            }
+            let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            if content_type.starts_with("text/event-stream") {
+                return response;
+            }
+            let (parts, body) = response.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, MAX_ANSWER_BYTES).await else {
+                return refuse(template, Error::internal("the answer could not be read to keep it for retries"));
+            };
+            if let Ok(text) = String::from_utf8(bytes.to_vec()) {
+                let answer = Answer { status: parts.status.as_u16(), content_type, body: text };
+                if let Err(e) = core.record_answer(&store, &key, answer).await {
+                    tracing::warn!(error = %e.message, "cannot keep an idempotent write's answer; a retry will be refused as committed");
+                }
+            }
+            Response::from_parts(parts, Body::from(bytes))
+        }
+    }
+}
+
+fn replayed(answer: Answer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, answer.body).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&answer.content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    response
+}
