@@ -118,6 +118,10 @@ impl Agents {
         let data = self.core.data(caller, project, Action::DataRead).await?;
         let mut wanted = Vec::new();
         for (name, value) in query.rest {
+            // Azure's SDKs add it to every request; any value is accepted.
+            if name == "api-version" {
+                continue;
+            }
             let key = name
                 .strip_prefix("metadata[")
                 .and_then(|k| k.strip_suffix(']'))

@@ -56,48 +56,67 @@ pub async fn serve(
     hasher.update(&bytes);
     let fingerprint = hex::encode(hasher.finalize());
     let core = &state.node.core;
-    // A route that acts on a project not open here (a restore of a deleted project from the
-    // archive) is served unkeyed: the handler says what it can do.
-    let Ok(store) = core.project_store(project).await else {
-        return next.run(Request::from_parts(parts, Body::from(bytes))).await;
-    };
-    match core.idempotent_answer(&store, &key, &fingerprint).await {
+    match core.idempotent_answer(project, &key, &fingerprint).await {
+        // A route that acts on a project not open here (a restore of a deleted project from
+        // the archive) is served unkeyed: the handler says what it can do.
+        Err(e) if e.kind == holdfast_types::ErrorKind::NotFound => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Err(e) => refuse(template, e),
         Ok(Outcome::Replay(answer)) => replayed(answer),
         Ok(Outcome::CommittedWithoutAnswer) => {
             let mut response = refuse(
                 template,
                 Error::conflict(format!(
-                    "the request with Idempotency-Key {key:?} was committed, but its answer was not kept (a stream, or the \
-                     server stopped in between): it is not written again; read the result instead"
+                    "the request with Idempotency-Key {key:?} is being served, or was committed without its answer being kept \
+                     (a stream, an answer too large to keep, a stop in between): it is not written again; read the result instead"
                 )),
             );
             response.headers_mut().insert("x-holdfast-committed", HeaderValue::from_static("true"));
             response
         }
         Ok(Outcome::New) => {
+            // Served in a task of its own, so the answer is kept even when the client has gone
+            // (a timed-out client is the retry this is for).
             let request = Request::from_parts(parts, Body::from(bytes));
-            let (response, journaled) = keyed(key.clone(), fingerprint, next.run(request)).await;
-            if journaled.is_none() {
-                return response;
-            }
-            let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            if content_type.starts_with("text/event-stream") {
-                return response;
-            }
-            let (parts, body) = response.into_parts();
-            let Ok(bytes) = axum::body::to_bytes(body, MAX_ANSWER_BYTES).await else {
-                return refuse(template, Error::internal("the answer could not be read to keep it for retries"));
-            };
-            if let Ok(text) = String::from_utf8(bytes.to_vec()) {
-                let answer = Answer { status: parts.status.as_u16(), content_type, body: text };
-                if let Err(e) = core.record_answer(&store, &key, answer).await {
-                    tracing::warn!(error = %e.message, "cannot keep an idempotent write's answer; a retry will be refused as committed");
+            let (state, project) = (state.clone(), project.to_owned());
+            let served = tokio::spawn(async move {
+                let (response, journaled) = keyed(key.clone(), fingerprint, next.run(request)).await;
+                if journaled.is_none() {
+                    return response;
                 }
+                keep_answer(&state, &project, &key, response).await
+            });
+            match served.await {
+                Ok(response) => response,
+                Err(e) => refuse(template, Error::internal(format!("the request's task failed: {e}"))),
             }
-            Response::from_parts(parts, Body::from(bytes))
         }
     }
+}
+
+/// Journals the answer of a keyed write for its retries and hands it on; a stream, or an answer
+/// too large to keep, is handed on as it is (its retries are refused as committed).
+async fn keep_answer(state: &AppState, project: &str, key: &str, response: Response) -> Response {
+    use axum::body::HttpBody;
+    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let too_large = response.body().size_hint().upper().is_none_or(|n| n > MAX_ANSWER_BYTES as u64);
+    if content_type.starts_with("text/event-stream") || too_large {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a keyed write's answer to keep it");
+            return Response::from_parts(parts, Body::empty());
+        }
+    };
+    if let Ok(text) = String::from_utf8(bytes.to_vec()) {
+        let answer = Answer { status: parts.status.as_u16(), content_type, body: text };
+        if let Err(e) = state.node.core.record_answer(project, key, answer).await {
+            tracing::warn!(error = %e.message, "cannot keep an idempotent write's answer; a retry will be refused as committed");
+        }
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 fn replayed(answer: Answer) -> Response {

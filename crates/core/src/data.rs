@@ -55,7 +55,7 @@ impl Data {
             let mut ops = plan(view)?;
             check_data_locks(&locks, &project, view, &ops)?;
             if let Some((key, fingerprint)) = key.filter(|_| !ops.is_empty()) {
-                ops.push(idempotency::record_op(view, &key, &fingerprint, now)?);
+                ops.extend(idempotency::record_ops(view, &key, &fingerprint, now)?);
             }
             Ok(ops)
         });

@@ -13,7 +13,6 @@
 use std::cell::RefCell;
 use std::future::Future;
 
-use holdfast_store::ProjectStore;
 use holdfast_types::{Error, Kind, Lsn, Micros, Op, now_micros};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -114,8 +113,25 @@ pub enum Outcome {
     CommittedWithoutAnswer,
 }
 
-/// The op that journals `key` in the write's change, refused when a live record exists.
-pub(crate) fn record_op(view: &holdfast_store::StateView<'_>, key: &str, fingerprint: &str, now: Micros) -> Result<Op> {
+/// How many of the oldest records each keyed write looks at, deleting the expired ones: the
+/// records kept stay those of the last [`KEEP`].
+const SWEEP: usize = 8;
+
+/// The ops that journal `key` in the write's change (refused when a live record exists), and
+/// delete the oldest expired records.
+pub(crate) fn record_ops(view: &holdfast_store::StateView<'_>, key: &str, fingerprint: &str, now: Micros) -> Result<Vec<Op>> {
+    let mut ops = vec![record_op(view, key, fingerprint, now)?];
+    let oldest = view.list(Kind::IdempotencyKey, None, None, SWEEP, holdfast_store::Order::Asc).map_err(Error::from)?;
+    for r in oldest {
+        let expired = serde_json::from_value::<Record>(r.body).is_ok_and(|rec| !live(&rec, now));
+        if expired && r.id != record_id(key) {
+            ops.insert(0, Op::Delete { kind: Kind::IdempotencyKey, id: r.id });
+        }
+    }
+    Ok(ops)
+}
+
+fn record_op(view: &holdfast_store::StateView<'_>, key: &str, fingerprint: &str, now: Micros) -> Result<Op> {
     let id = record_id(key);
     if let Some(existing) = view.get(Kind::IdempotencyKey, &id).map_err(Error::from)?
         && let Ok(record) = serde_json::from_value::<Record>(existing.body)
@@ -136,7 +152,8 @@ fn live(record: &Record, now: Micros) -> bool {
 
 impl Service {
     /// What a request with `key` and `fingerprint` gets on `store`.
-    pub async fn idempotent_answer(&self, store: &ProjectStore, key: &str, fingerprint: &str) -> Result<Outcome> {
+    pub async fn idempotent_answer(&self, project: &str, key: &str, fingerprint: &str) -> Result<Outcome> {
+        let store = self.project_store(project).await?;
         let id = record_id(key);
         let found = store.read(move |view| view.get(Kind::IdempotencyKey, &id)).await.map_err(Error::from)?;
         let Some(found) = found else { return Ok(Outcome::New) };
@@ -158,10 +175,11 @@ impl Service {
 
     /// Journals the answer a keyed request got, for its retries (as the system: bookkeeping of
     /// a write that passed its checks already).
-    pub async fn record_answer(&self, store: &ProjectStore, key: &str, answer: Answer) -> Result<()> {
+    pub async fn record_answer(&self, project: &str, key: &str, answer: Answer) -> Result<()> {
+        let store = self.project_store(project).await?;
         let id = record_id(key);
         let patch = json!({ "answer": answer });
-        self.commit_repair(store, Box::new(move |view| {
+        self.commit_repair(&store, Box::new(move |view| {
             Ok(if view.get(Kind::IdempotencyKey, &id)?.is_some() {
                 vec![Op::Patch { kind: Kind::IdempotencyKey, id, patch }]
             } else {

@@ -424,7 +424,9 @@ impl Geo {
             followers.entry(entry.id.clone()).or_default().insert(region.to_owned(), Follower { applied: after, last_contact: now_micros() });
         }
         store.acknowledge(region, after);
-        if after == store.last_lsn()
+        // Within one pull of the tip: once its sync commit applies, every later write waits for
+        // it anyway, so a region never has to land exactly on the tip under steady writes.
+        if store.last_lsn().0.saturating_sub(after.0) <= PULL_LIMIT as u64
             && let Err(e) = self.resume_sync_if_suspended(&entry, &store, region).await
         {
             // The pull goes on; the next one tries again.
@@ -446,24 +448,37 @@ impl Geo {
         Ok(JournalBatch { changes, last_lsn: last.0, epoch: store.epoch(), last_ts: last.1 })
     }
 
-    /// A region whose sync commit a failover suspended has everything this primary has: its sync
-    /// commit applies again (journaled, so every copy knows the project is protected again).
+    /// A region whose sync commit a failover suspended is (nearly) caught up: its sync commit
+    /// applies again. Journaled as the system (no lock may keep a project unprotected), and the
+    /// store's sync set is taken from the record whatever happened to the write.
     async fn resume_sync_if_suspended(&self, entry: &CatalogEntry, store: &ProjectStore, region: &str) -> Result<()> {
         let id = entry.id.clone();
         let (_, replicas) = store.read(move |view| holdfast_core::projects::topology(view, &id)).await.map_err(Error::from)?;
         if !replicas.iter().any(|r| r.region == region && r.sync_suspended_us.is_some()) {
             return Ok(());
         }
-        let back = region.to_owned();
-        self.core
-            .update_topology(&Caller::system(), entry, store, false, move |_, replicas| {
-                for r in replicas.iter_mut().filter(|r| r.region == back) {
+        let (id, back) = (entry.id.clone(), region.to_owned());
+        let resumed = self
+            .core
+            .commit_repair(store, Box::new(move |view| {
+                let (_, mut replicas) = holdfast_core::projects::topology(view, &id)?;
+                let mut changed = false;
+                for r in replicas.iter_mut().filter(|r| r.region == back && r.sync_suspended_us.is_some()) {
                     r.sync_suspended_us = None;
+                    changed = true;
                 }
-            })
-            .await?;
+                Ok(if changed {
+                    vec![Op::Patch { kind: holdfast_types::Kind::Project, id: id.as_str().to_owned(), patch: serde_json::json!({ "replicas": replicas }) }]
+                } else {
+                    Vec::new()
+                })
+            }))
+            .await;
+        // Committed or not, the store waits for exactly the regions the record names.
+        self.state.apply_sync_setting(store).await?;
+        resumed?;
         tracing::info!(project = %entry.name, region, "the region caught up: sync commit applies again");
-        self.state.apply_sync_setting(store).await
+        Ok(())
     }
 
     /// `GET /internal/v1/projects/{id}/snapshot`: a consistent copy of the project's database.
