@@ -78,13 +78,13 @@ pub async fn serve(
             // (a timed-out client is the retry this is for).
             let request = Request::from_parts(parts, Body::from(bytes));
             let (state, project) = (state.clone(), project.to_owned());
-            let served = tokio::spawn(async move {
+            let served = tokio::spawn(crate::middleware::with_request_id(async move {
                 let (response, journaled) = keyed(key.clone(), fingerprint, next.run(request)).await;
                 if journaled.is_none() {
                     return response;
                 }
                 keep_answer(&state, &project, &key, response).await
-            });
+            }));
             match served.await {
                 Ok(response) => response,
                 Err(e) => refuse(template, Error::internal(format!("the request's task failed: {e}"))),

@@ -18,6 +18,17 @@ pub fn current_request_id() -> String {
     REQUEST_ID.try_with(|id| id.as_str().to_owned()).unwrap_or_default()
 }
 
+/// `f` with the current request's id, for work a request hands to a task of its own.
+pub fn with_request_id<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+    let id = REQUEST_ID.try_with(Clone::clone).ok();
+    async move {
+        match id {
+            Some(id) => REQUEST_ID.scope(id, f).await,
+            None => f.await,
+        }
+    }
+}
+
 /// Gives the request an id (the caller's `x-request-id` if sane), echoes it on the response,
 /// and records request counts and latencies by route template.
 pub async fn observe(mut request: Request, next: Next) -> Response {

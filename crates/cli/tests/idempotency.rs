@@ -58,6 +58,13 @@ fn a_retried_write_returns_the_first_answer_and_writes_nothing() {
     assert_eq!(made.status, 201, "{}", made.text);
     let replay = keyed(&api, "/v1/projects/idem/connections", &connection, "conn-1");
     assert_eq!((replay.status, replay.header("idempotent-replayed").as_deref()), (201, Some("true")), "{}", replay.text);
+    // A keyed request's own errors keep the request's id (it is served in a task of its own).
+    let other = json!({"name": "up", "type": "openai", "target": "http://127.0.0.1:8/v1"});
+    let clash = keyed(&api, "/v1/projects/idem/connections", &json!({"name": "other", "type": "openai", "target": "http://127.0.0.1:8/v1"}), "conn-2");
+    assert_eq!(clash.status, 201, "{}", clash.text);
+    let exists = keyed(&api, "/v1/projects/idem/connections", &other, "conn-3");
+    assert_eq!(exists.status, 409, "{}", exists.text);
+    assert!(exists.json()["error"]["request_id"].as_str().is_some_and(|id| id.starts_with("req_")), "{}", exists.text);
 
     // A key that is no key: 400, nothing written.
     let before = lsn(&api, "idem");
