@@ -117,6 +117,7 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", "/internal/v1/projects/{id}/promote", Cluster),
     ("GET", "/internal/v1/projects/{id}/position", Cluster),
     ("GET", "/internal/v1/region-key", Cluster),
+    ("POST", "/internal/v1/control/ops", Cluster),
     ("POST", "/internal/v1/projects/{id}/divergences", Cluster),
     ("POST", "/internal/v1/replicas", Cluster),
     ("DELETE", "/internal/v1/replicas/{id}", Cluster),

@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use holdfast_types::api::{
-    RegionKeyInfo,
+    ControlCommitted, ControlOps, RegionKeyInfo,
     Divergence, DivergenceReport, ErrorBody, FailoverReport, FailoverRequest, JournalBatch, Position, Project, ProjectStatus,
     PromoteRequest, ReplayOutcome, ReplayRequest, ReplicaCreate, ReplicaStart,
 };
@@ -41,6 +41,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(record_divergence))
         .routes(routes!(resubmit))
         .routes(routes!(region_key))
+        .routes(routes!(control_ops))
+}
+
+/// Peers: a control write planned in a region that holds a replica of the control journal, for
+/// this region (its primary) to commit if the journal has not moved on since it was planned.
+#[utoipa::path(post, path = "/internal/v1/control/ops", tag = "internal", request_body = ControlOps,
+    responses((status = 200, body = ControlCommitted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn control_ops(State(state): State<AppState>, ApiJson(ops): ApiJson<ControlOps>) -> ApiResult<Json<ControlCommitted>> {
+    Ok(Json(state.node.core.commit_control_ops(ops).await?))
 }
 
 /// Peers: this region's public key, for wrapping a project's data key when it is replicated here.

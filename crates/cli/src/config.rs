@@ -67,6 +67,9 @@ pub struct FilePeer {
 pub struct FileReplication {
     /// How long a write under sync commit waits for its replica before it fails (default 5000).
     pub sync_timeout_ms: Option<u64>,
+    /// The region that leads the control plane before any region has replicated it (default:
+    /// the first region name in order among this one and its peers).
+    pub control_primary: Option<String>,
 }
 
 /// `[archive]`: continuous backup to object storage.
@@ -178,6 +181,8 @@ pub struct Overrides {
     pub archive: Option<String>,
     /// `--peer REGION=URL`, added to (and overriding) the file's peers.
     pub peers: Vec<String>,
+    /// `--control-primary` / `HOLDFAST_CONTROL_PRIMARY`.
+    pub control_primary: Option<String>,
     /// `--cluster-secret` / `HOLDFAST_CLUSTER_SECRET`.
     pub cluster_secret: Option<(String, Given)>,
     /// `--cluster-secret-file` / `HOLDFAST_CLUSTER_SECRET_FILE`.
@@ -234,7 +239,12 @@ impl ServeConfig {
             anyhow::ensure!(secret.is_some(), "[coordinator] needs the cluster secret: failover is between regions");
             Some(holdfast_geo::coordinator::CoordinatorConfig { endpoints: etcd, lease_ttl: std::time::Duration::from_secs(ttl) })
         };
+        let control_primary = over.control_primary.or(file.replication.control_primary);
+        if let Some(p) = &control_primary {
+            anyhow::ensure!(*p == region || peers.contains_key(p), "control_primary {p:?} is neither this region nor a peer");
+        }
         let cluster = holdfast_geo::replication::ClusterConfig {
+            control_primary,
             peers,
             secret,
             sync_timeout: std::time::Duration::from_millis(sync_timeout_ms),
@@ -404,6 +414,7 @@ mod tests {
 
     fn none() -> Overrides {
         Overrides {
+            control_primary: None,
             data: None,
             listen: None,
             region: None,

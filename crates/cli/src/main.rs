@@ -249,6 +249,10 @@ struct ServeArgs {
     /// A peer region as REGION=URL; repeatable (adds to `[[peers]]`).
     #[arg(long = "peer")]
     peers: Vec<String>,
+    /// The region that leads the control plane (keys, roles, locks) before any region has
+    /// replicated it; give every region the same [default: the first region name in order].
+    #[arg(long, env = "HOLDFAST_CONTROL_PRIMARY")]
+    control_primary: Option<String>,
     /// Secret shared by every region of the cluster (at least 16 characters); required for
     /// replication. Other local users can read a flag in `ps`: prefer --cluster-secret-file.
     #[arg(long, env = "HOLDFAST_CLUSTER_SECRET", hide_env_values = true)]
@@ -654,6 +658,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 log: args.log,
                 archive: args.archive,
                 peers: args.peers,
+                control_primary: args.control_primary,
                 cluster_secret: args.cluster_secret.map(|s| (s, args.secret_sources.map_or(Given::Flag, |g| g.0))),
                 cluster_secret_file: args.cluster_secret_file.map(|p| (p, args.secret_sources.map_or(Given::Flag, |g| g.1))),
                 etcd: args.etcd,

@@ -250,7 +250,7 @@ fn bad_requests_are_json_4xx_and_change_nothing() {
         refused(&api.get(&format!("/v1/projects/{name}")), 404, "not_found", name);
     }
     // No project directory was left behind either: one live, the deleted one in the trash.
-    let dirs = std::fs::read_dir(data.path().join("projects")).unwrap().count();
+    let dirs = common::project_dirs(data.path());
     assert_eq!(dirs, 1, "project directories after refused creates");
     // And the server is still healthy and writable.
     api.patch("/v1/projects/steady", &json!({ "description": "after" })).ok(200);

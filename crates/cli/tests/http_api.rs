@@ -472,7 +472,7 @@ fn deleting_a_project_in_use_gives_404s_never_server_errors() {
     }
     // Only the bystander is left, in the catalog and on disk; every deleted project is in the trash.
     assert_eq!(names(&api.all_projects(100)), ["bystander"]);
-    assert_eq!(std::fs::read_dir(data.path().join("projects")).unwrap().count(), 1);
+    assert_eq!(common::project_dirs(data.path()), 1);
     assert_eq!(std::fs::read_dir(data.path().join("trash")).unwrap().count(), 20);
     assert_eq!(api.journal("bystander").len(), 1);
     // The races really happened: some requests saw the project, some did not.
@@ -504,5 +504,5 @@ fn concurrent_creates_of_one_name_make_one_project() {
     let winner = winners[0].json();
     assert_eq!(api.get("/v1/projects/contested").ok(200), winner);
     assert_eq!(api.journal("contested").len(), 1);
-    assert_eq!(std::fs::read_dir(data.path().join("projects")).unwrap().count(), 1, "one project directory");
+    assert_eq!(common::project_dirs(data.path()), 1, "one project directory");
 }

@@ -159,6 +159,28 @@ fn store_legacy_hash(data: &Path, id: &str, key: &str) {
     assert_eq!(changed, 1);
 }
 
+/// Takes the control journal away (offline), leaving `control.db`'s tables as a release before
+/// the control journal kept them: the next start upgrades in place.
+fn drop_control_journal(data: &Path) {
+    let db = rusqlite::Connection::open(data.join("control.db")).expect("open control.db");
+    let id: String = db.query_row("SELECT id FROM projects WHERE name = 'holdfast-control'", [], |r| r.get(0)).expect("control journal");
+    db.execute("DELETE FROM projects WHERE id = ?1", [&id]).expect("delete");
+    std::fs::remove_dir_all(data.join("projects").join(&id)).expect("remove the control journal");
+}
+
+/// Waits (bounded) until key `id`'s stored hash satisfies `ok`.
+fn wait_for_hash(data: &Path, id: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let hash = hash_of(data, id);
+        if ok(&hash) {
+            return hash;
+        }
+        assert!(std::time::Instant::now() < deadline, "key {id} is still stored as {hash}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn key_hashes_are_peppered_and_a_legacy_sha256_row_still_works_and_is_upgraded() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -170,14 +192,15 @@ fn key_hashes_are_peppered_and_a_legacy_sha256_row_still_works_and_is_upgraded()
     let (revoked_key, revoked_id) = (revoked["key"].as_str().expect("key").to_owned(), revoked["key_id"].as_str().expect("id").to_owned());
     admin.delete(&format!("/v1/keys/{revoked_id}")).ok(204);
     admin.post("/v1/identities", &json!({"name": "runner"})).ok(201);
-    let identity_key = admin.post("/v1/identities/runner/keys", &json!({})).ok(201)["key"].as_str().expect("key").to_owned();
+    let identity = admin.post("/v1/identities/runner/keys", &json!({})).ok(201);
+    let (identity_key, identity_id) = (identity["key"].as_str().expect("key").to_owned(), identity["key_id"].as_str().expect("id").to_owned());
 
     // Nothing in control.db is a plain sha256 of a key: the admin key (HOLDFAST_ADMIN_KEY, 31
     // characters — guessable offline from sha256 at some effort), API and identity keys.
     let keys = stored_keys(data.path());
     assert_eq!(keys.len(), 4, "{keys:?}");
     for (id, hash, _, _) in &keys {
-        assert!(hash.starts_with("v1:") && hash.len() == 3 + 64, "key {id}: {hash}");
+        assert!(hash.starts_with("v2:") && hash.len() == 3 + 64, "key {id}: {hash}");
     }
     for key in [ADMIN_KEY, &reader_key, &revoked_key, &identity_key] {
         assert!(!keys.iter().any(|k| k.1.contains(&sha256_hex(key))), "sha256 of a key is stored: {keys:?}");
@@ -185,24 +208,28 @@ fn key_hashes_are_peppered_and_a_legacy_sha256_row_still_works_and_is_upgraded()
     let admin_row = keys.iter().find(|k| k.2 == "env").expect("the env admin key").clone();
     assert_eq!(server.stop().code(), Some(0));
 
-    // As an older version stored them: plain sha256.
+    // As an older version stored them, before the control journal: plain sha256 rows in
+    // control.db and nothing else. The next start upgrades in place.
     store_legacy_hash(data.path(), &admin_row.0, ADMIN_KEY);
     store_legacy_hash(data.path(), &reader_id, &reader_key);
     store_legacy_hash(data.path(), &revoked_id, &revoked_key);
+    store_legacy_hash(data.path(), &identity_id, &identity_key);
+    drop_control_journal(data.path());
     let server = Server::start(data.path());
     // The environment's admin key is stored peppered at start, the same key under its id (not
     // revoked and made again).
     let keys = stored_keys(data.path());
+    assert_eq!(keys.len(), 4, "every key came through the upgrade: {keys:?}");
     let env_rows: Vec<_> = keys.iter().filter(|k| k.2 == "env").collect();
     assert_eq!(env_rows.len(), 1, "{keys:?}");
     assert_eq!((&env_rows[0].0, env_rows[0].3), (&admin_row.0, false));
-    assert_eq!(env_rows[0].1, admin_row.1, "the same peppered hash as before");
+    assert!(env_rows[0].1.starts_with("v2:") && env_rows[0].1 != sha256_hex(ADMIN_KEY), "{keys:?}");
     // The legacy reader key works, and is stored peppered once it has.
     assert_eq!(hash_of(data.path(), &reader_id), sha256_hex(&reader_key));
     let api = server.api(Some(&reader_key));
     api.get("/v1/projects").ok(200);
-    let upgraded = hash_of(data.path(), &reader_id);
-    assert!(upgraded.starts_with("v1:") && upgraded != sha256_hex(&reader_key), "{upgraded}");
+    let upgraded = wait_for_hash(data.path(), &reader_id, |h| h.starts_with("v2:"));
+    assert_ne!(upgraded, sha256_hex(&reader_key));
     api.get("/v1/projects").ok(200);
     assert_eq!(hash_of(data.path(), &reader_id), upgraded, "stable once upgraded");
     // A revoked key stays revoked whatever its hash.

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use holdfast_store::control::{self, NewKey};
+use holdfast_store::ProjectStore;
 use holdfast_types::api::{KeyCreated, Role, RoleDefinition};
 use holdfast_types::{Error, KeyId, PrincipalId, RequestId};
 use sha2::{Digest, Sha256};
@@ -305,33 +306,67 @@ impl Caller {
 
 type KeysAndGrants = (Vec<control::KeyRecord>, Vec<(String, String, String)>, Vec<(String, String)>);
 
-/// The label of the pepper key hashes are made with ([`MasterKey::derive`]).
+/// The label of the node pepper key hashes were made with before the control journal
+/// ([`MasterKey::derive`]).
 const KEY_HASH_LABEL: &str = "holdfast/key-hash/v1";
-/// What a hash of [`KeyHasher`]'s scheme starts with in `api_keys.hash`; a legacy hash (plain
+/// The label of the control plane's pepper, derived from the control project's data key.
+pub(crate) const CONTROL_KEY_HASH_LABEL: &str = "holdfast/key-hash/v2";
+/// What a hash under the node pepper starts with in `api_keys.hash`; a legacy hash (plain
 /// sha256, 64 hex digits) has no prefix.
 pub(crate) const KEY_HASH_PREFIX: &str = "v1:";
+/// What a hash under the control plane's pepper starts with.
+pub(crate) const CONTROL_KEY_HASH_PREFIX: &str = "v2:";
 
-/// How keys are stored: `v1:` and the hex of HMAC-SHA-256 of the key under a pepper derived from
-/// the node's master key (`holdfast/key-hash/v1`). A copy of `control.db` alone then does not
-/// let anyone test guesses of a key offline — which matters for a short `HOLDFAST_ADMIN_KEY`;
-/// generated keys are 256 random bits. Regions that share a master key (`HOLDFAST_MASTER_KEY`)
-/// share the pepper; a node given another master key no longer recognises the keys it stored
-/// (the environment's admin key is stored again at start).
+/// How keys are stored: `v2:` and the hex of HMAC-SHA-256 of the key under the control plane's
+/// pepper, derived from the control project's data key (which every region the control journal
+/// is replicated to can open), so a key hashes alike in every region whatever its master key. A
+/// copy of `control.db` or of the control journal alone does not let anyone test guesses of a
+/// key offline — which matters for a short `HOLDFAST_ADMIN_KEY`; generated keys are 256 random
+/// bits. Keys stored before the control journal hold `v1:` (the node's master-key pepper) or a
+/// plain sha256; they still authenticate, and are stored again under `v2:` when they do at the
+/// control primary.
 pub(crate) struct KeyHasher {
-    pepper: [u8; 32],
+    node: [u8; 32],
+    control: std::sync::RwLock<Option<[u8; 32]>>,
+}
+
+fn hmac_hex(pepper: &[u8; 32], key: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(pepper).expect("HMAC takes a key of any length");
+    mac.update(key.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 impl KeyHasher {
     pub(crate) fn new(master: &MasterKey) -> Self {
-        Self { pepper: master.derive(KEY_HASH_LABEL) }
+        Self { node: master.derive(KEY_HASH_LABEL), control: std::sync::RwLock::new(None) }
     }
 
-    /// The hash `key` is stored and looked up by.
+    /// Sets the control plane's pepper (from the control journal this region follows).
+    pub(crate) fn set_control_pepper(&self, pepper: Option<[u8; 32]>) {
+        if pepper.is_some() {
+            *self.control.write().unwrap_or_else(|e| e.into_inner()) = pepper;
+        }
+    }
+
+    /// The hash `key` is stored and looked up by: under the control plane's pepper once this
+    /// region has it, else the node's.
     pub(crate) fn hash(&self, key: &str) -> String {
-        use hmac::{KeyInit, Mac};
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.pepper).expect("HMAC takes a key of any length");
-        mac.update(key.as_bytes());
-        format!("{KEY_HASH_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
+        match *self.control.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(pepper) => format!("{CONTROL_KEY_HASH_PREFIX}{}", hmac_hex(&pepper, key)),
+            None => self.node_hash(key),
+        }
+    }
+
+    /// The hash under the node's master-key pepper (stored before the control journal).
+    pub(crate) fn node_hash(&self, key: &str) -> String {
+        format!("{KEY_HASH_PREFIX}{}", hmac_hex(&self.node, key))
+    }
+
+    /// Every older hash a key may still be stored under, newest first.
+    pub(crate) fn older_hashes(&self, key: &str) -> Vec<String> {
+        let current = self.hash(key);
+        [self.node_hash(key), legacy_hash(key)].into_iter().filter(|h| *h != current).collect()
     }
 }
 
@@ -353,9 +388,6 @@ fn key_prefix(key: &str) -> String {
     key.chars().take(10).collect()
 }
 
-/// Held while keys, role assignments or roles change ([`Service::principals_lock`]).
-pub struct PrincipalsLock<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
-
 impl Service {
     /// A new key with its hash and prefix, as stored.
     pub fn new_key(&self) -> Result<(String, String, String)> {
@@ -366,57 +398,75 @@ impl Service {
 
     /// Makes sure an admin key exists: the one in `HOLDFAST_ADMIN_KEY` if set, else, on first
     /// start, a generated one written to `<data>/admin.key` (mode 0600). Returns a generated key
-    /// (to show once).
-    pub(crate) fn bootstrap_admin(&self, env_key: Option<&str>) -> Result<Option<String>> {
+    /// (to show once). A control write, on `store` (the control journal, opened for start-up);
+    /// where this region holds a replica of the control journal, the key must come from the
+    /// control plane, and this only says whether it did.
+    pub(crate) async fn bootstrap_admin(&self, store: &Arc<ProjectStore>, env_key: Option<&str>) -> Result<Option<String>> {
         let admin = PrincipalId::parse(ADMIN_PRINCIPAL).ok_or_else(|| Error::internal("bad admin id"))?;
+        let replica = store.role() == holdfast_store::Role::Replica;
         if let Some(key) = env_key {
             if key.len() < 16 {
                 return Err(Error::invalid("HOLDFAST_ADMIN_KEY must be at least 16 characters"));
             }
+            if replica {
+                if self.authenticate(Some(key)).is_err() {
+                    tracing::warn!(
+                        "HOLDFAST_ADMIN_KEY is not a key of the control plane this region follows: set the same \
+                         HOLDFAST_ADMIN_KEY at the control primary's region (or make the key there)"
+                    );
+                }
+                return Ok(None);
+            }
             let hash = self.key_hasher.hash(key);
-            let legacy = legacy_hash(key);
-            self.control
-                .call_blocking(|c| {
-                    // Stored by an older version: the same key, kept under its id, hashed anew.
-                    let upgraded = control::rehash_key(c, &legacy, &hash)?;
-                    if upgraded > 0 {
-                        tracing::info!("stored HOLDFAST_ADMIN_KEY's hash under the node's key-hash pepper");
+            let older = self.key_hasher.older_hashes(key);
+            let prefix = key_prefix(key);
+            self.control_write_in(Some(store), &Caller::system(), move |c| {
+                // Stored by an older version: the same key, kept under its id, hashed anew.
+                for old in &older {
+                    if control::rehash_key(c, old, &hash)? > 0 {
+                        tracing::info!("stored HOLDFAST_ADMIN_KEY's hash under the control plane's key-hash pepper");
                     }
-                    control::revoke_source_except(c, "env", &hash)?;
-                    let stored: Vec<_> = control::list_keys(c)?.into_iter().filter(|k| k.hash == hash).collect();
-                    let live = stored.iter().any(|k| k.revoked_us.is_none());
-                    if !live && !stored.is_empty() {
-                        // Revoked through the API while another admin held on: the setting says
-                        // the key is an admin key, so it is one again (and said so).
-                        tracing::warn!("HOLDFAST_ADMIN_KEY was revoked; it is an admin key again because it is still set");
-                        control::unrevoke_key_hash(c, &hash)?;
-                    }
-                    if live || !stored.is_empty() {
-                        // The key is an admin key by this setting: its principal holds
-                        // `admin` at `/` whatever happened to the assignment.
-                        control::assign_role(c, admin.as_str(), Role::Admin.as_str(), "/")?;
-                    } else {
-                        control::insert_key(c, &NewKey {
-                            key_id: &KeyId::generate(),
-                            principal_id: &admin,
-                            name: "admin",
-                            role: Some(Role::Admin.as_str()),
-                            scope: "/",
-                            hash: &hash,
-                            prefix: &key_prefix(key),
-                            source: "env",
-                        })?;
-                    }
-                    Ok(())
-                })
-                .map_err(Error::from)?;
+                }
+                control::revoke_source_except(c, "env", &hash)?;
+                let stored: Vec<_> = control::list_keys(c)?.into_iter().filter(|k| k.hash == hash).collect();
+                let live = stored.iter().any(|k| k.revoked_us.is_none());
+                if !live && !stored.is_empty() {
+                    // Revoked through the API while another admin held on: the setting says
+                    // the key is an admin key, so it is one again (and said so).
+                    tracing::warn!("HOLDFAST_ADMIN_KEY was revoked; it is an admin key again because it is still set");
+                    control::unrevoke_key_hash(c, &hash)?;
+                }
+                if live || !stored.is_empty() {
+                    // The key is an admin key by this setting: its principal holds
+                    // `admin` at `/` whatever happened to the assignment.
+                    let holder = stored[0].principal_id.clone();
+                    control::assign_role(c, holder.as_str(), Role::Admin.as_str(), "/")?;
+                } else {
+                    control::insert_key(c, &NewKey {
+                        key_id: &KeyId::generate(),
+                        principal_id: &admin,
+                        name: "admin",
+                        role: Some(Role::Admin.as_str()),
+                        scope: "/",
+                        hash: &hash,
+                        prefix: &prefix,
+                        source: "env",
+                    })?;
+                }
+                Ok(())
+            })
+            .await?;
+            return Ok(None);
+        }
+        if replica {
             return Ok(None);
         }
         // Bootstrap once: when no admin key was ever made here (a revoked one counts, so an
         // operator's revocation is never undone by a restart).
         let bootstrapped = self
             .control
-            .call_blocking(|c| Ok(control::list_keys(c)?.iter().any(|k| k.source == "generated" || k.source == "env")))
+            .call(|c| Ok(control::list_keys(c)?.iter().any(|k| k.source == "generated" || k.source == "env")))
+            .await
             .map_err(Error::from)?;
         if bootstrapped {
             return Ok(None);
@@ -433,49 +483,46 @@ impl Service {
                 key
             }
         };
-        self.control
-            .call_blocking(|c| {
-                control::insert_key(c, &NewKey {
-                    key_id: &KeyId::generate(),
-                    principal_id: &admin,
-                    name: "admin",
-                    role: Some(Role::Admin.as_str()),
-                    scope: "/",
-                    hash: &self.key_hasher.hash(&key),
-                    prefix: &key_prefix(&key),
-                    source: "generated",
-                })
+        let (hash, prefix, key_id) = (self.key_hasher.hash(&key), key_prefix(&key), KeyId::generate());
+        self.control_write_in(Some(store), &Caller::system(), move |c| {
+            control::insert_key(c, &NewKey {
+                key_id: &key_id,
+                principal_id: &admin,
+                name: "admin",
+                role: Some(Role::Admin.as_str()),
+                scope: "/",
+                hash: &hash,
+                prefix: &prefix,
+                source: "generated",
             })
-            .map_err(Error::from)?;
+        })
+        .await?;
         Ok(Some(key))
     }
 
     /// `holdfast admin reset`, the break-glass path: a new principal holding `admin` at `/`
     /// with a new key, for an operator who lost every admin key. Run offline (this process
-    /// holds the data directory); recorded in the audit log before it returns.
+    /// holds the data directory) in the region that holds the control primary; recorded in the
+    /// audit log before it returns.
     pub async fn reset_admin(&self) -> Result<KeyCreated> {
         let (key, hash, prefix) = self.new_key()?;
         let (key_id, principal_id) = (KeyId::generate(), PrincipalId::generate());
         let name = "admin-reset".to_owned();
-        let serial = self.principals_lock().await;
-        let (k, p, n) = (key_id.clone(), principal_id.clone(), name.clone());
-        self.control
-            .call(move |c| {
-                control::insert_key(c, &NewKey {
-                    key_id: &k,
-                    principal_id: &p,
-                    name: &n,
-                    role: Some(Role::Admin.as_str()),
-                    scope: "/",
-                    hash: &hash,
-                    prefix: &prefix,
-                    source: "reset",
-                })
-            })
-            .await
-            .map_err(Error::from)?;
-        self.reload_keys(&serial).await?;
         let system = Caller::system();
+        let (k, p, n) = (key_id.clone(), principal_id.clone(), name.clone());
+        self.control_write(&system, move |c| {
+            control::insert_key(c, &NewKey {
+                key_id: &k,
+                principal_id: &p,
+                name: &n,
+                role: Some(Role::Admin.as_str()),
+                scope: "/",
+                hash: &hash,
+                prefix: &prefix,
+                source: "reset",
+            })
+        })
+        .await?;
         let recorded = self.audit_durable(crate::audit::Audited {
             principal: system.principal.id.as_str().to_owned(),
             method: "CLI".into(),
@@ -491,41 +538,13 @@ impl Service {
         if !recorded {
             // A break-glass key nobody can see in the audit log is not handed out.
             let k = key_id.clone();
-            self.control.call(move |c| control::revoke_keys(c, k.as_str())).await.map_err(Error::from)?;
-            self.reload_keys(&serial).await?;
+            self.control_write(&system, move |c| control::revoke_keys(c, k.as_str())).await?;
             return Err(Error::internal("the reset could not be recorded in the audit log; no key was made"));
         }
         Ok(KeyCreated { key, key_id, principal_id, name, role: Some(Role::Admin) })
     }
 
-    pub(crate) fn reload_keys_blocking(&self) -> Result<()> {
-        let loaded = self.control.call_blocking(control::keys_and_assignments).map_err(Error::from)?;
-        self.install_keys(loaded);
-        Ok(())
-    }
-
-    /// Reloads keys and role assignments after a change made elsewhere (a project's deletion
-    /// removes the assignments at its scope).
-    pub async fn reload_principals(&self) -> Result<()> {
-        let serial = self.principals_lock().await;
-        self.reload_keys(&serial).await
-    }
-
-    /// Serialises a change of keys, role assignments or roles with every other one, from the
-    /// change in the control store to the install of the reloaded keys, so an older read never
-    /// replaces a newer one (a revoked key must stop working).
-    pub async fn principals_lock(&self) -> PrincipalsLock<'_> {
-        PrincipalsLock(self.keys_update.lock().await)
-    }
-
-    /// Reloads keys and assignments, under the principals lock.
-    pub async fn reload_keys(&self, _serial: &PrincipalsLock<'_>) -> Result<()> {
-        let loaded = self.control.call(control::keys_and_assignments).await.map_err(Error::from)?;
-        self.install_keys(loaded);
-        Ok(())
-    }
-
-    fn install_keys(&self, (keys, assignments, roles): KeysAndGrants) {
+    pub(crate) fn install_keys(&self, (keys, assignments, roles): KeysAndGrants) {
         let mut definitions: HashMap<String, Arc<RoleDefinition>> = Role::BUILT_IN
             .iter()
             .filter_map(built_in_definition)
@@ -560,52 +579,46 @@ impl Service {
         }
     }
 
-    /// The principal a bearer token authenticates. A key stored under the legacy hash is
-    /// stored again under the peppered one as it authenticates.
+    /// The principal a bearer token authenticates. A key stored under an older hash is stored
+    /// again under the control plane's as it authenticates (at the control primary).
     pub fn authenticate(&self, token: Option<&str>) -> Result<Principal> {
         let token = token.ok_or_else(|| {
             Error::unauthenticated("missing credentials: send the header 'Authorization: Bearer <key>'")
         })?;
         let invalid = || Error::unauthenticated("invalid or revoked API key");
         let hash = self.key_hasher.hash(token);
-        let legacy = {
+        let (old, principal) = {
             let keys = self.keys.read().map_err(|_| Error::internal("key map poisoned"))?;
             if let Some(principal) = keys.get(&hash) {
                 return Ok(principal.clone());
             }
-            let legacy = legacy_hash(token);
-            let principal = keys.get(&legacy).cloned().ok_or_else(invalid)?;
-            (legacy, principal)
+            self.key_hasher
+                .older_hashes(token)
+                .into_iter()
+                .find_map(|old| keys.get(&old).cloned().map(|p| (old, p)))
+                .ok_or_else(invalid)?
         };
-        self.upgrade_key_hash(&legacy.0, &hash);
-        Ok(legacy.1)
+        self.upgrade_key_hash(old, hash);
+        Ok(principal)
     }
 
-    /// Stores a live key found under its legacy hash under the peppered one, in `control.db`
-    /// and in the key map. Skipped (left to a later authentication) while a key change holds
-    /// `keys_update`, so a revocation in flight is never undone; a key revoked meanwhile is
-    /// found by neither hash, and is not put back.
-    fn upgrade_key_hash(&self, legacy: &str, hash: &str) {
-        let Ok(_serial) = self.keys_update.try_lock() else { return };
-        let store = || self.control.call_blocking(|c| control::rehash_key(c, legacy, hash));
-        // Once per key, a short write to control.db; on the server's runtime `block_in_place`
-        // hands this worker's other tasks to the others meanwhile.
-        let stored = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(store),
-            _ => store(),
-        };
-        match stored {
-            Ok(0) => {}
-            Ok(_) => {
-                if let Ok(mut keys) = self.keys.write()
-                    && let Some(principal) = keys.remove(legacy)
-                {
-                    tracing::info!(principal = %principal.id, "stored a key's hash under the node's key-hash pepper");
-                    keys.insert(hash.to_owned(), principal);
-                }
+    /// Stores a live key found under an older hash under the current one, as a control write
+    /// in the background (the key authenticates under either meanwhile); skipped where this
+    /// region holds a replica of the control journal (the primary's region upgrades it).
+    fn upgrade_key_hash(&self, old: String, hash: String) {
+        let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            match me.control_store().await {
+                Ok(store) if store.role() != holdfast_store::Role::Replica => {}
+                _ => return,
             }
-            Err(e) => tracing::warn!(error = %e, "cannot store a key's hash under the node's key-hash pepper; it is tried again at its next use"),
-        }
+            match me.control_write(&Caller::system(), move |c| control::rehash_key(c, &old, &hash)).await {
+                Ok(0) => {}
+                Ok(_) => tracing::info!("stored a key's hash under the control plane's key-hash pepper"),
+                Err(e) => tracing::warn!(error = %e, "cannot store a key's hash under the control plane's key-hash pepper; it is tried again at its next use"),
+            }
+        });
     }
 }
 

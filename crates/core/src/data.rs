@@ -25,6 +25,10 @@ impl Service {
     pub async fn data(&self, caller: &Caller, project: &str, action: Action) -> Result<Data> {
         caller.require(action, &format!("/projects/{project}"))?;
         let store = self.project_store(project).await?;
+        if store.name() == crate::control_plane::CONTROL_PROJECT {
+            // Its contents are the control plane's, changed only by control writes.
+            return Err(crate::projects::not_found(project));
+        }
         Ok(self.data_on(store, caller))
     }
 

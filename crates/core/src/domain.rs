@@ -15,8 +15,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use holdfast_store::control::CatalogEntry;
 use holdfast_store::{ProjectStore, Role, StateView};
-use holdfast_types::{Kind, Lsn, Op, ProjectId};
+use holdfast_types::{Error, Kind, Lsn, Op, ProjectId};
 use serde_json::Value;
+
+use crate::control_plane::ControlOps;
 
 use crate::{Data, Result, Service};
 
@@ -49,6 +51,14 @@ pub trait Domain: Send + Sync {
     /// domain (geo: the sync-commit wait and the write gate of a replicated primary).
     async fn serving(&self, _core: &Service, _store: &ProjectStore) -> Result<()> {
         Ok(())
+    }
+
+    /// Sends a control write planned here to the region that holds the control primary
+    /// (`control`, this region's replica of the control journal, names its source) and returns
+    /// the LSN it was journaled at. Geo does; without it, a replica of the control journal takes
+    /// no control writes.
+    async fn forward_control(&self, _core: &Service, _control: &ProjectId, _ops: &ControlOps) -> Option<Result<Lsn>> {
+        None
     }
 
     /// The ops that carry this domain's project-bound state (sealed secrets) from project id
@@ -153,6 +163,16 @@ impl Service {
     }
 
     /// Every domain's [`Domain::deleting`].
+    /// Asks the domains, in order, to carry a control write to the control primary.
+    pub(crate) async fn forward_control(&self, control: &ProjectId, ops: ControlOps) -> Result<Lsn> {
+        for domain in &self.domains {
+            if let Some(outcome) = domain.forward_control(self, control, &ops).await {
+                return outcome;
+            }
+        }
+        Err(Error::unavailable("this region holds a replica of the control journal and nothing to send control writes to its primary"))
+    }
+
     pub(crate) async fn deleting(&self, entry: &CatalogEntry, store: &ProjectStore) {
         for domain in &self.domains {
             domain.deleting(self, entry, store).await;

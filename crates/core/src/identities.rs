@@ -51,7 +51,7 @@ impl Service {
             created_us: now_micros(),
         };
         let stored = record.clone();
-        let made = self.control.call(move |c| control::insert_identity(c, &stored)).await.map_err(Error::from)?;
+        let made = self.control_write(&crate::Caller::system(), move |c| control::insert_identity(c, &stored)).await?;
         if !made {
             return Err(Error::conflict(format!("an identity named {:?} exists already", record.name)));
         }

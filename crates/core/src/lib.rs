@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod control_plane;
 pub mod data;
 pub mod domain;
 pub mod idempotency;
@@ -90,17 +91,22 @@ pub struct Service {
     blobs: BlobStore,
     /// Open project stores, by id. Opened on first use, closed on delete and shutdown.
     projects: tokio::sync::Mutex<HashMap<ProjectId, Arc<ProjectStore>>>,
-    /// Live keys by hash; reloaded from the control store whenever keys change.
+    /// Live keys by hash; rebuilt from the control journal whenever it moves.
     keys: RwLock<HashMap<String, Principal>>,
-    /// Held from a key change to the install of the reloaded keys, so an older read never
-    /// replaces a newer one (a revoked key must stop working).
+    /// Held by a control write from its planning to the install of the rebuilt keys and locks,
+    /// and by every rebuild, so an older read never replaces a newer one (a revoked key must
+    /// stop working).
     keys_update: tokio::sync::Mutex<()>,
+    /// The control journal (its id) and LSN the control tables, keys and locks reflect.
+    projected: std::sync::Mutex<(Option<ProjectId>, holdfast_types::Lsn)>,
+    /// The control journal's open store (also in `projects`), once opened.
+    control_handle: std::sync::Mutex<Option<Arc<ProjectStore>>>,
+    /// This service, for work it hands to the runtime on its own (key hash upgrades).
+    me: std::sync::OnceLock<std::sync::Weak<Service>>,
     /// The audit log's writer.
     audit: audit::AuditLog,
-    /// Resource locks, loaded from the control store whenever they change.
+    /// Resource locks, rebuilt from the control journal whenever it moves.
     locks: locks::SharedLocks,
-    /// Serialises lock changes, as `keys_update` does for keys.
-    locks_update: tokio::sync::Mutex<()>,
     /// Limits from the configuration.
     max_file_bytes: usize,
     max_projects_per_principal: Option<u64>,
@@ -171,17 +177,23 @@ impl Service {
             projects: tokio::sync::Mutex::new(HashMap::new()),
             keys: RwLock::new(HashMap::new()),
             keys_update: tokio::sync::Mutex::new(()),
+            projected: std::sync::Mutex::new((None, holdfast_types::Lsn::ZERO)),
+            me: std::sync::OnceLock::new(),
+            control_handle: std::sync::Mutex::new(None),
             locks: Arc::default(),
             audit,
-            locks_update: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::Sender::new(false),
             _lock: lock,
         };
         service.recover()?;
-        service.reload_locks_blocking()?;
-        let generated_admin_key = service.bootstrap_admin(config.admin_key.as_deref())?;
-        service.reload_keys_blocking()?;
+        let admin_key = config.admin_key.clone();
+        let generated_admin_key = on_own_runtime(|| service.open_control_plane(admin_key.as_deref()))?;
         Ok(Opened { service, generated_admin_key })
+    }
+
+    /// Lets the service hand work to the runtime on its own; call once it is in its `Arc`.
+    pub fn bind(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
     }
 
     pub fn info(&self) -> Info {
@@ -288,7 +300,6 @@ impl Service {
             remove_dir_if_exists(&self.project_dir(&entry.id))?;
             self.control.call_blocking(|c| control::remove_project(c, &entry.id)).map_err(Error::from)?;
         }
-        self.control.call_blocking(|c| control::remove_system_identities(c, None)).map_err(Error::from)?;
         let known: Vec<_> = entries.iter().filter(|e| !e.creating()).map(|e| e.id.as_str().to_owned()).collect();
         let dir = self.data_dir.join("projects");
         let listing = std::fs::read_dir(&dir)
@@ -311,6 +322,24 @@ impl Service {
         std::fs::rename(dir, &target)
             .map_err(|e| Error::internal(format!("cannot move {} to the trash: {e}", dir.display())))
     }
+}
+
+/// Runs `work` to its end on a runtime of its own, on a thread of its own: start-up work that is
+/// async (it commits through a project's writer) from the blocking [`Service::open`], wherever
+/// that is called from.
+fn on_own_runtime<T: Send, F: std::future::Future<Output = Result<T>> + Send>(work: impl FnOnce() -> F + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::internal(format!("cannot start the start-up runtime: {e}")))?;
+                runtime.block_on(work())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Error::internal("start-up work panicked")))
+    })
 }
 
 /// Takes an exclusive lock on `<data>/holdfast.lock` for the life of the process, so a second

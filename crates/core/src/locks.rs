@@ -167,28 +167,8 @@ pub fn check_data_locks(locks: &SharedLocks, project: &str, view: &StateView<'_>
     Ok(())
 }
 
-/// Held while locks change ([`Service::locks_lock`]).
-pub struct LocksLock<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
-
 impl Service {
-    /// Serialises lock changes, from the change in the control store to the install of the
-    /// reloaded locks, as [`Service::principals_lock`] does for keys.
-    pub async fn locks_lock(&self) -> LocksLock<'_> {
-        LocksLock(self.locks_update.lock().await)
-    }
-
-    /// Loads the locks from the control database into memory, under the locks lock.
-    pub async fn reload_locks(&self, _serial: &LocksLock<'_>) -> Result<()> {
-        let records = self.control.call(control::list_locks).await.map_err(Error::from)?;
-        self.install_locks(records)
-    }
-
-    /// The same, at start-up.
-    pub(crate) fn reload_locks_blocking(&self) -> Result<()> {
-        self.install_locks(self.control.call_blocking(control::list_locks).map_err(Error::from)?)
-    }
-
-    fn install_locks(&self, records: Vec<LockRecord>) -> Result<()> {
+    pub(crate) fn install_locks(&self, records: Vec<LockRecord>) -> Result<()> {
         let locks = records.into_iter().map(ActiveLock::from_record).collect::<Result<Vec<_>>>()?;
         *self.locks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(locks);
         Ok(())

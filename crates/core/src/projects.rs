@@ -57,6 +57,36 @@ struct ProjectBody {
     data_key: Option<DataKeyRecord>,
 }
 
+/// Refuses to change or delete the control project's record as a project's.
+fn refuse_control(entry: &CatalogEntry) -> Result<()> {
+    if entry.name == crate::control_plane::CONTROL_PROJECT {
+        return Err(Error::invalid(format!(
+            "{} holds the control plane: it is replicated and failed over like a project, never changed or deleted as one",
+            entry.name
+        )));
+    }
+    Ok(())
+}
+
+/// The first op of a project made by the server itself (the control project): its record.
+pub(crate) fn record_op(id: &ProjectId, name: &str, display_name: &str) -> Result<Op> {
+    let body = ProjectBody {
+        name: name.to_owned(),
+        display_name: display_name.to_owned(),
+        description: String::new(),
+        tags: BTreeMap::new(),
+        soft_delete_retention_days: None,
+        purge_protection: false,
+        identity: None,
+        deleted_us: None,
+        primary_region: None,
+        replicas: Vec::new(),
+        data_key: None,
+    };
+    let body = serde_json::to_value(&body).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(Op::Put { kind: Kind::Project, id: id.as_str().to_owned(), parent: None, body })
+}
+
 /// The project's primary region (when replicated) and its replicas, from its record.
 pub fn topology(view: &StateView<'_>, id: &ProjectId) -> Result<(Option<String>, Vec<ReplicaSpec>), StoreError> {
     Ok(read_body(view, id)?.map(|(b, _)| (b.primary_region, b.replicas)).unwrap_or_default())
@@ -243,7 +273,7 @@ fn read_project(view: &StateView<'_>, id: &ProjectId) -> Result<Option<Project>,
     }))
 }
 
-fn not_found(name: &str) -> Error {
+pub(crate) fn not_found(name: &str) -> Error {
     Error::not_found(format!("project {name:?} not found"))
 }
 
@@ -333,6 +363,12 @@ impl Service {
 
     /// The open store of a project, opening it on first use.
     pub async fn store(&self, entry: &CatalogEntry) -> Result<Arc<ProjectStore>> {
+        if !self.is_control_project(entry) {
+            // The control journal is open before any project is opened under the project map's
+            // lock: finishing a project's purge there is a control write, which must not wait
+            // for that lock. (A region that holds no control journal yet has none to open.)
+            let _ = self.control_store().await;
+        }
         self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.id.clone(), std::time::Instant::now());
         let mut open = self.projects.lock().await;
         if let Some(store) = open.get(&entry.id) {
@@ -400,7 +436,9 @@ impl Service {
         for (id, store) in open.iter() {
             let idle_enough = used.get(id).is_none_or(|at| now.duration_since(*at) >= idle);
             let alone = Arc::strong_count(store) == 1;
-            if !idle_enough || !alone || store.role() != holdfast_store::Role::Primary || store.is_deleted() {
+            // The control journal is read at every control write and followed all the time.
+            let control = store.name() == crate::control_plane::CONTROL_PROJECT;
+            if control || !idle_enough || !alone || store.role() != holdfast_store::Role::Primary || store.is_deleted() {
                 continue;
             }
             let topology_id = id.clone();
@@ -465,15 +503,15 @@ impl Service {
     /// later project of that name starts with none) and its system-assigned identity.
     async fn forget_project(&self, entry: &CatalogEntry) -> Result<()> {
         let (cid, scope) = (entry.id.clone(), format!("/projects/{}", entry.name));
-        self.control
-            .call(move |c| {
-                control::remove_project(c, &cid)?;
-                control::remove_scope_assignments(c, &scope)?;
-                control::remove_system_identities(c, Some(&cid))
-            })
-            .await
-            .map_err(Error::from)?;
-        self.reload_principals().await
+        // The control plane first: a crash between the two leaves a catalog entry whose purge
+        // is finished again, never assignments waiting for a later project of the name.
+        let owner = cid.clone();
+        self.control_write(&Caller::system(), move |c| {
+            control::remove_scope_assignments(c, &scope)?;
+            control::remove_system_identities(c, Some(&owner))
+        })
+        .await?;
+        self.control.call(move |c| control::remove_project(c, &cid)).await.map_err(Error::from)
     }
 
     /// The open store of the project named (or with id) `name`.
@@ -485,6 +523,9 @@ impl Service {
     pub async fn create_project(&self, caller: &Caller, req: ProjectCreate) -> Result<Project> {
         caller.require(Action::ProjectsWrite, "/")?;
         validate::project_name(&req.name)?;
+        if req.name == crate::control_plane::CONTROL_PROJECT {
+            return Err(Error::invalid(format!("the project name {:?} is the control plane's", req.name)));
+        }
         if let Some(days) = req.soft_delete_retention_days {
             retention(days)?;
         }
@@ -547,13 +588,9 @@ impl Service {
                 tracing::error!(project = %name, error = %e, "project create failed; rolling back");
                 let _ = std::fs::remove_dir_all(self.project_dir(&id));
                 let cid = id.clone();
-                let _ = self
-                    .control
-                    .call(move |c| {
-                        control::remove_project(c, &cid)?;
-                        control::remove_system_identities(c, Some(&cid))
-                    })
-                    .await;
+                let _ = self.control_write(&Caller::system(), move |c| control::remove_system_identities(c, Some(&cid))).await;
+                let cid = id.clone();
+                let _ = self.control.call(move |c| control::remove_project(c, &cid)).await;
                 Err(e)
             }
         }
@@ -606,11 +643,15 @@ impl Service {
     ) -> Result<ProjectPage> {
         caller.require(Action::ProjectsRead, "/")?;
         let limit = page_limit(limit, DEFAULT_PAGE, MAX_PAGE)?;
-        let entries = self
+        // One more than the page, and one more for the control journal, which is no project.
+        let entries: Vec<_> = self
             .control
-            .call(move |c| control::list_projects(c, after.as_deref(), limit + 1, deleted))
+            .call(move |c| control::list_projects(c, after.as_deref(), limit + 2, deleted))
             .await
-            .map_err(Error::from)?;
+            .map_err(Error::from)?
+            .into_iter()
+            .filter(|e| !self.is_control_project(e))
+            .collect();
         let has_more = entries.len() > limit;
         let mut data = Vec::with_capacity(limit);
         for entry in entries.into_iter().take(limit) {
@@ -639,7 +680,9 @@ impl Service {
     pub async fn update_project(&self, caller: &Caller, name: &str, req: ProjectUpdate) -> Result<Project> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
         // Locks name projects by name: resolve an id first, so a lock cannot be stepped around.
-        self.check_project_locks(&self.entry(name).await?.name, false)?;
+        let entry = self.entry(name).await?;
+        refuse_control(&entry)?;
+        self.check_project_locks(&entry.name, false)?;
         if let Some(v) = &req.display_name {
             validate::display_name(v)?;
         }
@@ -725,6 +768,7 @@ impl Service {
     pub async fn delete_project(&self, caller: &Caller, name: &str) -> Result<()> {
         caller.require(Action::ProjectsWrite, &scope(name))?;
         let entry = self.entry(name).await?;
+        refuse_control(&entry)?;
         self.check_project_locks(&entry.name, true)?;
         let store = self.store(&entry).await?;
         let (id, missing) = (entry.id.clone(), not_found(name));

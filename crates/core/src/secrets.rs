@@ -170,6 +170,15 @@ impl DataKey {
         Self { cipher: Aes256Gcm::new_from_slice(&bytes).expect("32-byte key"), bytes }
     }
 
+    /// A key for one purpose, derived from the data key: HMAC-SHA-256(data key, `label`), as
+    /// [`MasterKey::derive`] does from the master key.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.bytes).expect("HMAC takes a key of any length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// Seals `plaintext` for `binding` (version 3).
     pub fn seal(&self, plaintext: &str, binding: Binding<'_>) -> Result<Sealed> {
         let nonce: [u8; 12] = random_bytes::<12>()?;

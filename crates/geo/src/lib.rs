@@ -12,6 +12,7 @@
 //! another domain crate or on HTTP.
 
 pub mod consistency;
+mod control;
 pub mod coordinator;
 pub mod divergence;
 pub mod replication;
@@ -22,7 +23,8 @@ use async_trait::async_trait;
 use holdfast_core::{Domain, Result, Service};
 use holdfast_store::control::CatalogEntry;
 use holdfast_store::{ProjectStore, Role};
-use holdfast_types::ProjectId;
+use holdfast_core::control_plane::ControlOps;
+use holdfast_types::{Lsn, ProjectId};
 
 use coordinator::{Coordinator, CoordinatorConfig};
 use replication::{ClusterConfig, Replication};
@@ -86,6 +88,10 @@ impl Domain for GeoDomain {
 
     async fn serving(&self, _core: &Service, store: &ProjectStore) -> Result<()> {
         self.state.apply_sync_setting(store).await
+    }
+
+    async fn forward_control(&self, _core: &Service, control: &ProjectId, ops: &ControlOps) -> Option<Result<Lsn>> {
+        Some(self.state.forward_control(control, ops).await)
     }
 }
 

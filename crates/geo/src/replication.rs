@@ -60,11 +60,14 @@ pub struct ClusterConfig {
     pub secret: Option<String>,
     /// How long a write under sync commit waits for its replica before it fails.
     pub sync_timeout: Duration,
+    /// The region that leads the control plane before any region replicated it (`[cluster]
+    /// control_primary`); `None`: the first region name in order among this one and its peers.
+    pub control_primary: Option<String>,
 }
 
 /// Replication state of this server.
 pub(crate) struct Replication {
-    config: ClusterConfig,
+    pub(crate) config: ClusterConfig,
     /// sha256 of the cluster secret, what a presented secret's digest is compared with.
     secret_digest: Option<[u8; 32]>,
     http: reqwest::Client,
@@ -100,6 +103,13 @@ struct Progress {
     last_error: Option<String>,
 }
 
+impl ReplicaState {
+    /// The region this copy follows.
+    pub(crate) fn source(&self) -> String {
+        self.source_region.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 impl Replication {
     pub(crate) fn new(config: ClusterConfig) -> Result<Self> {
         let http = reqwest::Client::builder()
@@ -132,7 +142,7 @@ impl Replication {
         })
     }
 
-    fn request(&self, method: reqwest::Method, region: &str, path: &str) -> Result<reqwest::RequestBuilder> {
+    pub(crate) fn request(&self, method: reqwest::Method, region: &str, path: &str) -> Result<reqwest::RequestBuilder> {
         let base = self.peer(region)?;
         let secret = self.config.secret.as_deref().ok_or_else(|| {
             Error::invalid("this server has no cluster secret: start it with --cluster-secret-file to talk to other regions")
@@ -155,7 +165,7 @@ fn secret_digest(secret: &str) -> [u8; 32] {
 }
 
 /// Sends a request to a peer and decodes its JSON answer; a peer's error keeps its kind.
-async fn call<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder, what: &str) -> Result<T> {
+pub(crate) async fn call<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder, what: &str) -> Result<T> {
     let response = request.send().await.map_err(|e| Error::unavailable(format!("{what}: {e}")))?;
     let status = response.status();
     if status.is_success() {
@@ -534,6 +544,12 @@ impl Geo {
                 return Err(Error::conflict(format!("project {} is primary in region {}, not a replica", entry.name, self.core.region())));
             }
             return Ok(serde_json::json!({ "project_id": entry.id, "status": "replicating" }));
+        }
+        if start.name == holdfast_core::control_plane::CONTROL_PROJECT {
+            let own = self.core.control().call(|c| control::find_project(c, holdfast_core::control_plane::CONTROL_PROJECT));
+            if let Some(own) = own.await.map_err(Error::from)?.filter(|e| e.id != start.project_id) {
+                self.join_control_plane(&start, &own).await?;
+            }
         }
         let (id, name) = (start.project_id.clone(), start.name.clone());
         let reserved = self.core.control().call({
@@ -1024,6 +1040,9 @@ impl Geo {
                 }
                 if let Err(e) = service.probe_peers().await {
                     tracing::warn!(error = %e, "checking peers for a newer primary failed");
+                }
+                if let Err(e) = service.spread_control_plane().await {
+                    tracing::warn!(error = %e, "replicating the control journal to the peers failed");
                 }
             }
         });

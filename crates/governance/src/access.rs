@@ -25,13 +25,10 @@ impl Governance {
         let key_id = KeyId::generate();
         let principal_id = PrincipalId::generate();
         let (k, p, name, role) = (key_id.clone(), principal_id.clone(), req.name.clone(), req.role.clone());
-        let serial = self.core.principals_lock().await;
         if let Some(role) = &role {
             self.role_exists(role).await?;
         }
-        self.core
-            .control()
-            .call(move |c| {
+        self.core.control_write(caller, move |c| {
                 control::insert_key(c, &NewKey {
                     key_id: &k,
                     principal_id: &p,
@@ -43,9 +40,7 @@ impl Governance {
                     source: "api",
                 })
             })
-            .await
-            .map_err(Error::from)?;
-        self.core.reload_keys(&serial).await?;
+            .await?;
         Ok(KeyCreated { key, key_id, principal_id, name: req.name, role: req.role })
     }
 
@@ -86,12 +81,8 @@ impl Governance {
         caller.require(Action::KeysManage, "/")?;
         assignment_scope(&req.scope)?;
         let (p, role, scope) = (req.principal_id.as_str().to_owned(), req.role.as_str().to_owned(), req.scope.clone());
-        let serial = self.core.principals_lock().await;
         self.role_exists(&req.role).await?;
-        let outcome = self
-            .core
-            .control()
-            .call(move |c| {
+        let outcome = self.core.control_write(caller, move |c| {
                 // A system-assigned identity ends with its project's purge: an Owner of
                 // everything must not end with one project.
                 if role == Role::Admin.as_str() && scope == "/" && control::principal_kind(c, &p)?.as_deref() == Some(SYSTEM_ASSIGNED) {
@@ -99,8 +90,7 @@ impl Governance {
                 }
                 control::assign_role(c, &p, &role, &scope).map(Some)
             })
-            .await
-            .map_err(Error::from)?;
+            .await?;
         let Some(known) = outcome else {
             return Err(Error::invalid(format!(
                 "principal {} is a project's system-assigned identity, removed with its project: it cannot hold admin at /; \
@@ -111,7 +101,6 @@ impl Governance {
         if !known {
             return Err(Error::not_found(format!("no principal with id {}", req.principal_id)));
         }
-        self.core.reload_keys(&serial).await?;
         Ok(req)
     }
 
@@ -119,11 +108,7 @@ impl Governance {
     pub async fn unassign_role(&self, caller: &Caller, req: RoleAssignment) -> Result<()> {
         caller.require(Action::KeysManage, "/")?;
         let (p, role, scope) = (req.principal_id.as_str().to_owned(), req.role.as_str().to_owned(), req.scope.clone());
-        let serial = self.core.principals_lock().await;
-        let outcome = self
-            .core
-            .control()
-            .call(move |c| {
+        let outcome = self.core.control_write(caller, move |c| {
                 // The last Owner able to act keeps its role: without it nobody could manage access.
                 if role == Role::Admin.as_str()
                     && scope == "/"
@@ -134,8 +119,7 @@ impl Governance {
                 }
                 control::unassign_role(c, &p, &role, &scope).map(Some)
             })
-            .await
-            .map_err(Error::from)?;
+            .await?;
         let Some(held) = outcome else {
             return Err(Error::conflict(format!(
                 "principal {} holds the last admin role at / with a live key; assign admin at / to another key first (holdfast role assign --principal PRN --role admin --scope /), then remove this one",
@@ -150,18 +134,14 @@ impl Governance {
                 req.scope
             )));
         }
-        self.core.reload_keys(&serial).await
+        Ok(())
     }
 
     /// Revokes a key by key id, or all keys of a principal by principal id.
     pub async fn revoke_key(&self, caller: &Caller, id: &str) -> Result<usize> {
         caller.require(Action::KeysManage, "/")?;
         let target = id.to_owned();
-        let serial = self.core.principals_lock().await;
-        let revoked = self
-            .core
-            .control()
-            .call(move |c| {
+        let revoked = self.core.control_write(caller, move |c| {
                 if !control::key_exists(c, &target)? {
                     return Ok(Err(false));
                 }
@@ -171,8 +151,7 @@ impl Governance {
                 }
                 control::revoke_keys(c, &target).map(Ok)
             })
-            .await
-            .map_err(Error::from)?
+            .await?
             .map_err(|last_admin| {
                 if last_admin {
                     Error::conflict(format!(
@@ -182,7 +161,6 @@ impl Governance {
                     Error::not_found(format!("no key or principal with id {id:?}"))
                 }
             })?;
-        self.core.reload_keys(&serial).await?;
         Ok(revoked)
     }
 
@@ -223,12 +201,11 @@ impl Governance {
         validate_definition(&def)?;
         let json = serde_json::to_string(&def).map_err(|e| Error::internal(e.to_string()))?;
         let name = def.name.clone();
-        let serial = self.core.principals_lock().await;
-        let made = self.core.control().call(move |c| control::insert_role(c, &name, &json)).await.map_err(Error::from)?;
+        let made = self.core.control_write(caller, move |c| control::insert_role(c, &name, &json))
+            .await?;
         if !made {
             return Err(Error::conflict(format!("a role named {:?} exists already", def.name)));
         }
-        self.core.reload_keys(&serial).await?;
         Ok(def)
     }
 
@@ -239,25 +216,20 @@ impl Governance {
             return Err(Error::invalid(format!("{name:?} is a built-in role and cannot be removed")));
         }
         let target = name.to_owned();
-        let serial = self.core.principals_lock().await;
-        let outcome = self
-            .core
-            .control()
-            .call(move |c| {
+        let outcome = self.core.control_write(caller, move |c| {
                 let held = control::role_assignment_count(c, &target)?;
                 if held > 0 {
                     return Ok(Err(held));
                 }
                 control::delete_role(c, &target).map(Ok)
             })
-            .await
-            .map_err(Error::from)?;
+            .await?;
         match outcome {
             Err(held) => Err(Error::conflict(format!(
                 "role {name:?} is held by {held} assignment(s); unassign them first (holdfast role list)"
             ))),
             Ok(false) => Err(Error::not_found(format!("no custom role named {name:?}"))),
-            Ok(true) => self.core.reload_keys(&serial).await,
+            Ok(true) => Ok(()),
         }
     }
 }

@@ -34,7 +34,8 @@ impl Governance {
             created_us: now_micros(),
         };
         let stored = record.clone();
-        let made = self.core.control().call(move |c| control::insert_identity(c, &stored)).await.map_err(Error::from)?;
+        let made = self.core.control_write(caller, move |c| control::insert_identity(c, &stored))
+            .await?;
         if !made {
             return Err(Error::conflict(format!("an identity named {:?} exists already", req.name)));
         }
@@ -57,26 +58,21 @@ impl Governance {
                 "identity {name:?} is system-assigned: it is removed when its project is purged"
             )));
         }
-        let serial = self.core.principals_lock().await;
-        let removed = self
-            .core
-            .control()
-            .call(move |c| {
+        let removed = self.core.control_write(caller, move |c| {
                 let before = control::admins_left(c, AdminLoss::Keys { key_or_principal: "" })?;
                 if before > 0 && control::admins_left(c, AdminLoss::Keys { key_or_principal: record.id.as_str() })? == 0 {
                     return Ok(false);
                 }
                 control::remove_identity(c, &record.id).map(|()| true)
             })
-            .await
-            .map_err(Error::from)?;
+            .await?;
         if !removed {
             return Err(Error::conflict(format!(
                 "identity {name:?} holds the last live key of an admin at /; make another admin key first \
                  (holdfast key create --name NAME --role admin)"
             )));
         }
-        self.core.reload_keys(&serial).await
+        Ok(())
     }
 
     /// `holdfast identity key NAME`: a key that authenticates as the identity, with the roles
@@ -87,9 +83,7 @@ impl Governance {
         let (key, hash, prefix) = self.core.new_key()?;
         let key_id = KeyId::generate();
         let (k, p, label) = (key_id.clone(), record.id.clone(), record.name.clone());
-        let serial = self.core.principals_lock().await;
-        self.core.control()
-            .call(move |c| {
+        self.core.control_write(caller, move |c| {
                 control::insert_principal_key(c, &NewKey {
                     key_id: &k,
                     principal_id: &p,
@@ -101,9 +95,7 @@ impl Governance {
                     source: "identity",
                 })
             })
-            .await
-            .map_err(Error::from)?;
-        self.core.reload_keys(&serial).await?;
+            .await?;
         Ok(KeyCreated { key, key_id, principal_id: record.id, name: record.name, role: None })
     }
 }

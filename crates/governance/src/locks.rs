@@ -28,9 +28,8 @@ impl Governance {
             created_us: now_micros(),
         };
         let stored = record.clone();
-        let serial = self.core.locks_lock().await;
-        self.core.control().call(move |c| control::insert_lock(c, &stored)).await.map_err(Error::from)?;
-        self.core.reload_locks(&serial).await?;
+        self.core.control_write(caller, move |c| control::insert_lock(c, &stored))
+            .await?;
         Ok(ActiveLock::from_record(record)?.lock)
     }
 
@@ -58,11 +57,11 @@ impl Governance {
             .map(|l| l.lock.scope.clone())
             .ok_or_else(|| Error::not_found(format!("lock {id:?} not found")))?;
         caller.require(Action::LocksManage, &scope)?;
-        let serial = self.core.locks_lock().await;
         let owned = id.to_owned();
-        if !self.core.control().call(move |c| control::delete_lock(c, &owned)).await.map_err(Error::from)? {
+        if !self.core.control_write(caller, move |c| control::delete_lock(c, &owned))
+            .await? {
             return Err(Error::not_found(format!("lock {id:?} not found")));
         }
-        self.core.reload_locks(&serial).await
+        Ok(())
     }
 }

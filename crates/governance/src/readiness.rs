@@ -69,7 +69,16 @@ impl Governance {
         caller.require(Action::ProjectsRead, &scope)?;
         let entries = match project {
             Some(name) => vec![self.core.entry(name).await?],
-            None => self.core.control().call(control::all_projects).await.map_err(Error::from)?.into_iter().filter(|e| e.active).collect(),
+            // The control journal is reviewed by what it is made of (keys, roles), not as a project.
+            None => self
+                .core
+                .control()
+                .call(control::all_projects)
+                .await
+                .map_err(Error::from)?
+                .into_iter()
+                .filter(|e| e.active && !self.core.is_control_project(e))
+                .collect(),
         };
         let holders = self.delete_holders().await?;
         let mut out = Vec::with_capacity(entries.len());

@@ -60,6 +60,7 @@ pub struct Opened {
 /// The background tasks [`Holdfast::start`] spawned, awaited on shutdown.
 pub struct Tasks {
     archiver: Option<JoinHandle<()>>,
+    control_follower: JoinHandle<()>,
     idle_closer: Option<JoinHandle<()>>,
     purger: JoinHandle<()>,
 }
@@ -83,6 +84,7 @@ impl Holdfast {
         })?;
         let (geo, agents, recovery) = built.ok_or_else(|| Error::internal("the domains were not built"))?;
         let core = Arc::new(opened.service);
+        core.bind();
         let agents = Arc::new(Agents::new(core.clone(), &agents, &config.agents));
         let recovery = Arc::new(Recovery::new(core.clone(), &recovery, &config.recovery));
         let geo = Geo::new(core.clone(), &geo);
@@ -95,11 +97,13 @@ impl Holdfast {
         let archiver = self.recovery.spawn_archiver();
         let idle_closer = self.core.spawn_idle_closer();
         self.geo.spawn_replicators()?;
+        // After the replicators: the control journal opens as the replica it may be.
+        let control_follower = self.core.spawn_control_follower();
         self.geo.spawn_topology_watch();
         self.geo.spawn_coordinator();
         // Soft-deleted projects whose retention has passed are purged within the hour.
         let purger = self.core.spawn_purger(Duration::from_secs(3600));
-        Ok(Tasks { archiver, idle_closer, purger })
+        Ok(Tasks { archiver, control_follower, idle_closer, purger })
     }
 
     /// Ends waits (journal long polls) so in-flight requests finish promptly; call when the
@@ -117,6 +121,7 @@ impl Holdfast {
             let _ = tokio::time::timeout(bound, archiver).await;
         }
         let _ = tokio::time::timeout(bound, tasks.purger).await;
+        let _ = tokio::time::timeout(bound, tasks.control_follower).await;
         if let Some(closer) = tasks.idle_closer {
             let _ = tokio::time::timeout(bound, closer).await;
         }

@@ -38,6 +38,10 @@ pub struct ArchiveConfig {
     pub snapshot_interval: Duration,
 }
 
+/// How long an archive pass waits for its projects' work before it lets the slow ones go on
+/// by themselves.
+const PASS_WAIT: Duration = Duration::from_secs(2);
+
 impl ArchiveConfig {
     /// The documented defaults for everything but the URL.
     pub fn new(url: &str) -> Self {
@@ -234,7 +238,7 @@ impl Recovery {
     }
 
     /// Ships every project's new changes (and snapshots, compaction, retention when due).
-    pub async fn archive_pass(&self) {
+    pub async fn archive_pass(self: &Arc<Self>) {
         let Some(archiver) = &self.archiver else { return };
         let entries = match self.core.control().call(control::all_projects).await {
             Ok(entries) => entries,
@@ -243,41 +247,55 @@ impl Recovery {
                 return;
             }
         };
-        // Soft-deleted projects too: their deletion mark is a change like any other.
+        // Soft-deleted projects too: their deletion mark is a change like any other. Each
+        // project's work is a task of its own, and the pass waits for them only so long: a
+        // project whose uploads are slow (or hang until their timeout) holds back no other
+        // project's backup, and later passes leave it alone until its work is done.
+        let mut running = tokio::task::JoinSet::new();
         for entry in entries.into_iter().filter(|e| !e.creating()) {
-            // A replica's archive is its primary's business (they may share one archive).
-            if self.core.role_here(&entry.id) == holdfast_store::Role::Replica {
-                archiver.forget(&entry.id);
-                continue;
-            }
-            // A project closed for idleness with everything archived stays closed.
-            if let Some(settled) = self.core.settled_if_closed(&entry.id).await {
-                match archiver.keep_resting(&entry.id, settled).await {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(project = %entry.name, error = %e.message, "advancing a resting project's manifest failed");
-                        continue;
-                    }
+            let service = self.clone();
+            running.spawn(async move { service.archive_entry(entry).await });
+        }
+        let _ = tokio::time::timeout(PASS_WAIT, async { while running.join_next().await.is_some() {} }).await;
+        running.detach_all();
+        self.ship_audit(&archiver.archive, &archiver.audit).await;
+    }
+
+    /// One project's part of an archive pass.
+    async fn archive_entry(&self, entry: CatalogEntry) {
+        let Some(archiver) = &self.archiver else { return };
+        // A replica's archive is its primary's business (they may share one archive).
+        if self.core.role_here(&entry.id) == holdfast_store::Role::Replica {
+            archiver.forget(&entry.id);
+            return;
+        }
+        // A project closed for idleness with everything archived stays closed.
+        if let Some(settled) = self.core.settled_if_closed(&entry.id).await {
+            match archiver.keep_resting(&entry.id, settled).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(project = %entry.name, error = %e.message, "advancing a resting project's manifest failed");
+                    return;
                 }
             }
-            // The store first, with no archive lock held: opening a project whose delete a crash
-            // cut off ships its last changes (`archive_final`), which takes that lock.
-            let Ok(store) = self.core.store(&entry).await else { continue };
-            let tracked = archiver.tracked(&entry.id);
-            let mut tracked = tracked.lock().await;
-            if tracked.retry_at.is_some_and(|at| Instant::now() < at) {
-                continue;
-            }
-            archiver.watch(&mut tracked, &store);
-            let outcome = self.archive_project(archiver, &mut tracked, &entry, &store, false).await;
-            record_outcome(&mut tracked, &entry, outcome);
-            if let Some(manifest) = &tracked.manifest {
-                // Metrics only; a failed read shows in the next pass.
-                let _ = lag(&entry, &store, manifest.archived_lsn).await;
-            }
         }
-        self.ship_audit(&archiver.archive, &archiver.audit).await;
+        // The store first, with no archive lock held: opening a project whose delete a crash
+        // cut off ships its last changes (`archive_final`), which takes that lock.
+        let Ok(store) = self.core.store(&entry).await else { return };
+        let tracked = archiver.tracked(&entry.id);
+        // Still at work from an earlier pass: left to it.
+        let Ok(mut tracked) = tracked.try_lock() else { return };
+        if tracked.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        archiver.watch(&mut tracked, &store);
+        let outcome = self.archive_project(archiver, &mut tracked, &entry, &store, false).await;
+        record_outcome(&mut tracked, &entry, outcome);
+        if let Some(manifest) = &tracked.manifest {
+            // Metrics only; a failed read shows in the next pass.
+            let _ = lag(&entry, &store, manifest.archived_lsn).await;
+        }
     }
 
     /// One project's archiving step: ship, compact, expire, snapshot.

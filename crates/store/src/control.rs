@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use holdfast_types::{KeyId, Micros, PrincipalId, ProjectId};
+use holdfast_types::{KeyId, Kind, Micros, PrincipalId, ProjectId};
+use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
 
 use crate::error::{Result, StoreError};
 use holdfast_types::now_micros;
@@ -703,6 +705,81 @@ pub fn list_locks(conn: &Connection) -> Result<Vec<LockRecord>> {
 /// Removes a lock; `false` when there is none with that id.
 pub fn delete_lock(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn.execute("DELETE FROM locks WHERE id = ?1", [id])? == 1)
+}
+
+// The control journal's projection ---------------------------------------------------------------
+
+/// The tables that hold the control journal's state here, with the resource kind each row is
+/// journaled as and the columns that make its id. They are a projection: rebuilt from the
+/// control journal ([`replace_control_rows`]), never changed any other way while a server runs
+/// (a control write changes them in a transaction it rolls back, and journals the difference).
+pub const CONTROL_TABLES: [(Kind, &str, &[&str]); 5] = [
+    (Kind::Principal, "principals", &["id"]),
+    (Kind::RoleDefinition, "roles", &["name"]),
+    (Kind::Lock, "locks", &["id"]),
+    (Kind::ApiKey, "api_keys", &["id"]),
+    (Kind::RoleAssignment, "role_assignments", &["principal_id", "role", "scope"]),
+];
+
+/// One row of a control table as the journal carries it: its kind, its id (the key columns
+/// joined by `|`) and every column as a JSON object.
+pub type ControlRow = (Kind, String, Value);
+
+/// Every row of the control tables, in table order, then by id.
+pub fn control_rows(conn: &Connection) -> Result<Vec<ControlRow>> {
+    let mut rows = Vec::new();
+    for (kind, table, keys) in CONTROL_TABLES {
+        let mut stmt = conn.prepare_cached(&format!("SELECT * FROM {table}"))?;
+        let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+        let mut found = Vec::new();
+        let mut cursor = stmt.query([])?;
+        while let Some(row) = cursor.next()? {
+            let mut body = Map::new();
+            for (i, name) in names.iter().enumerate() {
+                let value = match row.get_ref(i)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(n) => Value::from(n),
+                    ValueRef::Real(f) => Value::from(f),
+                    ValueRef::Text(t) => Value::from(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(_) => return Err(StoreError::Corrupt(format!("a blob in control table {table}"))),
+                };
+                body.insert(name.clone(), value);
+            }
+            let id = keys.iter().map(|k| body.get(*k).and_then(Value::as_str).unwrap_or_default()).collect::<Vec<_>>().join("|");
+            found.push((kind, id, Value::Object(body)));
+        }
+        found.sort_by(|a, b| a.1.cmp(&b.1));
+        rows.extend(found);
+    }
+    Ok(rows)
+}
+
+/// Replaces every row of the control tables with `rows` (bodies as [`control_rows`] makes
+/// them). The caller owns the transaction.
+pub fn replace_control_rows(conn: &Connection, rows: &[ControlRow]) -> Result<()> {
+    for (_, table, _) in CONTROL_TABLES.iter().rev() {
+        conn.execute(&format!("DELETE FROM {table}"), [])?;
+    }
+    for (kind, table, _) in CONTROL_TABLES {
+        for (_, id, body) in rows.iter().filter(|r| r.0 == kind) {
+            let object = body.as_object().ok_or_else(|| StoreError::Corrupt(format!("control row {id} is not an object")))?;
+            let columns: Vec<&str> = object.keys().map(String::as_str).collect();
+            let marks = (1..=columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+            let values = object
+                .values()
+                .map(|v| match v {
+                    Value::Null => Ok(SqlValue::Null),
+                    Value::Bool(b) => Ok(SqlValue::Integer(i64::from(*b))),
+                    Value::Number(n) => Ok(n.as_i64().map_or_else(|| SqlValue::Real(n.as_f64().unwrap_or_default()), SqlValue::Integer)),
+                    Value::String(s) => Ok(SqlValue::Text(s.clone())),
+                    _ => Err(StoreError::Corrupt(format!("control row {id} holds a nested value"))),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            conn.prepare_cached(&format!("INSERT INTO {table} ({}) VALUES ({marks})", columns.join(", ")))?
+                .execute(rusqlite::params_from_iter(values))?;
+        }
+    }
+    Ok(())
 }
 
 // Replicas --------------------------------------------------------------------------------------

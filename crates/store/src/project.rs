@@ -424,6 +424,11 @@ impl ProjectStore {
     }
 
     /// Stops taking writes, lets the writer commit what is queued, and waits for it to finish.
+    /// Whether the store takes work: not closed.
+    pub fn is_open(&self) -> bool {
+        self.tx.lock().is_ok_and(|tx| tx.is_some())
+    }
+
     pub fn close(&self) {
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();

@@ -792,6 +792,27 @@ pub struct Position {
     pub epoch_starts: Vec<(Epoch, Lsn)>,
 }
 
+/// `POST /internal/v1/control/ops`: a control write planned in a region that holds a replica
+/// of the control journal, for the region that holds its primary to commit.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlOps {
+    /// The control journal's LSN the ops were planned at; refused (409) if it has moved on.
+    #[schema(value_type = u64)]
+    pub base: Lsn,
+    pub actor: String,
+    pub request_id: String,
+    #[schema(value_type = Vec<Object>)]
+    pub ops: Vec<crate::Op>,
+}
+
+/// The answer to [`ControlOps`]: the LSN of the change that holds them.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ControlCommitted {
+    #[schema(value_type = u64)]
+    pub lsn: Lsn,
+}
+
 /// `POST /internal/v1/projects/{id}/divergences`: a deposed primary's unreplicated changes.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -66,10 +66,21 @@ pub enum Kind {
     /// A write made with an `Idempotency-Key` (`idem:{key}`): the request's fingerprint,
     /// journaled in the write's own change, then the answer to give its retries.
     IdempotencyKey,
+    /// Control plane (the control journal only): a principal — a key holder or a managed
+    /// identity (`prn_…`).
+    Principal,
+    /// Control plane: an API key's hash, prefix and state (`key_…`).
+    ApiKey,
+    /// Control plane: a role held at a scope (`{principal}|{role}|{scope}`).
+    RoleAssignment,
+    /// Control plane: a custom role's definition (`{name}`).
+    RoleDefinition,
+    /// Control plane: a resource lock (`lock_…`).
+    Lock,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Project,
         Kind::Connection,
         Kind::Deployment,
@@ -84,7 +95,15 @@ impl Kind {
         Kind::FileBatch,
         Kind::Divergence,
         Kind::IdempotencyKey,
+        Kind::Principal,
+        Kind::ApiKey,
+        Kind::RoleAssignment,
+        Kind::RoleDefinition,
+        Kind::Lock,
     ];
+
+    /// The kinds only the control journal holds.
+    pub const CONTROL: [Kind; 5] = [Kind::Principal, Kind::ApiKey, Kind::RoleAssignment, Kind::RoleDefinition, Kind::Lock];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -102,6 +121,11 @@ impl Kind {
             Kind::FileBatch => "file_batch",
             Kind::Divergence => "divergence",
             Kind::IdempotencyKey => "idempotency_key",
+            Kind::Principal => "principal",
+            Kind::ApiKey => "api_key",
+            Kind::RoleAssignment => "role_assignment",
+            Kind::RoleDefinition => "role_definition",
+            Kind::Lock => "lock",
         }
     }
 

@@ -565,3 +565,17 @@ impl Cli {
         }
     }
 }
+
+/// How many project directories the data directory holds, the control journal's left out (it
+/// lives in one too). Read offline or while the server runs (read-only).
+#[allow(dead_code)]
+pub fn project_dirs(data: &Path) -> usize {
+    let db = rusqlite::Connection::open_with_flags(data.join("control.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open control.db");
+    let control: Option<String> =
+        db.query_row("SELECT id FROM projects WHERE name = 'holdfast-control'", [], |r| r.get(0)).ok();
+    std::fs::read_dir(data.join("projects"))
+        .expect("projects")
+        .flatten()
+        .filter(|d| Some(d.file_name().to_string_lossy().into_owned()) != control)
+        .count()
+}
