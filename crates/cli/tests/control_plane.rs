@@ -187,3 +187,38 @@ fn the_control_plane_fails_over_by_itself_when_its_primary_is_lost() {
     let locks = admin_b.get("/v1/locks").ok(200);
     assert!(locks["data"].as_array().expect("locks").iter().any(|l| l["id"] == lock["id"]), "locks keep holding: {locks}");
 }
+
+#[test]
+fn a_region_that_worked_alone_hands_what_it_made_to_the_control_plane_it_joins() {
+    let (da, db) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
+    let (pa, pb) = (free_port(), free_port());
+    // b starts first and alone (a, the designated control primary, is not up): it serves, and
+    // an Owner makes a lock there.
+    let b = region(db.path(), "b", pb, "a", pa);
+    let admin_b = b.admin();
+    let lock = admin_b.post("/v1/locks", &json!({"scope": "/", "kind": "CanNotDelete", "notes": "made alone"})).ok(201);
+    let b_own = control_status(&admin_b)["project_id"].clone();
+
+    // a comes up: b joins a's control plane, and what b made alone is kept at a as a
+    // divergence record of the control journal, never dropped.
+    let a = region(da.path(), "a", pa, "b", pb);
+    joined(&a, &b);
+    let admin_a = a.admin();
+    assert_ne!(control_status(&admin_b)["project_id"], b_own, "b follows a's control journal now");
+    let records = admin_a.get(&format!("/v1/projects/{CONTROL}/divergences")).ok(200);
+    let record = records.as_array().expect("records").iter().find(|r| r["from_region"] == "b").cloned();
+    let record = record.unwrap_or_else(|| panic!("no divergence record from b: {records}"));
+    let locks = admin_a.get("/v1/locks").ok(200);
+    assert!(!locks["data"].as_array().expect("locks").iter().any(|l| l["id"] == lock["id"]), "not applied until replayed");
+
+    // Replayed by an Owner, the lock is in force in both regions.
+    let id = record["id"].as_str().expect("id");
+    let outcomes = admin_a.post(&format!("/v1/projects/{CONTROL}/divergences/{id}/replay"), &json!({})).ok(200);
+    assert!(outcomes.as_array().expect("outcomes").iter().all(|o| o["error"].is_null()), "{outcomes}");
+    for admin in [&admin_a, &admin_b] {
+        wait_until("the replayed lock in force", || {
+            let locks = admin.get("/v1/locks").ok(200);
+            locks["data"].as_array()?.iter().any(|l| l["id"] == lock["id"]).then_some(())
+        });
+    }
+}

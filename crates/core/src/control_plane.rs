@@ -39,9 +39,7 @@ use serde_json::Value;
 use crate::auth::Caller;
 use crate::{Result, Service};
 
-/// The control project's name; no user can create a project of that name (it is refused at
-/// create), list it among projects, or reach its contents through a facade.
-pub const CONTROL_PROJECT: &str = "holdfast-control";
+pub use crate::projects::CONTROL_PROJECT;
 
 /// What a refused stale plan's error says, so the planner knows to plan again.
 pub const STALE_CONTROL_PLAN: &str = "the control journal moved on since this control write was planned";
@@ -133,11 +131,6 @@ impl Service {
         Ok(store)
     }
 
-    /// Whether `name` (a name or id) is the control project's.
-    pub fn is_control_project(&self, entry: &control::CatalogEntry) -> bool {
-        entry.name == CONTROL_PROJECT
-    }
-
     /// This region's copy of the control journal.
     pub async fn control_position(&self) -> Result<ControlPosition> {
         let store = self.control_store().await?;
@@ -184,35 +177,60 @@ impl Service {
             if ops.is_empty() {
                 return Ok(out);
             }
-            let request = ControlOps {
-                base,
-                actor: caller.principal.id.as_str().to_owned(),
-                request_id: caller.request_id.as_str().to_owned(),
-                ops,
-            };
-            let committed = if store.role() == Role::Replica {
-                self.forward_control(store.id(), request).await
-            } else {
-                commit_ops(&store, request).await
-            };
-            match committed {
-                Ok(lsn) => {
-                    if store.role() == Role::Replica {
-                        let mut applied = store.subscribe();
-                        let _ = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|l| *l >= lsn)).await;
-                    }
-                    self.refresh_control_locked(&store).await?;
-                    return Ok(out);
-                }
-                Err(e) if e.message.contains(STALE_CONTROL_PLAN) => {
-                    // Another control write won: wait (briefly) for it to arrive, plan again.
-                    let mut applied = store.subscribe();
-                    let _ = tokio::time::timeout(Duration::from_millis(500), applied.wait_for(|l| *l > base)).await;
-                }
-                Err(e) => return Err(e),
+            if self.commit_control(&store, caller, base, ops).await? {
+                return Ok(out);
             }
         }
         Err(Error::unavailable("the control journal changed under every attempt of this control write; try again"))
+    }
+
+    /// Journals `ops` (of the control kinds) as one control write, as they are: a divergence
+    /// record's control changes replayed by an Owner.
+    pub async fn control_write_ops(&self, caller: &Caller, ops: Vec<Op>) -> Result<()> {
+        let _serial = self.keys_update.lock().await;
+        for _ in 0..MAX_ATTEMPTS {
+            let store = self.control_store().await?;
+            self.refresh_control_locked(&store).await?;
+            let base = self.projected.lock().unwrap_or_else(|e| e.into_inner()).1;
+            if self.commit_control(&store, caller, base, ops.clone()).await? {
+                return Ok(());
+            }
+        }
+        Err(Error::unavailable("the control journal changed under every attempt of this control write; try again"))
+    }
+
+    /// Commits `ops`, planned at `base`, to the control journal — here, or at the control
+    /// primary — and rebuilds the projection; `false` when the journal had moved on (plan
+    /// again).
+    async fn commit_control(&self, store: &Arc<ProjectStore>, caller: &Caller, base: Lsn, ops: Vec<Op>) -> Result<bool> {
+        let request = ControlOps {
+            base,
+            actor: caller.principal.id.as_str().to_owned(),
+            request_id: caller.request_id.as_str().to_owned(),
+            ops,
+        };
+        let committed = if store.role() == Role::Replica {
+            self.forward_control(store.id(), request).await
+        } else {
+            commit_ops(store, request).await
+        };
+        match committed {
+            Ok(lsn) => {
+                if store.role() == Role::Replica {
+                    let mut applied = store.subscribe();
+                    let _ = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|l| *l >= lsn)).await;
+                }
+                self.refresh_control_locked(store).await?;
+                Ok(true)
+            }
+            Err(e) if e.message.contains(STALE_CONTROL_PLAN) => {
+                // Another control write won: wait (briefly) for it to arrive, plan again.
+                let mut applied = store.subscribe();
+                let _ = tokio::time::timeout(Duration::from_millis(500), applied.wait_for(|l| *l > base)).await;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `POST /internal/v1/control/ops`: commits a control write another region planned, if the

@@ -25,7 +25,7 @@ impl Service {
     pub async fn data(&self, caller: &Caller, project: &str, action: Action) -> Result<Data> {
         caller.require(action, &format!("/projects/{project}"))?;
         let store = self.project_store(project).await?;
-        if store.name() == crate::control_plane::CONTROL_PROJECT {
+        if store.name() == crate::projects::CONTROL_PROJECT {
             // Its contents are the control plane's, changed only by control writes.
             return Err(crate::projects::not_found(project));
         }

@@ -18,7 +18,7 @@ use holdfast_store::{ProjectStore, Role, StateView};
 use holdfast_types::{Error, Kind, Lsn, Op, ProjectId};
 use serde_json::Value;
 
-use crate::control_plane::ControlOps;
+use holdfast_types::api::ControlOps;
 
 use crate::{Data, Result, Service};
 

@@ -18,6 +18,10 @@ use crate::auth::{Action, Caller};
 use crate::secrets::{DataKey, DataKeyRecord, RegionKey, wrap_key};
 use crate::{Result, Service, validate};
 
+/// The control project's name (`control_plane`); no user can create a project of that name (it
+/// is refused at create), list it among projects, or reach its contents through a facade.
+pub const CONTROL_PROJECT: &str = "holdfast-control";
+
 pub const DEFAULT_PAGE: usize = 20;
 pub const MAX_PAGE: usize = 100;
 pub const DEFAULT_JOURNAL_PAGE: usize = 100;
@@ -57,9 +61,16 @@ struct ProjectBody {
     data_key: Option<DataKeyRecord>,
 }
 
+impl Service {
+    /// Whether `entry` is the control project's.
+    pub fn is_control_project(&self, entry: &CatalogEntry) -> bool {
+        entry.name == CONTROL_PROJECT
+    }
+}
+
 /// Refuses to change or delete the control project's record as a project's.
 fn refuse_control(entry: &CatalogEntry) -> Result<()> {
-    if entry.name == crate::control_plane::CONTROL_PROJECT {
+    if entry.name == CONTROL_PROJECT {
         return Err(Error::invalid(format!(
             "{} holds the control plane: it is replicated and failed over like a project, never changed or deleted as one",
             entry.name
@@ -437,7 +448,7 @@ impl Service {
             let idle_enough = used.get(id).is_none_or(|at| now.duration_since(*at) >= idle);
             let alone = Arc::strong_count(store) == 1;
             // The control journal is read at every control write and followed all the time.
-            let control = store.name() == crate::control_plane::CONTROL_PROJECT;
+            let control = store.name() == CONTROL_PROJECT;
             if control || !idle_enough || !alone || store.role() != holdfast_store::Role::Primary || store.is_deleted() {
                 continue;
             }
@@ -523,7 +534,7 @@ impl Service {
     pub async fn create_project(&self, caller: &Caller, req: ProjectCreate) -> Result<Project> {
         caller.require(Action::ProjectsWrite, "/")?;
         validate::project_name(&req.name)?;
-        if req.name == crate::control_plane::CONTROL_PROJECT {
+        if req.name == CONTROL_PROJECT {
             return Err(Error::invalid(format!("the project name {:?} is the control plane's", req.name)));
         }
         if let Some(days) = req.soft_delete_retention_days {

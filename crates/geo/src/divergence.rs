@@ -74,17 +74,23 @@ impl Geo {
             }
             None => record.changes.iter().filter(|c| !record.replayed.contains(&c.lsn)).collect(),
         };
-        let data = self.core.data(caller, project, Action::DataWrite).await?;
+        let control = self.core.project_store(project).await?.name() == holdfast_core::control_plane::CONTROL_PROJECT;
+        let data = if control { None } else { Some(self.core.data(caller, project, Action::DataWrite).await?) };
         let mut outcomes = Vec::with_capacity(chosen.len());
         let mut replayed = record.replayed.clone();
         for change in chosen {
             // The project record (topology, data key) was the deposed primary's view of a
             // project it no longer leads: its changes are not replayed.
             let ops: Vec<Op> = change.ops.iter().filter(|op| op.kind() != Kind::Project).cloned().collect();
-            let outcome = match data.commit(Box::new(move |_| Ok(ops))).await {
-                Ok(committed) => {
+            let committed = match &data {
+                Some(data) => data.commit(Box::new(move |_| Ok(ops))).await.map(|c| c.lsn),
+                // The control journal's changes are control writes (its projection follows).
+                None => self.core.control_write_ops(caller, ops).await.map(|()| None),
+            };
+            let outcome = match committed {
+                Ok(new_lsn) => {
                     replayed.push(change.lsn);
-                    ReplayOutcome { lsn: change.lsn, new_lsn: committed.lsn, error: None }
+                    ReplayOutcome { lsn: change.lsn, new_lsn, error: None }
                 }
                 Err(e) => ReplayOutcome { lsn: change.lsn, new_lsn: None, error: Some(e.message) },
             };
