@@ -130,6 +130,17 @@ fn keys_roles_and_locks_hold_in_every_region_and_across_failovers() {
         (role && id).then_some(())
     });
 
+    // A project name is unique across regions: b cannot make a project a holds (and does not
+    // replicate to b); a's name frees when a purges its project.
+    admin_a.create_project("solo");
+    let taken = admin_b.post("/v1/projects", &json!({"name": "solo"}));
+    assert_eq!(taken.status, 409, "{}", taken.text);
+    assert!(taken.text.contains("across regions"), "{}", taken.text);
+    admin_a.delete("/v1/projects/solo");
+    admin_a.delete("/v1/deleted-projects/solo");
+    wait_until("the name free at b", || (admin_b.post("/v1/projects", &json!({"name": "solo"})).status == 201).then_some(()));
+    admin_a.post("/v1/projects", &json!({"name": "solo"})).err(409, "conflict");
+
     // The control journal is not a project users can reach.
     assert_eq!(status_of(&admin_a, &oa(CONTROL, "/conversations")), 404);
     admin_a.delete(&format!("/v1/projects/{CONTROL}")).err(400, "invalid_input");

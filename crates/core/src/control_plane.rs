@@ -51,6 +51,9 @@ const MAX_ATTEMPTS: usize = 16;
 /// it before it answers (the answer is true either way; only the local read of it may lag).
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
+/// How often a region makes sure the names of the projects it leads are registered.
+const REGISTER_EVERY: Duration = Duration::from_secs(10);
+
 /// A control operation's SQL, run against the control tables (see [`Service::control_write`]).
 type ControlPlan<R> = Arc<dyn Fn(&Connection) -> std::result::Result<R, StoreError> + Send + Sync>;
 
@@ -380,6 +383,7 @@ impl Service {
         let service = self.clone();
         tokio::spawn(async move {
             let mut stopping = service.stopping();
+            let mut last_registered = std::time::Instant::now() - REGISTER_EVERY;
             loop {
                 if *stopping.borrow() {
                     break;
@@ -389,6 +393,11 @@ impl Service {
                         let rx = store.subscribe();
                         if let Err(e) = service.refresh_control().await {
                             tracing::warn!(error = %e, "cannot rebuild the control tables from the control journal; retrying");
+                        }
+                        service.release_unreleased_names().await;
+                        if last_registered.elapsed() >= REGISTER_EVERY {
+                            service.register_local_names().await;
+                            last_registered = std::time::Instant::now();
                         }
                         Some(rx)
                     }
@@ -411,6 +420,38 @@ impl Service {
                 }
             }
         })
+    }
+}
+
+impl Service {
+    /// Registers across regions the name of every project this region leads that the control
+    /// journal does not list (projects made before the control journal, or in a region before it
+    /// joined another's control plane). A name another project holds is a conflict to resolve by
+    /// hand: logged, and left as it is.
+    pub(crate) async fn register_local_names(&self) {
+        let Ok(entries) = self.control.call(control::all_projects).await else { return };
+        for entry in entries.into_iter().filter(|e| !e.creating() && !self.is_control_project(e)) {
+            if self.role_here(&entry.id) != Role::Primary {
+                continue;
+            }
+            let name = entry.name.clone();
+            let held = self.control.call(move |c| control::name_holder(c, &name)).await;
+            match held {
+                Ok(Some((holder, _))) if holder == entry.id.as_str() => continue,
+                Ok(Some((holder, region))) => {
+                    tracing::warn!(project = %entry.name, id = %entry.id, %holder, %region,
+                        "another project, made in region {region}, holds this project's name across regions: rename one (export, import under another name)");
+                    continue;
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            let (n, id, region) = (entry.name.clone(), entry.id.clone(), self.region.clone());
+            if let Err(e) = self.control_write(&Caller::system(), move |c| control::register_name(c, &n, &id, &region).map(|_| ())).await {
+                tracing::debug!(project = %entry.name, error = %e, "cannot register the project's name across regions yet");
+                return;
+            }
+        }
     }
 }
 

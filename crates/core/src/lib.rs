@@ -99,6 +99,9 @@ pub struct Service {
     keys_update: tokio::sync::Mutex<()>,
     /// The control journal (its id) and LSN the control tables, keys and locks reflect.
     projected: std::sync::Mutex<(Option<ProjectId>, holdfast_types::Lsn)>,
+    /// Creates that failed (or a crash cut off) whose names across regions are still to be
+    /// released: their id and name.
+    unreleased: std::sync::Mutex<Vec<(ProjectId, String)>>,
     /// The control journal's open store (also in `projects`), once opened.
     control_handle: std::sync::Mutex<Option<Arc<ProjectStore>>>,
     /// This service, for work it hands to the runtime on its own (key hash upgrades).
@@ -180,6 +183,7 @@ impl Service {
             projected: std::sync::Mutex::new((None, holdfast_types::Lsn::ZERO)),
             me: std::sync::OnceLock::new(),
             control_handle: std::sync::Mutex::new(None),
+            unreleased: std::sync::Mutex::new(Vec::new()),
             locks: Arc::default(),
             audit,
             stopping: tokio::sync::watch::Sender::new(false),
@@ -299,6 +303,11 @@ impl Service {
             tracing::warn!(project = %entry.name, id = %entry.id, "rolling back a create interrupted by a crash");
             remove_dir_if_exists(&self.project_dir(&entry.id))?;
             self.control.call_blocking(|c| control::remove_project(c, &entry.id)).map_err(Error::from)?;
+            if entry.name != projects::CONTROL_PROJECT {
+                // Its name across regions, if it got that far, is released once the control
+                // journal is open (`release_unreleased_names`).
+                self.unreleased.lock().unwrap_or_else(|e| e.into_inner()).push((entry.id.clone(), entry.name.clone()));
+            }
         }
         let known: Vec<_> = entries.iter().filter(|e| !e.creating()).map(|e| e.id.as_str().to_owned()).collect();
         let dir = self.data_dir.join("projects");

@@ -328,7 +328,7 @@ impl Service {
             Ok(()) => None,
             Err(_) => self.max_projects_per_principal,
         };
-        let (id, name, principal) = (id.clone(), name.to_owned(), caller.principal.id.as_str().to_owned());
+        let (cid, cname, principal) = (id.clone(), name.to_owned(), caller.principal.id.as_str().to_owned());
         let outcome = self
             .control
             .call(move |c| {
@@ -338,11 +338,11 @@ impl Service {
                         return Ok(Err(held));
                     }
                 }
-                control::insert_created_by(c, &id, &name, Some(&principal)).map(Ok)
+                control::insert_created_by(c, &cid, &cname, Some(&principal)).map(Ok)
             })
             .await
             .map_err(Error::from)?;
-        outcome.map_err(|held| {
+        let reserved = outcome.map_err(|held| {
             Error::new(
                 ErrorKind::QuotaExceeded,
                 format!(
@@ -351,7 +351,60 @@ impl Service {
                     caller.principal.id
                 ),
             )
-        })
+        })?;
+        if !reserved {
+            return Ok(false);
+        }
+        // Across regions: the control journal's name registry (a control write, at the control
+        // primary). Taken by another project, in any region: the local reservation goes again.
+        let (n, pid, region) = (name.to_owned(), id.clone(), self.region.clone());
+        let registered = self.control_write(caller, move |c| control::register_name(c, &n, &pid, &region)).await;
+        let refusal = match registered {
+            Ok(Ok(())) => return Ok(true),
+            Ok(Err((holder, made_in))) => Error::conflict(format!(
+                "the project name {name:?} is taken across regions: project {holder} (made in region {made_in}) holds it"
+            )),
+            Err(e) => e,
+        };
+        let pid = id.clone();
+        let _ = self.control.call(move |c| control::remove_project(c, &pid)).await;
+        Err(refusal)
+    }
+
+    /// Undoes [`Service::reserve_project`] for a create or restore that failed: the catalog
+    /// entry, the name across regions, and a system-assigned identity made for it.
+    pub async fn unreserve_project(&self, id: &ProjectId, name: &str) {
+        let (pid, n) = (id.clone(), name.to_owned());
+        let released = self
+            .control_write(&Caller::system(), move |c| {
+                control::remove_system_identities(c, Some(&pid))?;
+                control::release_name(c, &n, &pid)
+            })
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(project = %name, id = %id, error = %e, "cannot release the name of a failed create across regions yet; it is tried again");
+            self.unreleased.lock().unwrap_or_else(|e| e.into_inner()).push((id.clone(), name.to_owned()));
+        }
+        let pid = id.clone();
+        let _ = self.control.call(move |c| control::remove_project(c, &pid)).await;
+    }
+
+    /// Releases the names of creates that failed while the control primary could not be
+    /// reached (and of those a crash cut off); the control follower calls it.
+    pub(crate) async fn release_unreleased_names(&self) {
+        let pending: Vec<_> = std::mem::take(&mut *self.unreleased.lock().unwrap_or_else(|e| e.into_inner()));
+        for (id, name) in pending {
+            let (pid, n) = (id.clone(), name.clone());
+            let released = self
+                .control_write(&Caller::system(), move |c| {
+                    control::remove_system_identities(c, Some(&pid))?;
+                    control::release_name(c, &n, &pid)
+                })
+                .await;
+            if released.is_err() {
+                self.unreleased.lock().unwrap_or_else(|e| e.into_inner()).push((id, name));
+            }
+        }
     }
 
     /// The catalog entry of an active project, by name or id.
@@ -516,10 +569,11 @@ impl Service {
         let (cid, scope) = (entry.id.clone(), format!("/projects/{}", entry.name));
         // The control plane first: a crash between the two leaves a catalog entry whose purge
         // is finished again, never assignments waiting for a later project of the name.
-        let owner = cid.clone();
+        let (owner, name) = (cid.clone(), entry.name.clone());
         self.control_write(&Caller::system(), move |c| {
             control::remove_scope_assignments(c, &scope)?;
-            control::remove_system_identities(c, Some(&owner))
+            control::remove_system_identities(c, Some(&owner))?;
+            control::release_name(c, &name, &owner)
         })
         .await?;
         self.control.call(move |c| control::remove_project(c, &cid)).await.map_err(Error::from)
@@ -576,8 +630,7 @@ impl Service {
             match self.create_system_identity(&id, &name).await {
                 Ok(identity) => body.identity = Some(identity),
                 Err(e) => {
-                    let cid = id.clone();
-                    let _ = self.control.call(move |c| control::remove_project(c, &cid)).await;
+                    self.unreserve_project(&id, &name).await;
                     return Err(e);
                 }
             }
@@ -598,10 +651,7 @@ impl Service {
             Err(e) => {
                 tracing::error!(project = %name, error = %e, "project create failed; rolling back");
                 let _ = std::fs::remove_dir_all(self.project_dir(&id));
-                let cid = id.clone();
-                let _ = self.control_write(&Caller::system(), move |c| control::remove_system_identities(c, Some(&cid))).await;
-                let cid = id.clone();
-                let _ = self.control.call(move |c| control::remove_project(c, &cid)).await;
+                self.unreserve_project(&id, &name).await;
                 Err(e)
             }
         }

@@ -159,8 +159,7 @@ impl Recovery {
                     let _ = tokio::task::spawn_blocking(move || store.close()).await;
                 }
                 let _ = std::fs::remove_dir_all(self.core.project_dir(&id));
-                let cid = id.clone();
-                let _ = self.core.control().call(move |c| control::remove_project(c, &cid)).await;
+                self.core.unreserve_project(&id, into).await;
                 Err(e)
             }
         }

@@ -14,7 +14,7 @@ use holdfast_types::now_micros;
 use crate::sqlite;
 
 /// Schema version of the control database (`PRAGMA user_version`).
-pub const CONTROL_SCHEMA_VERSION: i64 = 5;
+pub const CONTROL_SCHEMA_VERSION: i64 = 6;
 
 /// Version 2 adds resource locks and the audit log.
 const V2_SCHEMA: &str = "
@@ -100,6 +100,18 @@ CREATE TABLE audit_keying (
 INSERT INTO audit_keying (unkeyed_until, mac) SELECT COALESCE(MAX(seq), 0), NULL FROM audit;
 ";
 
+/// Version 6: project names across regions, the control journal's registry (a projection of it,
+/// like principals and keys): which project holds each name in every region, and where it was
+/// made.
+const V6_SCHEMA: &str = "
+CREATE TABLE project_names (
+    name       TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    region     TEXT NOT NULL,
+    created_us INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 const CONTROL_SCHEMA: &str = "
 CREATE TABLE projects (
     id         TEXT PRIMARY KEY,
@@ -181,20 +193,23 @@ impl ControlStore {
             0 => {
                 // Each older version is brought forward by the later versions' steps, in one transaction.
             conn.execute_batch(&format!(
-                "BEGIN; {CONTROL_SCHEMA} {V2_SCHEMA} {V3_SCHEMA} {V4_SCHEMA} {V5_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {CONTROL_SCHEMA} {V2_SCHEMA} {V3_SCHEMA} {V4_SCHEMA} {V5_SCHEMA} {V6_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"
             ))?;
             }
             1 => {
-                conn.execute_batch(&format!("BEGIN; {V2_SCHEMA} {V3_SCHEMA} {V4_SCHEMA} {V5_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V2_SCHEMA} {V3_SCHEMA} {V4_SCHEMA} {V5_SCHEMA} {V6_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             2 => {
-                conn.execute_batch(&format!("BEGIN; {V3_SCHEMA} {V4_SCHEMA} {V5_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V3_SCHEMA} {V4_SCHEMA} {V5_SCHEMA} {V6_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             3 => {
-                conn.execute_batch(&format!("BEGIN; {V4_SCHEMA} {V5_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V4_SCHEMA} {V5_SCHEMA} {V6_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             4 => {
-                conn.execute_batch(&format!("BEGIN; {V5_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+                conn.execute_batch(&format!("BEGIN; {V5_SCHEMA} {V6_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
+            }
+            5 => {
+                conn.execute_batch(&format!("BEGIN; {V6_SCHEMA} PRAGMA user_version = {CONTROL_SCHEMA_VERSION}; COMMIT;"))?;
             }
             CONTROL_SCHEMA_VERSION => {}
             v => {
@@ -713,13 +728,43 @@ pub fn delete_lock(conn: &Connection, id: &str) -> Result<bool> {
 /// journaled as and the columns that make its id. They are a projection: rebuilt from the
 /// control journal ([`replace_control_rows`]), never changed any other way while a server runs
 /// (a control write changes them in a transaction it rolls back, and journals the difference).
-pub const CONTROL_TABLES: [(Kind, &str, &[&str]); 5] = [
+pub const CONTROL_TABLES: [(Kind, &str, &[&str]); 6] = [
     (Kind::Principal, "principals", &["id"]),
     (Kind::RoleDefinition, "roles", &["name"]),
     (Kind::Lock, "locks", &["id"]),
     (Kind::ApiKey, "api_keys", &["id"]),
     (Kind::RoleAssignment, "role_assignments", &["principal_id", "role", "scope"]),
+    (Kind::ProjectName, "project_names", &["name"]),
 ];
+
+/// The project that holds `name` across regions, and the region it was made in.
+pub fn name_holder(conn: &Connection, name: &str) -> Result<Option<(String, String)>> {
+    Ok(conn
+        .query_row("SELECT project_id, region FROM project_names WHERE name = ?1", [name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// Registers `name` for project `id`, made in `region`; `Err` with the holder when another
+/// project holds it.
+pub fn register_name(conn: &Connection, name: &str, id: &ProjectId, region: &str) -> Result<std::result::Result<(), (String, String)>> {
+    match name_holder(conn, name)? {
+        Some((holder, _)) if holder == id.as_str() => Ok(Ok(())),
+        Some(other) => Ok(Err(other)),
+        None => {
+            conn.execute(
+                "INSERT INTO project_names (name, project_id, region, created_us) VALUES (?1, ?2, ?3, ?4)",
+                params![name, id.as_str(), region, now_micros()],
+            )?;
+            Ok(Ok(()))
+        }
+    }
+}
+
+/// Frees `name` if project `id` holds it (a purge).
+pub fn release_name(conn: &Connection, name: &str, id: &ProjectId) -> Result<()> {
+    conn.execute("DELETE FROM project_names WHERE name = ?1 AND project_id = ?2", params![name, id.as_str()])?;
+    Ok(())
+}
 
 /// One row of a control table as the journal carries it: its kind, its id (the key columns
 /// joined by `|`) and every column as a JSON object.

@@ -77,10 +77,12 @@ pub enum Kind {
     RoleDefinition,
     /// Control plane: a resource lock (`lock_…`).
     Lock,
+    /// Control plane: which project holds a name across regions (`{name}`).
+    ProjectName,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Project,
         Kind::Connection,
         Kind::Deployment,
@@ -100,10 +102,12 @@ impl Kind {
         Kind::RoleAssignment,
         Kind::RoleDefinition,
         Kind::Lock,
+        Kind::ProjectName,
     ];
 
     /// The kinds only the control journal holds.
-    pub const CONTROL: [Kind; 5] = [Kind::Principal, Kind::ApiKey, Kind::RoleAssignment, Kind::RoleDefinition, Kind::Lock];
+    pub const CONTROL: [Kind; 6] =
+        [Kind::Principal, Kind::ApiKey, Kind::RoleAssignment, Kind::RoleDefinition, Kind::Lock, Kind::ProjectName];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -126,6 +130,7 @@ impl Kind {
             Kind::RoleAssignment => "role_assignment",
             Kind::RoleDefinition => "role_definition",
             Kind::Lock => "lock",
+            Kind::ProjectName => "project_name",
         }
     }
 
