@@ -159,6 +159,15 @@ fn keys_roles_and_locks_hold_in_every_region_and_across_failovers() {
     assert_eq!(status_of(&b.api(late["key"].as_str()), "/v1/projects"), 200);
     refused_by_lock(&admin_b, &oa("app", &format!("/conversations/{conv}")));
     assert_eq!(control_status(&admin_b)["role"], "primary");
+
+    // a returns: it finds b leading the control journal at a newer epoch and follows it.
+    let a = region(da.path(), "a", pa, "b", pb);
+    let b_epoch = control_status(&admin_b)["epoch"].clone();
+    wait_until("a following b's control journal", || {
+        let s = a.admin().try_get(&format!("/v1/status?project={CONTROL}"))?.json()[0].clone();
+        (s["role"] == "replica" && s["epoch"] == b_epoch).then_some(())
+    });
+    wait_until("the key made at b working at a", || (status_of(&a.api(late["key"].as_str()), "/v1/projects") == 200).then_some(()));
 }
 
 #[test]

@@ -505,6 +505,18 @@ impl Service {
     /// holds the data directory) in the region that holds the control primary; recorded in the
     /// audit log before it returns.
     pub async fn reset_admin(&self) -> Result<KeyCreated> {
+        // Offline, nothing tells this process a copy is a replica but the catalog: a replica's
+        // copy of the control journal must never take a local change.
+        let control = self.control_entry().await?;
+        let replicas = self.control.call(control::list_replicas).await.map_err(Error::from)?;
+        if let Some(r) = replicas.iter().find(|r| r.project_id == control.id) {
+            return Err(Error::conflict(format!(
+                "this region holds a replica of the control journal (its primary is in region {}): run holdfast admin reset \
+                 there, or fail the control plane over to this region first (holdfast failover --project holdfast-control --to \
+                 {} --force)",
+                r.source_region, self.region
+            )));
+        }
         let (key, hash, prefix) = self.new_key()?;
         let (key_id, principal_id) = (KeyId::generate(), PrincipalId::generate());
         let name = "admin-reset".to_owned();
@@ -608,16 +620,21 @@ impl Service {
     fn upgrade_key_hash(&self, old: String, hash: String) {
         let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        // One upgrade of a key at a time, however many of its requests arrive meanwhile.
+        if !self.upgrading.lock().unwrap_or_else(|e| e.into_inner()).insert(old.clone()) {
+            return;
+        }
         runtime.spawn(async move {
-            match me.control_store().await {
-                Ok(store) if store.role() != holdfast_store::Role::Replica => {}
-                _ => return,
+            let primary = matches!(me.control_store().await, Ok(store) if store.role() != holdfast_store::Role::Replica);
+            if primary {
+                let stored = old.clone();
+                match me.control_write(&Caller::system(), move |c| control::rehash_key(c, &stored, &hash)).await {
+                    Ok(0) => {}
+                    Ok(_) => tracing::info!("stored a key's hash under the control plane's key-hash pepper"),
+                    Err(e) => tracing::warn!(error = %e, "cannot store a key's hash under the control plane's key-hash pepper; it is tried again at its next use"),
+                }
             }
-            match me.control_write(&Caller::system(), move |c| control::rehash_key(c, &old, &hash)).await {
-                Ok(0) => {}
-                Ok(_) => tracing::info!("stored a key's hash under the control plane's key-hash pepper"),
-                Err(e) => tracing::warn!(error = %e, "cannot store a key's hash under the control plane's key-hash pepper; it is tried again at its next use"),
-            }
+            me.upgrading.lock().unwrap_or_else(|e| e.into_inner()).remove(&old);
         });
     }
 }

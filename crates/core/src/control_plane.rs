@@ -215,7 +215,7 @@ impl Service {
         let committed = if store.role() == Role::Replica {
             self.forward_control(store.id(), request).await
         } else {
-            commit_ops(store, request).await
+            self.commit_ops(store, request).await
         };
         match committed {
             Ok(lsn) => {
@@ -246,7 +246,10 @@ impl Service {
                 self.region
             )));
         }
-        let lsn = commit_ops(&store, request).await?;
+        // Serialised with this region's own control writes, and projected here before it answers.
+        let _serial = self.keys_update.lock().await;
+        let lsn = self.commit_ops(&store, request).await?;
+        self.refresh_control_locked(&store).await?;
         Ok(ControlCommitted { lsn })
     }
 
@@ -263,6 +266,13 @@ impl Service {
         let id = entry.id.clone();
         let replica = self.control.call(control::list_replicas).await.map_err(Error::from)?.iter().any(|r| r.project_id == id);
         let path = self.project_db(&id);
+        if replica && !path.exists() {
+            // A replica's copy set aside (a new lineage) and not bootstrapped again before a
+            // stop: its replicator bootstraps it; until then this region has no control tables
+            // newer than it last had.
+            tracing::warn!(id = %id, "this region's copy of the control journal is being bootstrapped again");
+            return Ok(None);
+        }
         let store = tokio::task::spawn_blocking(move || ProjectStore::open(&path, CONTROL_PROJECT))
             .await
             .map_err(|e| Error::internal(format!("open task failed: {e}")))?
@@ -345,9 +355,11 @@ impl Service {
         self.refresh_control_locked(&store).await
     }
 
-    async fn refresh_control_locked(&self, store: &ProjectStore) -> Result<()> {
+    async fn refresh_control_locked(&self, store: &Arc<ProjectStore>) -> Result<()> {
         let current = self.projected.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if current.0.as_ref() == Some(store.id()) && current.1 == store.last_lsn() {
+        // A Weak keeps its allocation, so no other store can have the address it points to.
+        let same = current.0.as_ref().is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(store)));
+        if same && current.1 == store.last_lsn() {
             return Ok(());
         }
         let id = store.id().clone();
@@ -361,19 +373,19 @@ impl Service {
             })
             .await
             .map_err(Error::from)?;
-        self.install_control(store.id(), lsn, rows, pepper).await
+        self.install_control(store, lsn, rows, pepper).await
     }
 
     /// Replaces the control tables with `rows` (the control journal at `lsn`) and reloads the
     /// keys and locks from them.
-    pub(crate) async fn install_control(&self, id: &ProjectId, lsn: Lsn, rows: Vec<ControlRow>, pepper: Option<[u8; 32]>) -> Result<()> {
+    pub(crate) async fn install_control(&self, store: &Arc<ProjectStore>, lsn: Lsn, rows: Vec<ControlRow>, pepper: Option<[u8; 32]>) -> Result<()> {
         self.control.call(move |c| control::replace_control_rows(c, &rows)).await.map_err(Error::from)?;
         self.key_hasher.set_control_pepper(pepper);
         let loaded = self.control.call(control::keys_and_assignments).await.map_err(Error::from)?;
         self.install_keys(loaded);
         let locks = self.control.call(control::list_locks).await.map_err(Error::from)?;
         self.install_locks(locks)?;
-        *self.projected.lock().unwrap_or_else(|e| e.into_inner()) = (Some(id.clone()), lsn);
+        *self.projected.lock().unwrap_or_else(|e| e.into_inner()) = (Some(Arc::downgrade(store)), lsn);
         Ok(())
     }
 
@@ -455,28 +467,29 @@ impl Service {
     }
 }
 
-/// Commits `request`'s ops to the control journal if it is still at the LSN they were planned
-/// at.
-async fn commit_ops(store: &ProjectStore, request: ControlOps) -> Result<Lsn> {
-    let ControlOps { base, actor, request_id, ops } = request;
-    if let Some(op) = ops.iter().find(|op| !Kind::CONTROL.contains(&op.kind())) {
-        return Err(Error::invalid(format!("a control write carries an op of kind {}", op.kind().as_str())));
+impl Service {
+    /// Commits `request`'s ops to the control journal if it is still at the LSN they were
+    /// planned at and they leave the control tables valid ([`control::check_control_ops`]).
+    async fn commit_ops(&self, store: &ProjectStore, request: ControlOps) -> Result<Lsn> {
+        let ControlOps { base, actor, request_id, ops } = request;
+        let checked = ops.clone();
+        self.control.call(move |c| control::check_control_ops(c, &checked)).await.map_err(Error::from)?;
+        let committed = store
+            .write(
+                &actor,
+                &request_id,
+                Box::new(move |view| {
+                    let last = view.last_lsn().map_err(Error::from)?;
+                    if last != base {
+                        return Err(Error::new(ErrorKind::Conflict, format!("{STALE_CONTROL_PLAN} (planned at {base}, now at {last})")));
+                    }
+                    Ok(ops)
+                }),
+            )
+            .await
+            .map_err(Error::from)?;
+        committed.lsn.ok_or_else(|| Error::internal("a control write journaled nothing"))
     }
-    let committed = store
-        .write(
-            &actor,
-            &request_id,
-            Box::new(move |view| {
-                let last = view.last_lsn().map_err(Error::from)?;
-                if last != base {
-                    return Err(Error::new(ErrorKind::Conflict, format!("{STALE_CONTROL_PLAN} (planned at {base}, now at {last})")));
-                }
-                Ok(ops)
-            }),
-        )
-        .await
-        .map_err(Error::from)?;
-    committed.lsn.ok_or_else(|| Error::internal("a control write journaled nothing"))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use holdfast_store::{Committed, Plan, ProjectStore, StateView};
-use holdfast_types::{Error, now_micros};
+use holdfast_types::{Error, Kind, now_micros};
 
 use crate::idempotency;
 use crate::locks::{SharedLocks, check_data_locks};
@@ -57,6 +57,14 @@ impl Data {
         let (key, now) = (keyed.clone(), now_micros());
         let plan: Plan = Box::new(move |view| {
             let mut ops = plan(view)?;
+            // Principals, keys, roles and locks change only by control writes, which check what
+            // they change (an import or an undelete must not make an admin key).
+            if project == crate::projects::CONTROL_PROJECT || ops.iter().any(|op| Kind::CONTROL.contains(&op.kind())) {
+                return Err(Error::invalid(format!(
+                    "the control plane's principals, keys, roles and locks change only through their own routes \
+                     (holdfast key, role, identity, lock), never as {project}'s contents"
+                )));
+            }
             check_data_locks(&locks, &project, view, &ops)?;
             if let Some((key, fingerprint)) = key.filter(|_| !ops.is_empty()) {
                 ops.extend(idempotency::record_ops(view, &key, &fingerprint, now)?);

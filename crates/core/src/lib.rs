@@ -97,11 +97,15 @@ pub struct Service {
     /// and by every rebuild, so an older read never replaces a newer one (a revoked key must
     /// stop working).
     keys_update: tokio::sync::Mutex<()>,
-    /// The control journal (its id) and LSN the control tables, keys and locks reflect.
-    projected: std::sync::Mutex<(Option<ProjectId>, holdfast_types::Lsn)>,
+    /// The copy of the control journal (the store itself: a copy set aside and bootstrapped
+    /// again is another, whatever its id and LSN) and the LSN the control tables, keys and
+    /// locks reflect.
+    projected: std::sync::Mutex<(Option<std::sync::Weak<ProjectStore>>, holdfast_types::Lsn)>,
     /// Creates that failed (or a crash cut off) whose names across regions are still to be
     /// released: their id and name.
     unreleased: std::sync::Mutex<Vec<(ProjectId, String)>>,
+    /// Keys (by their older hash) being stored again under the current one.
+    upgrading: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The control journal's open store (also in `projects`), once opened.
     control_handle: std::sync::Mutex<Option<Arc<ProjectStore>>>,
     /// This service, for work it hands to the runtime on its own (key hash upgrades).
@@ -184,6 +188,7 @@ impl Service {
             me: std::sync::OnceLock::new(),
             control_handle: std::sync::Mutex::new(None),
             unreleased: std::sync::Mutex::new(Vec::new()),
+            upgrading: std::sync::Mutex::new(std::collections::HashSet::new()),
             locks: Arc::default(),
             audit,
             stopping: tokio::sync::watch::Sender::new(false),

@@ -449,7 +449,15 @@ impl Service {
             .map_err(|e| Error::internal(format!("open task failed: {e}")))?
             .map_err(Error::from)?;
         let store = Arc::new(store);
-        let role = self.role_here(&entry.id);
+        // The catalog says which copies are replicas too: before geo has registered them (the
+        // first moments of a start, or a tool's offline open), a replica must never open as a
+        // primary and take a local write.
+        let rid = entry.id.clone();
+        let listed = self.control.call(move |c| Ok(control::list_replicas(c)?.iter().any(|r| r.project_id == rid))).await;
+        let role = match self.role_here(&entry.id) {
+            holdfast_store::Role::Primary if listed.unwrap_or(true) => holdfast_store::Role::Replica,
+            role => role,
+        };
         store.set_role(role);
         if role != holdfast_store::Role::Primary {
             // A replica's copy changes only by its primary's journal.
@@ -464,6 +472,10 @@ impl Service {
             self.deleting(entry, &store).await;
             let closing = store.clone();
             let _ = tokio::task::spawn_blocking(move || closing.close_deleted()).await;
+            // The map is released first: forgetting is a control write, which may open the
+            // control journal. A request that opens this project meanwhile finds it deleted and
+            // finishes the same way.
+            drop(open);
             self.forget_project(entry).await?;
             self.move_to_trash(&self.project_dir(&entry.id), entry.id.as_str())?;
             return Err(not_found(&entry.name));

@@ -141,13 +141,16 @@ impl Geo {
                 start.source_region
             );
         }
+        drop(store);
         let mut open = self.core.open_stores().await;
         if let Some(old) = open.remove(&own.id) {
             let _ = tokio::task::spawn_blocking(move || old.close()).await;
         }
-        self.core.move_to_trash(&self.core.project_dir(&own.id), own.id.as_str())?;
+        // The catalog first: a crash between the two leaves a directory the catalog does not
+        // know, which the next start moves to the trash.
         let id = own.id.clone();
         self.core.control().call(move |c| control::remove_project(c, &id)).await.map_err(Error::from)?;
+        self.core.move_to_trash(&self.core.project_dir(&own.id), own.id.as_str())?;
         drop(open);
         Ok(())
     }

@@ -338,6 +338,10 @@ impl Geo {
             return Err(Error::invalid("sync_fallback applies to sync commit only: add commit: sync"));
         }
         let entry = self.core.entry(project).await?;
+        if self.core.is_control_project(&entry) {
+            // Where the control plane lives is the Owners' to decide, as access is.
+            caller.require(Action::KeysManage, "/")?;
+        }
         self.core.check_project_locks(&entry.name, false)?;
         let store = self.core.store(&entry).await?;
         if store.role() != StoreRole::Primary {
@@ -386,6 +390,9 @@ impl Geo {
     pub async fn unreplicate(&self, caller: &Caller, project: &str, region: &str) -> Result<Project> {
         caller.require(Action::ProjectsWrite, &format!("/projects/{project}"))?;
         let entry = self.core.entry(project).await?;
+        if self.core.is_control_project(&entry) {
+            caller.require(Action::KeysManage, "/")?;
+        }
         // Removing a replica deletes that region's copy: refused as a delete is.
         self.core.check_project_locks(&entry.name, true)?;
         let store = self.core.store(&entry).await?;

@@ -41,6 +41,10 @@ pub struct ArchiveConfig {
 /// How long an archive pass waits for its projects' work before it lets the slow ones go on
 /// by themselves.
 const PASS_WAIT: Duration = Duration::from_secs(2);
+/// How many projects an archive pass works on at once.
+const ARCHIVE_CONCURRENCY: usize = 8;
+/// How long the last pass, at a stop, waits for its projects' work.
+const FINAL_PASS_WAIT: Duration = Duration::from_secs(8);
 
 impl ArchiveConfig {
     /// The documented defaults for everything but the URL.
@@ -220,7 +224,7 @@ impl Recovery {
         Some(tokio::spawn(async move {
             let mut stopping = service.core.stopping();
             loop {
-                service.archive_pass().await;
+                service.archive_pass(PASS_WAIT).await;
                 let woken = tokio::select! {
                     _ = tokio::time::sleep(interval) => false,
                     _ = wake.notified() => true,
@@ -232,13 +236,14 @@ impl Recovery {
                     tokio::time::sleep(MIN_WAKE_GAP).await;
                 }
             }
-            // A last pass ships what the final requests wrote.
-            service.archive_pass().await;
+            // A last pass ships what the final requests wrote, waited for as long as a stop
+            // allows (the node waits ten seconds for the archiver).
+            service.archive_pass(FINAL_PASS_WAIT).await;
         }))
     }
 
     /// Ships every project's new changes (and snapshots, compaction, retention when due).
-    pub async fn archive_pass(self: &Arc<Self>) {
+    pub async fn archive_pass(self: &Arc<Self>, wait: Duration) {
         let Some(archiver) = &self.archiver else { return };
         let entries = match self.core.control().call(control::all_projects).await {
             Ok(entries) => entries,
@@ -252,17 +257,22 @@ impl Recovery {
         // project whose uploads are slow (or hang until their timeout) holds back no other
         // project's backup, and later passes leave it alone until its work is done.
         let mut running = tokio::task::JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(ARCHIVE_CONCURRENCY));
+        let last = wait >= FINAL_PASS_WAIT;
         for entry in entries.into_iter().filter(|e| !e.creating()) {
-            let service = self.clone();
-            running.spawn(async move { service.archive_entry(entry).await });
+            let (service, slots) = (self.clone(), slots.clone());
+            running.spawn(async move {
+                let Ok(_slot) = slots.acquire().await else { return };
+                service.archive_entry(entry, last).await
+            });
         }
-        let _ = tokio::time::timeout(PASS_WAIT, async { while running.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(wait, async { while running.join_next().await.is_some() {} }).await;
         running.detach_all();
         self.ship_audit(&archiver.archive, &archiver.audit).await;
     }
 
     /// One project's part of an archive pass.
-    async fn archive_entry(&self, entry: CatalogEntry) {
+    async fn archive_entry(&self, entry: CatalogEntry, last: bool) {
         let Some(archiver) = &self.archiver else { return };
         // A replica's archive is its primary's business (they may share one archive).
         if self.core.role_here(&entry.id) == holdfast_store::Role::Replica {
@@ -284,8 +294,13 @@ impl Recovery {
         // cut off ships its last changes (`archive_final`), which takes that lock.
         let Ok(store) = self.core.store(&entry).await else { return };
         let tracked = archiver.tracked(&entry.id);
-        // Still at work from an earlier pass: left to it.
-        let Ok(mut tracked) = tracked.try_lock() else { return };
+        // Still at work from an earlier pass: left to it — except by the last pass, which
+        // waits its turn (its wait is bounded).
+        let mut tracked = match tracked.try_lock() {
+            Ok(tracked) => tracked,
+            Err(_) if last => tracked.lock().await,
+            Err(_) => return,
+        };
         if tracked.retry_at.is_some_and(|at| Instant::now() < at) {
             return;
         }

@@ -799,6 +799,48 @@ pub fn control_rows(conn: &Connection) -> Result<Vec<ControlRow>> {
     Ok(rows)
 }
 
+/// Refuses `ops` unless they are puts and deletes of the control kinds that leave the control
+/// tables valid (known columns, their types and constraints) when applied to what they hold
+/// now: tried in a savepoint that is rolled back. What a control write journals can then always
+/// be projected, in every region.
+pub fn check_control_ops(conn: &Connection, ops: &[holdfast_types::Op]) -> Result<()> {
+    use holdfast_types::Op;
+    let mut rows: std::collections::BTreeMap<(Kind, String), Value> =
+        control_rows(conn)?.into_iter().map(|(kind, id, body)| ((kind, id), body)).collect();
+    for op in ops {
+        match op {
+            Op::Put { kind, id, parent: None, body } if Kind::CONTROL.contains(kind) => {
+                rows.insert((*kind, id.clone()), body.clone());
+            }
+            Op::Delete { kind, id } if Kind::CONTROL.contains(kind) => {
+                rows.remove(&(*kind, id.clone()));
+            }
+            op => {
+                return Err(StoreError::Rejected(holdfast_types::Error::invalid(format!(
+                    "a control write carries a {} op on {} {}: only puts (without a parent) and deletes of the control kinds",
+                    op_name(op),
+                    op.kind().as_str(),
+                    op.id()
+                ))));
+            }
+        }
+    }
+    let rows: Vec<ControlRow> = rows.into_iter().map(|((kind, id), body)| (kind, id, body)).collect();
+    conn.execute_batch("SAVEPOINT control_check")?;
+    let tried = replace_control_rows(conn, &rows);
+    conn.execute_batch("ROLLBACK TO control_check; RELEASE control_check")?;
+    tried.map_err(|e| StoreError::Rejected(holdfast_types::Error::invalid(format!("a control write would leave the control tables invalid: {e}"))))
+}
+
+fn op_name(op: &holdfast_types::Op) -> &'static str {
+    match op {
+        holdfast_types::Op::Put { .. } => "put",
+        holdfast_types::Op::Patch { .. } => "patch",
+        holdfast_types::Op::Delete { .. } => "delete",
+        holdfast_types::Op::Stamp { .. } => "stamp",
+    }
+}
+
 /// Replaces every row of the control tables with `rows` (bodies as [`control_rows`] makes
 /// them). The caller owns the transaction.
 pub fn replace_control_rows(conn: &Connection, rows: &[ControlRow]) -> Result<()> {
@@ -809,6 +851,9 @@ pub fn replace_control_rows(conn: &Connection, rows: &[ControlRow]) -> Result<()
         for (_, id, body) in rows.iter().filter(|r| r.0 == kind) {
             let object = body.as_object().ok_or_else(|| StoreError::Corrupt(format!("control row {id} is not an object")))?;
             let columns: Vec<&str> = object.keys().map(String::as_str).collect();
+            if let Some(bad) = columns.iter().find(|c| c.is_empty() || !c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')) {
+                return Err(StoreError::Corrupt(format!("control row {id} names no column of {table}: {bad:?}")));
+            }
             let marks = (1..=columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
             let values = object
                 .values()
