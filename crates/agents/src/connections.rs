@@ -153,7 +153,10 @@ impl Agents {
                 .list(Kind::Deployment, None, None, 10_000, Order::Asc)
                 .map_err(store_err)?
                 .into_iter()
-                .filter(|d| d.body["connection"] == shown.as_str())
+                .filter(|d| {
+                    d.body["connection"] == shown.as_str()
+                        || d.body["fallbacks"].as_array().is_some_and(|all| all.iter().any(|c| c == shown.as_str()))
+                })
                 .filter_map(|d| d.body["name"].as_str().map(str::to_owned))
                 .collect();
             if !users.is_empty() {
@@ -170,7 +173,8 @@ impl Agents {
     /// The upstream a deployment calls, with its key decrypted.
     pub(crate) async fn upstream(&self, data: &Data, connection: &str) -> Result<Upstream> {
         let (body, api_key) = self.connection_with_secret(data, connection, true).await?;
-        Ok(Upstream { target: body.target, api_key, client: self.upstream.clone() })
+        let health_key = format!("{}/{connection}", data.store.id());
+        Ok(Upstream { connection: connection.to_owned(), health_key, target: body.target, api_key, client: self.upstream.clone() })
     }
 
     /// A connection and, when asked, its secret opened: under the project's data key (version

@@ -19,6 +19,10 @@ pub struct DeploymentCreate {
     pub name: String,
     /// The connection to call.
     pub connection: String,
+    /// Connections to call, in order, when the one before fails before it answers (no
+    /// connection, a 429 or 5xx, no answer in time); each serves `model`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
     /// The model id the upstream knows, such as `gpt-4o-mini` or `llama3`.
     pub model: String,
 }
@@ -37,7 +41,20 @@ pub(crate) struct DeploymentBody {
     pub name: String,
     pub connection: String,
     pub model: String,
+    /// Connections tried after `connection`, in order (absent in bodies made before them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
+
+impl DeploymentBody {
+    /// Every connection the deployment calls, in the order they are tried.
+    pub(crate) fn connections(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.connection.as_str()).chain(self.fallbacks.iter().map(String::as_str))
+    }
+}
+
+/// Most fallbacks a deployment names.
+const MAX_FALLBACKS: usize = 4;
 
 pub(crate) fn deployment_id(name: &str) -> String {
     format!("dep:{name}")
@@ -53,6 +70,7 @@ fn wire(body: &DeploymentBody) -> Value {
         "capabilities": { "chat_completion": "true" },
         "sku": { "name": "Holdfast", "capacity": 0, "family": "", "size": "", "tier": "" },
         "connectionName": body.connection,
+        "fallbackConnections": body.fallbacks,
     })
 }
 
@@ -78,12 +96,22 @@ impl Agents {
         if req.model.is_empty() || req.model.len() > 256 {
             return Err(Error::invalid("model must be 1 to 256 characters"));
         }
-        let body = DeploymentBody { name: req.name, connection: req.connection, model: req.model };
+        if req.fallbacks.len() > MAX_FALLBACKS {
+            return Err(Error::invalid(format!("a deployment names at most {MAX_FALLBACKS} fallback connections")));
+        }
+        let body = DeploymentBody { name: req.name, connection: req.connection, model: req.model, fallbacks: req.fallbacks };
+        let mut named: Vec<&str> = body.connections().collect();
+        named.sort_unstable();
+        if named.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::invalid("a deployment names each connection once"));
+        }
         let out = wire(&body);
         let id = deployment_id(&body.name);
         data.commit(Box::new(move |view| {
-            if view.get(Kind::Connection, &connection_id(&body.connection)).map_err(store_err)?.is_none() {
-                return Err(Error::invalid(format!("unknown connection {:?}", body.connection)));
+            for connection in body.connections() {
+                if view.get(Kind::Connection, &connection_id(connection)).map_err(store_err)?.is_none() {
+                    return Err(Error::invalid(format!("unknown connection {connection:?}")));
+                }
             }
             if view.get(Kind::Deployment, &id).map_err(store_err)?.is_some() {
                 return Err(Error::conflict(format!("a deployment named {:?} exists already", body.name)));

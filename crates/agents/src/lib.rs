@@ -41,12 +41,20 @@ use upstream::UpstreamClient;
 
 /// How long a call to an upstream model may take by default, end to end.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_BREAKER_OPEN: Duration = Duration::from_secs(30);
 
 /// The agent data plane's settings (`[upstream]`).
 #[derive(Clone, Debug)]
 pub struct AgentsConfig {
     /// How long a call to an upstream model may take, end to end.
     pub upstream_timeout: Duration,
+    /// How long a deployment's connection may take to send its first chunk before the next of
+    /// its connections is tried (when there is one).
+    pub attempt_timeout: Duration,
+    /// How long calls skip a connection whose circuit breaker opened (it failed
+    /// several calls in a row) before one probes it again.
+    pub breaker_open: Duration,
     /// Where model calls may go (allow_private, allow_hosts; the listen address).
     pub egress: egress::EgressConfig,
 }
@@ -54,7 +62,12 @@ pub struct AgentsConfig {
 impl AgentsConfig {
     /// The documented defaults.
     pub fn new() -> Self {
-        Self { upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT, egress: egress::EgressConfig::default() }
+        Self {
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            breaker_open: DEFAULT_BREAKER_OPEN,
+            egress: egress::EgressConfig::default(),
+        }
     }
 }
 
@@ -119,11 +132,20 @@ pub struct Agents {
     core: Arc<Service>,
     upstream: Arc<UpstreamClient>,
     upstream_timeout: Duration,
+    attempt_timeout: Duration,
+    /// Each connection's health in this region (`upstream::Breakers`).
+    breakers: Arc<upstream::Breakers>,
 }
 
 impl Agents {
     pub fn new(core: Arc<Service>, domain: &AgentsDomain, config: &AgentsConfig) -> Self {
-        Self { core, upstream: domain.upstream.clone(), upstream_timeout: config.upstream_timeout }
+        Self {
+            core,
+            upstream: domain.upstream.clone(),
+            upstream_timeout: config.upstream_timeout,
+            attempt_timeout: config.attempt_timeout,
+            breakers: Arc::new(upstream::Breakers::new(config.breaker_open)),
+        }
     }
 
     /// The project's search index.

@@ -397,7 +397,10 @@ impl Agents {
             .filter(|m| !m.is_empty())
             .ok_or_else(|| Error::invalid("model is required: the name of a deployment (or reference an agent)"))?;
         let deployment = self.deployment(&data, &model).await?;
-        let upstream = self.upstream(&data, &deployment.connection).await?;
+        let mut upstreams = Vec::new();
+        for connection in deployment.connections() {
+            upstreams.push(self.upstream(&data, connection).await?);
+        }
 
         let mut tools: Vec<Value> = definition["tools"].as_array().cloned().unwrap_or_default();
         match req.tools {
@@ -534,7 +537,9 @@ impl Agents {
         let run = Run {
             service: Arc::downgrade(&self.core),
             data,
-            upstream,
+            upstreams,
+            attempt_timeout: self.attempt_timeout,
+            breakers: self.breakers.clone(),
             upstream_model: deployment.model,
             messages,
             chat,
@@ -741,7 +746,10 @@ struct Run {
     /// alive.
     service: std::sync::Weak<Service>,
     data: Data,
-    upstream: Upstream,
+    /// The deployment's connections, in the order they are tried.
+    upstreams: Vec<Upstream>,
+    attempt_timeout: Duration,
+    breakers: Arc<upstream::Breakers>,
     upstream_model: String,
     messages: Vec<Value>,
     chat: ChatTools,
@@ -894,12 +902,18 @@ impl Run {
     async fn rounds(&mut self) -> Outcome {
         for round in 0..MAX_ROUNDS {
             let body = self.request_body(round + 1 == MAX_ROUNDS);
-            let mut chat =
-                match race(&mut self.cancel, self.deadline, upstream::chat_stream(&self.upstream, &body)).await {
-                    Err(stop) => return self.stopped(stop),
-                    Ok(Err(e)) => return Outcome::Failed(e),
-                    Ok(Ok(chat)) => chat,
-                };
+            let opened = upstream::open_chat(&self.upstreams, &body, self.attempt_timeout, &self.breakers);
+            let mut chat = match race(&mut self.cancel, self.deadline, opened).await {
+                Err(stop) => return self.stopped(stop),
+                Ok(Err(e)) => return Outcome::Failed(e),
+                Ok(Ok((chat, served))) => {
+                    if self.upstreams.len() > 1 {
+                        // Which of the deployment's connections answered (the last round's).
+                        self.wire["holdfast"] = json!({ "upstream": self.upstreams[served].connection });
+                    }
+                    chat
+                }
+            };
             let mut turn = Turn::default();
             let mut open = OpenItems::default();
             loop {

@@ -29,6 +29,9 @@ const MAX_COMPLETION_BODY: usize = 32 * 1024 * 1024;
 
 /// What a model call needs from a connection.
 pub(crate) struct Upstream {
+    /// The connection's name, and its health's key (`{project id}/{name}`).
+    pub connection: String,
+    pub health_key: String,
     pub target: String,
     pub api_key: Option<String>,
     /// The client that calls it, with the rules of where it may connect.
@@ -70,11 +73,14 @@ pub(crate) struct UpstreamError {
     /// `server_error` otherwise.
     pub code: &'static str,
     pub message: String,
+    /// Another upstream may answer where this one did not (no connection, a timeout, 429, a
+    /// 5xx, a stream that broke off): not so for a request the upstream refused as bad.
+    pub retryable: bool,
 }
 
 impl UpstreamError {
     pub(crate) fn server(message: impl Into<String>) -> Self {
-        Self { code: "server_error", message: message.into() }
+        Self { code: "server_error", message: message.into(), retryable: true }
     }
 }
 
@@ -83,6 +89,8 @@ type Events = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String
 /// The chunks of one streamed chat completion.
 pub(crate) struct ChatStream {
     source: Source,
+    /// A chunk read ahead (to know the upstream answers before committing to it), given first.
+    pending: Option<Value>,
     /// A chunk with a finish reason has arrived, so a close without `[DONE]` is still an end.
     finished: bool,
     /// The stream has ended (or reported an error, after which it ends).
@@ -98,6 +106,9 @@ enum Source {
 impl ChatStream {
     /// The next `chat.completion.chunk`; `None` once the stream has ended properly.
     pub(crate) async fn next(&mut self) -> Option<Result<Value, UpstreamError>> {
+        if let Some(chunk) = self.pending.take() {
+            return Some(Ok(chunk));
+        }
         if self.over {
             return None;
         }
@@ -179,7 +190,8 @@ pub(crate) async fn chat_stream(upstream: &Upstream, body: &Value) -> Result<Cha
             Some(m) => format!("upstream model returned HTTP {}: {m}", status.as_u16()),
             None => format!("upstream model returned HTTP {}", status.as_u16()),
         };
-        return Err(UpstreamError { code, message });
+        let retryable = matches!(status.as_u16(), 408 | 429) || status.is_server_error();
+        return Err(UpstreamError { code, message, retryable });
     }
     let content_type = response
         .headers()
@@ -206,10 +218,125 @@ pub(crate) async fn chat_stream(upstream: &Upstream, body: &Value) -> Result<Cha
             return Err(not_model());
         }
         let chunk = completion_as_chunk(&completion);
-        return Ok(ChatStream { source: Source::Whole(Some(chunk)), finished: true, over: false });
+        return Ok(ChatStream { source: Source::Whole(Some(chunk)), pending: None, finished: true, over: false });
     }
     let events = response.bytes_stream().eventsource().map(|r| r.map_err(|e| e.to_string()));
-    Ok(ChatStream { source: Source::Events(Box::pin(events)), finished: false, over: false })
+    Ok(ChatStream { source: Source::Events(Box::pin(events)), pending: None, finished: false, over: false })
+}
+
+/// How many failed calls in a row open a connection's circuit breaker.
+const FAILURES_TO_OPEN: u32 = 3;
+
+/// Each connection's health in this region: calls that failed in a row and, once they reach
+/// [`FAILURES_TO_OPEN`], until when calls skip it (an open breaker). When that time has come,
+/// one call probes it (half-open): its success closes the breaker, its failure opens it again.
+pub(crate) struct Breakers {
+    open_for: Duration,
+    state: std::sync::Mutex<std::collections::HashMap<String, Breaker>>,
+}
+
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<std::time::Instant>,
+    /// A probe is out (half-open): other calls keep skipping it.
+    probing: bool,
+}
+
+impl Breakers {
+    pub(crate) fn new(open_for: Duration) -> Self {
+        Self { open_for, state: std::sync::Mutex::default() }
+    }
+
+    /// Whether a call may go to the connection now (taking the probe when it is half-open).
+    fn allows(&self, key: &str) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(b) = state.get_mut(key) else { return true };
+        match b.open_until {
+            None => true,
+            Some(until) if std::time::Instant::now() >= until && !b.probing => {
+                b.probing = true;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn succeeded(&self, key: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.remove(key).is_some_and(|b| b.open_until.is_some()) {
+            metrics::gauge!("holdfast_upstream_breaker_open", "connection" => key.to_owned()).set(0.0);
+            tracing::info!(connection = key, "upstream answers again: its circuit breaker is closed");
+        }
+    }
+
+    fn failed(&self, key: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let b = state.entry(key.to_owned()).or_default();
+        b.failures += 1;
+        b.probing = false;
+        if b.failures >= FAILURES_TO_OPEN {
+            if b.open_until.is_none() {
+                tracing::warn!(connection = key, failures = b.failures, open_for = ?self.open_for, "upstream keeps failing: its circuit breaker is open");
+            }
+            b.open_until = Some(std::time::Instant::now() + self.open_for);
+            metrics::gauge!("holdfast_upstream_breaker_open", "connection" => key.to_owned()).set(1.0);
+        }
+    }
+}
+
+/// Starts a streamed chat completion on the first of `upstreams` (a deployment's connections,
+/// in order) that answers: one whose call fails before its first chunk arrives — no
+/// connection, a 429 or 5xx, no answer within `attempt` while another upstream is left, a
+/// stream that breaks off — is left for the next, and one whose breaker is open is skipped
+/// (unless every one is). Nothing has reached the client before the first chunk, so trying
+/// another upstream is invisible to it. Returns the stream (its first chunk read ahead) and
+/// the index of the upstream that answers.
+pub(crate) async fn open_chat(
+    upstreams: &[Upstream],
+    body: &Value,
+    attempt: Duration,
+    breakers: &Breakers,
+) -> Result<(ChatStream, usize), UpstreamError> {
+    let allowed: Vec<usize> = (0..upstreams.len()).filter(|&i| breakers.allows(&upstreams[i].health_key)).collect();
+    let order: Vec<usize> = if allowed.is_empty() { (0..upstreams.len()).collect() } else { allowed };
+    let mut last = UpstreamError::server("the deployment names no connection");
+    for (pos, &i) in order.iter().enumerate() {
+        let upstream = &upstreams[i];
+        let more = pos + 1 < order.len();
+        let call = async {
+            let mut chat = chat_stream(upstream, body).await?;
+            let first = chat.next().await;
+            Ok::<_, UpstreamError>((chat, first))
+        };
+        let outcome = if more {
+            tokio::time::timeout(attempt, call).await.unwrap_or_else(|_| {
+                Err(UpstreamError::server(format!("upstream model sent nothing within {attempt:?}")))
+            })
+        } else {
+            call.await
+        };
+        let error = match outcome {
+            Ok((mut chat, Some(Ok(chunk)))) => {
+                chat.pending = Some(chunk);
+                breakers.succeeded(&upstream.health_key);
+                return Ok((chat, i));
+            }
+            Ok((chat, None)) => {
+                breakers.succeeded(&upstream.health_key);
+                return Ok((chat, i));
+            }
+            Ok((_, Some(Err(e)))) | Err(e) => e,
+        };
+        breakers.failed(&upstream.health_key);
+        if !error.retryable || !more {
+            return Err(error);
+        }
+        tracing::warn!(connection = %upstream.connection, error = %error.message, "upstream failed before answering; trying the deployment's next connection");
+        metrics::counter!("holdfast_upstream_fallbacks_total", "connection" => upstream.connection.clone()).increment(1);
+        last = error;
+    }
+    Err(last)
 }
 
 /// At most `limit` bytes of a body, as text (the rest is not read).

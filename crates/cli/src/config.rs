@@ -95,6 +95,12 @@ pub struct FileArchive {
 pub struct FileUpstream {
     /// Seconds a call to an upstream model may take, end to end.
     pub timeout_secs: Option<u64>,
+    /// Milliseconds a deployment's connection may take to send its first chunk before the next
+    /// of its connections is tried (default 30000).
+    pub attempt_timeout_ms: Option<u64>,
+    /// Seconds calls skip a connection that failed 3 calls in a row before one probes it again
+    /// (default 30).
+    pub breaker_open_secs: Option<u64>,
     /// Whether connections may target loopback and private addresses (default true: a local
     /// model server is the common self-hosted case).
     pub allow_private: Option<bool>,
@@ -147,6 +153,8 @@ pub struct ServeConfig {
     pub max_import_bytes: u64,
     pub import_min_free_bytes: u64,
     pub upstream_timeout_secs: u64,
+    pub attempt_timeout: std::time::Duration,
+    pub breaker_open: std::time::Duration,
     pub egress: holdfast_agents::egress::EgressConfig,
     pub log: String,
     pub archive: Option<holdfast_recovery::backup::ArchiveConfig>,
@@ -271,6 +279,12 @@ impl ServeConfig {
             (1..=86_400).contains(&upstream_timeout_secs),
             "upstream timeout_secs must be 1 to 86400 (a day)"
         );
+        let attempt_ms = file.upstream.attempt_timeout_ms.unwrap_or(30_000);
+        anyhow::ensure!((10..=3_600_000).contains(&attempt_ms), "upstream attempt_timeout_ms must be 10 to 3600000");
+        let attempt_timeout = std::time::Duration::from_millis(attempt_ms);
+        let breaker_secs = file.upstream.breaker_open_secs.unwrap_or(30);
+        anyhow::ensure!((1..=86_400).contains(&breaker_secs), "upstream breaker_open_secs must be 1 to 86400");
+        let breaker_open = std::time::Duration::from_secs(breaker_secs);
         for host in &file.upstream.allow_hosts {
             let bare = host.strip_prefix("*.").unwrap_or(host);
             anyhow::ensure!(
@@ -311,6 +325,8 @@ impl ServeConfig {
             max_import_bytes,
             import_min_free_bytes,
             upstream_timeout_secs,
+            attempt_timeout,
+            breaker_open,
             egress,
             log: over.log.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
             warnings,

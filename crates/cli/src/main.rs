@@ -425,8 +425,10 @@ enum DeploymentCmd {
         project: String,
         #[arg(long)]
         name: String,
-        #[arg(long)]
-        connection: String,
+        /// The connection to call; repeat it to name fallbacks, tried in order when one fails
+        /// before it answers (no connection, 429, 5xx, no answer in time).
+        #[arg(long = "connection", required = true)]
+        connections: Vec<String>,
         /// The model id the upstream knows.
         #[arg(long)]
         model: String,
@@ -849,8 +851,9 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             }
         },
         Command::Deployment(cmd) => match cmd {
-            DeploymentCmd::Create { project, name, connection, model } => {
-                let body = json!({ "name": name, "connection": connection, "model": model });
+            DeploymentCmd::Create { project, name, connections, model } => {
+                let (first, fallbacks) = connections.split_first().ok_or_else(|| anyhow::anyhow!("--connection is required"))?;
+                let body = json!({ "name": name, "connection": first, "fallbacks": fallbacks, "model": model });
                 let created: serde_json::Value = client.post(&format!("/v1/projects/{}/deployments", seg(&project)), &body).await?;
                 print(format, &created, &[])?;
             }

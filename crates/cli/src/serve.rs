@@ -27,6 +27,8 @@ pub async fn run(config: ServeConfig) -> Result<(), Exit> {
     node_config.recovery.import_min_free_bytes = config.import_min_free_bytes;
     node_config.recovery.archive = config.archive.clone();
     node_config.agents.upstream_timeout = std::time::Duration::from_secs(config.upstream_timeout_secs);
+    node_config.agents.attempt_timeout = config.attempt_timeout;
+    node_config.agents.breaker_open = config.breaker_open;
     node_config.agents.egress = config.egress.clone();
     node_config.geo.cluster = config.cluster.clone();
     node_config.geo.coordinator = config.coordinator.clone();
