@@ -94,7 +94,7 @@ impl Domain for AgentsDomain {
     /// sealed under the master key (before data keys) are sealed again under the project's
     /// data key.
     async fn opened(&self, core: &Service, store: &ProjectStore) -> Result<()> {
-        core.commit_repair(store, responses::fail_interrupted()).await?;
+        core.commit_repair(store, responses::fail_interrupted(store.id().clone())).await?;
         let (keys, id) = (connections::SecretKeys::of(core), store.id().clone());
         core.commit_repair(store, Box::new(move |view| connections::reseal_ops(view, &keys, &id, &id))).await?;
         Ok(())
@@ -105,7 +105,8 @@ impl Domain for AgentsDomain {
     }
 
     fn promotion_ops(&self, view: &StateView<'_>) -> Result<Vec<Op>> {
-        responses::failed_by_failover(view)
+        let id = view.project_id().map_err(|e| holdfast_types::Error::internal(e.to_string()))?;
+        responses::failed_by_failover(view, &id)
     }
 
     async fn catch_up(&self, core: &Service, data: &Data, kinds: &[Kind]) -> Result<()> {

@@ -19,7 +19,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use holdfast_store::{Order, StateView};
-use holdfast_types::{Error, Kind, Op};
+use holdfast_types::{Error, ErrorKind, Kind, Op, ProjectId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -121,17 +121,22 @@ struct Running {
 }
 
 /// Ends the responses a stopped process left running: each one still `in_progress` or `queued`
-/// becomes `failed` with code `server_error`, so no client waits on it forever. Run when a
+/// becomes `failed` with code `server_error`, so no client waits on it forever — except a
+/// background one, which is run again to its end ([`Agents::spawn_resumer`]). Run when a
 /// project's store is opened, before anything of the project can run.
-pub(crate) fn fail_interrupted() -> holdfast_store::Plan {
-    Box::new(|view| unfinished_failed(view, "server_error", "the server stopped while this response was running; submit it again"))
+pub(crate) fn fail_interrupted(project: ProjectId) -> holdfast_store::Plan {
+    Box::new(move |view| {
+        unfinished_failed(view, &project, "server_error", "the server stopped while this response was running; submit it again")
+    })
 }
 
-/// The ops that fail every response still running when its region lost the primary (code
-/// `region_failover`; `holdfast resubmit` runs them again on the new primary).
-pub(crate) fn failed_by_failover(view: &holdfast_store::StateView<'_>) -> Result<Vec<Op>> {
+/// The ops that fail every foreground response still running when its region lost the primary
+/// (code `region_failover`; `holdfast resubmit` runs them again on the new primary). Background
+/// ones are run again at the new primary, to their end.
+pub(crate) fn failed_by_failover(view: &holdfast_store::StateView<'_>, project: &ProjectId) -> Result<Vec<Op>> {
     unfinished_failed(
         view,
+        project,
         REGION_FAILOVER,
         "the region running this response lost the project's primary; resubmit it (holdfast resubmit)",
     )
@@ -140,13 +145,26 @@ pub(crate) fn failed_by_failover(view: &holdfast_store::StateView<'_>) -> Result
 /// The error code of a response a failover cut off.
 pub const REGION_FAILOVER: &str = "region_failover";
 
-fn unfinished_failed(view: &holdfast_store::StateView<'_>, code: &str, message: &str) -> Result<Vec<Op>> {
+/// Background responses to run again once their project serves: (project id, response id).
+static RESUME: LazyLock<(Mutex<Vec<(ProjectId, String)>>, tokio::sync::Notify)> =
+    LazyLock::new(|| (Mutex::new(Vec::new()), tokio::sync::Notify::new()));
+
+fn unfinished_failed(view: &holdfast_store::StateView<'_>, project: &ProjectId, code: &str, message: &str) -> Result<Vec<Op>> {
     let rows = view
         .list(Kind::Response, None, None, usize::MAX >> 1, holdfast_store::Order::Asc)
         .map_err(crate::wire::store_err)?;
-    Ok(rows
+    let (background, foreground): (Vec<_>, Vec<_>) = rows
         .into_iter()
         .filter(|r| matches!(r.body["status"].as_str(), Some("in_progress" | "queued")))
+        .partition(|r| r.body["background"] == true);
+    if !background.is_empty() {
+        if let Ok(mut queue) = RESUME.0.lock() {
+            queue.extend(background.into_iter().map(|r| (project.clone(), r.id)));
+        }
+        RESUME.1.notify_one();
+    }
+    Ok(foreground
+        .into_iter()
         .map(|r| Op::Patch {
             kind: Kind::Response,
             id: r.id,
@@ -353,6 +371,19 @@ impl Agents {
         project: &str,
         req: ResponseCreate,
     ) -> Result<Created> {
+        self.create_response_as(caller, project, req, None).await
+    }
+
+    /// [`Agents::create_response`], or, with `resume` (its id and creation time), a background
+    /// response a stop or a failover cut off, run again under its own id: its record is put
+    /// again in progress (its input is already where it was put), then finished as any.
+    async fn create_response_as(
+        self: &Arc<Self>,
+        caller: &Caller,
+        project: &str,
+        req: ResponseCreate,
+        resume: Option<(String, Value)>,
+    ) -> Result<Created> {
         let data = self.core.data(caller, project, Action::DataWrite).await?;
         let store = req.store.unwrap_or(true);
         let stream = req.stream.unwrap_or(false);
@@ -446,9 +477,12 @@ impl Agents {
             .await?;
         translate::check_tool_pairs(&history, &input)?;
 
-        let id = new_id("resp_");
-        let created_at = now_seconds();
-        let wire = json!({
+        let resumed = resume.is_some();
+        let (id, created_at) = match resume {
+            Some((id, created_at)) => (id, created_at),
+            None => (new_id("resp_"), json!(now_seconds())),
+        };
+        let mut wire = json!({
             "id": id,
             "object": "response",
             "created_at": created_at,
@@ -478,6 +512,10 @@ impl Agents {
             "metadata": metadata,
             "agent_reference": agent_wire,
         });
+        if resumed {
+            // Said in the record, not in the user's metadata: where and when it was run again.
+            wire["holdfast"]["resumed"] = json!({ "region": self.core.region(), "at": now_seconds() });
+        }
 
         // Registered before it is stored, so a cancel never finds it stored but not running.
         let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -909,7 +947,7 @@ impl Run {
                 Ok(Ok((chat, served))) => {
                     if self.upstreams.len() > 1 {
                         // Which of the deployment's connections answered (the last round's).
-                        self.wire["holdfast"] = json!({ "upstream": self.upstreams[served].connection });
+                        self.wire["holdfast"]["upstream"] = json!(self.upstreams[served].connection);
                     }
                     chat
                 }
@@ -1129,6 +1167,91 @@ impl Run {
 /// Responses read per step of a scan.
 const SCAN_PAGE: usize = 500;
 
+/// How many times (a second apart) a cut-off background response is tried again while its
+/// project does not serve yet.
+const RESUME_TRIES: u32 = 60;
+
+/// The request that makes a response again from its record: its model, instructions, tools and
+/// options (an agent's already merged in), and its input — the input items, or, for a response
+/// in a conversation (whose input the conversation already holds), the conversation itself.
+fn request_of(b: &Value) -> ResponseCreate {
+    let conversation = b["conversation"]["id"].as_str().map(|c| json!(c));
+    let opt_f64 = |field: &str| b[field].as_f64();
+    ResponseCreate {
+        model: b["model"].as_str().map(str::to_owned),
+        input: if conversation.is_some() { None } else { Some(b["input_items"].clone()) },
+        instructions: b["instructions"].as_str().filter(|s| !s.is_empty()).map(str::to_owned),
+        conversation,
+        previous_response_id: b["previous_response_id"].as_str().map(str::to_owned),
+        tools: Some(b["tools"].clone()),
+        tool_choice: Some(b["tool_choice"].clone()),
+        temperature: opt_f64("temperature"),
+        top_p: opt_f64("top_p"),
+        max_output_tokens: b["max_output_tokens"].as_u64(),
+        parallel_tool_calls: b["parallel_tool_calls"].as_bool(),
+        text: Some(b["text"].clone()),
+        metadata: Some(b["metadata"].clone()).filter(|m| !m.is_null()),
+        store: Some(true),
+        background: Some(true),
+        ..ResponseCreate::default()
+    }
+}
+
+impl Agents {
+    /// Runs again the background responses a stop or a failover cut off, as their projects are
+    /// opened where they lead them, until the server stops: each under its own id, once per
+    /// cut-off (a response cut off again is run again).
+    pub fn spawn_resumer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let agents = self.clone();
+        tokio::spawn(async move {
+            let mut stopping = agents.core.stopping();
+            // Responses whose project did not serve yet (a promotion still finishing), with how
+            // often they were tried.
+            let mut waiting: Vec<(ProjectId, String, u32)> = Vec::new();
+            loop {
+                let queued = RESUME.0.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default();
+                let pending: Vec<_> = waiting.drain(..).chain(queued.into_iter().map(|(p, id)| (p, id, 0))).collect();
+                for (project, id, tries) in pending {
+                    match agents.resume(&project, &id).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind == ErrorKind::Unavailable && tries < RESUME_TRIES => waiting.push((project, id, tries + 1)),
+                        Err(e) => {
+                            tracing::warn!(project = %project, response = %id, error = %e, "cannot run a cut-off background response again");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = RESUME.1.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
+            }
+        })
+    }
+
+    async fn resume(self: &Arc<Self>, project: &ProjectId, id: &str) -> Result<()> {
+        let system = Caller::system();
+        let data = self.core.data(&system, project.as_str(), Action::DataWrite).await?;
+        let rid = id.to_owned();
+        let found = data.read(move |view| view.get(Kind::Response, &rid).map_err(store_err)).await?;
+        let Some(record) = found.filter(|r| r.body["status"] == "in_progress" || r.body["status"] == "queued") else {
+            return Ok(());
+        };
+        // Still running here under an earlier service of this process (a library user's, or a
+        // test's, that stopped and opened the data directory again): it ends by its deadline
+        // (its store is closed, so it journals nothing more); then it runs again.
+        let done = RUNNING.lock().ok().and_then(|r| r.get(id).map(|r| r.done.clone()));
+        if let Some(mut done) = done {
+            let _ = tokio::time::timeout(self.upstream_timeout + Duration::from_secs(5), done.wait_for(|d| *d)).await;
+        }
+        tracing::info!(project = %project, response = %id, "running a cut-off background response again");
+        metrics::counter!("holdfast_responses_resumed_total").increment(1);
+        let created_at = record.body["created_at"].clone();
+        self.create_response_as(&system, project.as_str(), request_of(&record.body), Some((id.to_owned(), created_at))).await?;
+        Ok(())
+    }
+}
+
 impl Agents {
     /// `holdfast resubmit --project P`: runs again, as new background responses, the responses
     /// a failover cut off (failed with `region_failover`), each once: the old response records
@@ -1164,27 +1287,7 @@ impl Agents {
             .await?;
         let mut out = Vec::with_capacity(cut_off.len());
         for old in cut_off {
-            let b = &old.body;
-            let conversation = b["conversation"]["id"].as_str().map(|c| json!(c));
-            let opt_f64 = |field: &str| b[field].as_f64();
-            let request = ResponseCreate {
-                model: b["model"].as_str().map(str::to_owned),
-                input: if conversation.is_some() { None } else { Some(b["input_items"].clone()) },
-                instructions: b["instructions"].as_str().filter(|s| !s.is_empty()).map(str::to_owned),
-                conversation,
-                previous_response_id: b["previous_response_id"].as_str().map(str::to_owned),
-                tools: Some(b["tools"].clone()),
-                tool_choice: Some(b["tool_choice"].clone()),
-                temperature: opt_f64("temperature"),
-                top_p: opt_f64("top_p"),
-                max_output_tokens: b["max_output_tokens"].as_u64(),
-                parallel_tool_calls: b["parallel_tool_calls"].as_bool(),
-                text: Some(b["text"].clone()),
-                metadata: Some(b["metadata"].clone()).filter(|m| !m.is_null()),
-                store: Some(true),
-                background: Some(true),
-                ..ResponseCreate::default()
-            };
+            let request = request_of(&old.body);
             let created = match self.create_response(caller, project, request).await? {
                 Created::Done(v) => v,
                 Created::Stream(_) => return Err(Error::internal("a background resubmit answered with a stream")),

@@ -343,26 +343,46 @@ fn with_sync_commit_a_killed_primary_loses_no_acknowledged_write_and_sync_resume
 
 
 #[test]
-fn responses_running_at_a_failover_fail_with_region_failover_and_resubmit_runs_them_once() {
+fn a_failover_runs_background_responses_again_and_fails_foreground_ones_for_resubmit() {
     let (a, b, _da, _db) = pair();
     let (api_a, api_b) = (a.admin(), b.admin());
-    // The first call never finishes (the model is still thinking when the region is lost).
-    let model = scripted_model(|n| (n > 0).then(|| vec!["resubmitted"]), Duration::ZERO);
+    // The first two calls never finish (the model is still thinking when the region is lost).
+    let model = scripted_model(|n| (n > 1).then(|| vec!["answered"]), Duration::ZERO);
     api_a.create_project("work");
     let target = format!("http://127.0.0.1:{model}/v1");
     api_a.post("/v1/projects/work/connections", &json!({"name": "up", "type": "openai", "target": target, "api_key": "sk-fake-0123456789"})).ok(201);
     api_a.post("/v1/projects/work/deployments", &json!({"name": "dep", "connection": "up", "model": "fake"})).ok(201);
     api_a.post("/v1/projects/work/replicas", &json!({"region": "b", "mode": "warm"})).ok(200);
     let running = api_a.post(&oa("work", "/responses"), &json!({"model": "dep", "input": "think hard", "background": true})).ok(200);
-    let old = running["id"].as_str().expect("response id").to_owned();
+    let background = running["id"].as_str().expect("response id").to_owned();
     assert_eq!(running["status"], "in_progress", "{running:#}");
+    // A foreground (streamed) response, its client waiting.
+    let streaming = {
+        let api = api_a.with_timeout(Duration::from_secs(60));
+        std::thread::spawn(move || api.post(&oa("work", "/responses"), &json!({"model": "dep", "input": "stream it", "stream": true})).status)
+    };
+    let foreground = wait_for_response(&api_a, "work", false);
     let lsn = status(&api_a, "work")["lsn"].as_u64().expect("lsn");
     wait_applied(&api_b, "work", lsn);
 
     api_a.post("/v1/projects/work/failover", &json!({"to": "b"})).ok(200);
-    let failed = api_b.get(&oa("work", &format!("/responses/{old}"))).ok(200);
-    assert_eq!((failed["status"].as_str(), failed["error"]["code"].as_str()), (Some("failed"), Some("region_failover")), "{failed:#}");
+    // The background one runs again at the new primary, under its own id, to its end.
+    let deadline = Instant::now() + SETTLE;
+    let done = loop {
+        let r = api_b.get(&oa("work", &format!("/responses/{background}"))).ok(200);
+        if r["status"] != "in_progress" || Instant::now() > deadline {
+            break r;
+        }
+        sleep(Duration::from_millis(50));
+    };
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", b.stderr());
+    assert!(done.to_string().contains("answered"), "{done:#}");
+    assert_eq!(done["holdfast"]["resumed"]["region"], "b", "{done:#}");
+    assert_eq!(done["created_at"], running["created_at"]);
 
+    // The foreground one failed with region_failover; resubmit runs it again, once.
+    let failed = api_b.get(&oa("work", &format!("/responses/{foreground}"))).ok(200);
+    assert_eq!((failed["status"].as_str(), failed["error"]["code"].as_str()), (Some("failed"), Some("region_failover")), "{failed:#}");
     let resubmitted = api_b.post("/v1/projects/work/resubmit", &json!({})).ok(200);
     assert_eq!(resubmitted.as_array().map(Vec::len), Some(1), "{resubmitted:#}");
     let new = resubmitted[0]["resubmitted_as"].as_str().expect("new id").to_owned();
@@ -375,9 +395,25 @@ fn responses_running_at_a_failover_fail_with_region_failover_and_resubmit_runs_t
         sleep(Duration::from_millis(50));
     };
     assert_eq!(done["status"], "completed", "{done:#}");
-    assert!(done.to_string().contains("resubmitted"), "{done:#}");
-    assert_eq!(api_b.get(&oa("work", &format!("/responses/{old}"))).ok(200)["resubmitted_as"], new.as_str());
+    assert_eq!(api_b.get(&oa("work", &format!("/responses/{foreground}"))).ok(200)["resubmitted_as"], new.as_str());
     assert_eq!(api_b.post("/v1/projects/work/resubmit", &json!({})).ok(200), json!([]), "each runs again once");
+    let _ = streaming.join();
+}
+
+/// The id of the project's first stored response of that `background` setting (bounded wait).
+fn wait_for_response(api: &common::Api, project: &str, background: bool) -> String {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let found = api.journal(project).iter().flat_map(|c| c["ops"].as_array().cloned().unwrap_or_default()).find_map(|op| {
+            (op["kind"] == "response" && op["type"] == "put" && op["body"]["background"] == background)
+                .then(|| op["id"].as_str().unwrap_or_default().to_owned())
+        });
+        if let Some(id) = found {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no response with background = {background} journaled");
+        sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

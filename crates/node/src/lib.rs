@@ -61,6 +61,7 @@ pub struct Opened {
 pub struct Tasks {
     archiver: Option<JoinHandle<()>>,
     control_follower: JoinHandle<()>,
+    resumer: JoinHandle<()>,
     idle_closer: Option<JoinHandle<()>>,
     purger: JoinHandle<()>,
 }
@@ -99,11 +100,13 @@ impl Holdfast {
         self.geo.spawn_replicators()?;
         // After the replicators: the control journal opens as the replica it may be.
         let control_follower = self.core.spawn_control_follower();
+        // Background responses a stop or a failover cut off run again as their projects open.
+        let resumer = self.agents.spawn_resumer();
         self.geo.spawn_topology_watch();
         self.geo.spawn_coordinator();
         // Soft-deleted projects whose retention has passed are purged within the hour.
         let purger = self.core.spawn_purger(Duration::from_secs(3600));
-        Ok(Tasks { archiver, control_follower, idle_closer, purger })
+        Ok(Tasks { archiver, control_follower, resumer, idle_closer, purger })
     }
 
     /// Ends waits (journal long polls) so in-flight requests finish promptly; call when the
@@ -122,6 +125,7 @@ impl Holdfast {
         }
         let _ = tokio::time::timeout(bound, tasks.purger).await;
         let _ = tokio::time::timeout(bound, tasks.control_follower).await;
+        let _ = tokio::time::timeout(bound, tasks.resumer).await;
         if let Some(closer) = tasks.idle_closer {
             let _ = tokio::time::timeout(bound, closer).await;
         }

@@ -658,20 +658,45 @@ async fn file_search_runs_inside_the_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn responses_cut_off_by_a_stop_fail_when_the_project_is_next_opened() {
-    let env = Env::new(Duration::from_secs(60)).await;
+async fn a_stop_fails_foreground_responses_and_runs_background_ones_again() {
+    // A short deadline: the runs cut off here (in this process, their service stopped) end by
+    // it, as a stopped process's would have at once.
+    let env = Env::new(Duration::from_secs(2)).await;
     let started = env.respond(json!({"model": "gpt", "input": "hang forever", "background": true})).await;
     assert_eq!(started["status"], "in_progress");
-    let id = started["id"].as_str().expect("id").to_owned();
+    let background = started["id"].as_str().expect("id").to_owned();
+    // A foreground (streamed) one, cut off with it.
+    let Created::Stream(mut events) = env.create(json!({"model": "gpt", "input": "hang forever", "stream": true})).await.expect("stream") else {
+        panic!("no stream for stream: true");
+    };
+    let first = events.recv().await.expect("response.created");
+    let foreground = first.data["response"]["id"].as_str().expect("id").to_owned();
     env.node.core.shutdown().await;
     let Env { dir, node, .. } = env;
     drop(node);
-    let reopened = Holdfast::open(Config::new(dir.path().join("data"), "test", Some(KEY.into()))).expect("reopen");
-    let node = reopened.node;
+    let mut config = Config::new(dir.path().join("data"), "test", Some(KEY.into()));
+    config.agents.upstream_timeout = Duration::from_secs(10);
+    let node = Holdfast::open(config).expect("reopen").node;
+    let resumer = node.agents.spawn_resumer();
     let caller = Caller { principal: node.core.authenticate(Some(KEY)).expect("auth"), request_id: RequestId::generate() };
-    let r = node.agents.get_response(&caller, PROJECT, &id).await.expect("get");
+    let r = node.agents.get_response(&caller, PROJECT, &foreground).await.expect("get");
     assert_eq!(r["status"], "failed", "{r:#}");
     assert_eq!(r["error"]["code"], "server_error", "{r:#}");
+    // The background one runs again under its own id, and says where.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let again = loop {
+        let r = node.agents.get_response(&caller, PROJECT, &background).await.expect("get");
+        if !r["holdfast"]["resumed"].is_null() || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(again["status"], "in_progress", "{again:#}");
+    assert_eq!(again["holdfast"]["resumed"]["region"], "test", "{again:#}");
+    assert_eq!(again["created_at"], started["created_at"], "the same response, not a new one");
+    assert!(holdfast_agents::responses::is_running(&background));
+    node.core.shutdown().await;
+    let _ = resumer.await;
     let again = Env { dir, node, seen: Seen::default() };
     again.verify_replay().await;
 }

@@ -114,6 +114,12 @@ impl<'c> StateView<'c> {
         Ok(Lsn(lsn as u64))
     }
 
+    /// The project this database holds.
+    pub fn project_id(&self) -> Result<holdfast_types::ProjectId> {
+        let id: String = self.conn.query_row("SELECT value FROM meta WHERE key = 'project_id'", [], |r| r.get(0))?;
+        holdfast_types::ProjectId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("bad project id {id:?} in meta")))
+    }
+
     pub fn epoch(&self) -> Result<Epoch> {
         let epoch: String =
             self.conn.prepare_cached("SELECT value FROM meta WHERE key = 'epoch'")?.query_row([], |r| r.get(0))?;
