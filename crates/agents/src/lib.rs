@@ -74,13 +74,16 @@ impl AgentsConfig {
 /// What the agent data plane adds to a project's life, for the core ([`Domain`]).
 pub struct AgentsDomain {
     upstream: Arc<UpstreamClient>,
+    /// Cut-off background responses to run again (filled by `opened` and `promotion_ops`,
+    /// drained by [`Agents::spawn_resumer`]).
+    resume: Arc<responses::ResumeQueue>,
 }
 
 impl AgentsDomain {
     /// `peers`: the other regions' base URLs, never a model target.
     pub fn new(config: &AgentsConfig, peers: impl IntoIterator<Item = String>) -> Result<Arc<Self>> {
         let egress = egress::Egress::new(config.egress.clone(), peers);
-        Ok(Arc::new(Self { upstream: Arc::new(UpstreamClient::new(egress)?) }))
+        Ok(Arc::new(Self { upstream: Arc::new(UpstreamClient::new(egress)?), resume: Arc::default() }))
     }
 }
 
@@ -94,7 +97,7 @@ impl Domain for AgentsDomain {
     /// sealed under the master key (before data keys) are sealed again under the project's
     /// data key.
     async fn opened(&self, core: &Service, store: &ProjectStore) -> Result<()> {
-        core.commit_repair(store, responses::fail_interrupted(store.id().clone())).await?;
+        core.commit_repair(store, responses::fail_interrupted(store.id().clone(), self.resume.clone())).await?;
         let (keys, id) = (connections::SecretKeys::of(core), store.id().clone());
         core.commit_repair(store, Box::new(move |view| connections::reseal_ops(view, &keys, &id, &id))).await?;
         Ok(())
@@ -106,7 +109,7 @@ impl Domain for AgentsDomain {
 
     fn promotion_ops(&self, view: &StateView<'_>) -> Result<Vec<Op>> {
         let id = view.project_id().map_err(|e| holdfast_types::Error::internal(e.to_string()))?;
-        responses::failed_by_failover(view, &id)
+        responses::failed_by_failover(view, &id, &self.resume)
     }
 
     async fn catch_up(&self, core: &Service, data: &Data, kinds: &[Kind]) -> Result<()> {
@@ -136,6 +139,8 @@ pub struct Agents {
     attempt_timeout: Duration,
     /// Each connection's health in this region (`upstream::Breakers`).
     breakers: Arc<upstream::Breakers>,
+    /// Shared with [`AgentsDomain`].
+    resume: Arc<responses::ResumeQueue>,
 }
 
 impl Agents {
@@ -146,6 +151,7 @@ impl Agents {
             upstream_timeout: config.upstream_timeout,
             attempt_timeout: config.attempt_timeout,
             breakers: Arc::new(upstream::Breakers::new(config.breaker_open)),
+            resume: domain.resume.clone(),
         }
     }
 

@@ -124,19 +124,20 @@ struct Running {
 /// becomes `failed` with code `server_error`, so no client waits on it forever — except a
 /// background one, which is run again to its end ([`Agents::spawn_resumer`]). Run when a
 /// project's store is opened, before anything of the project can run.
-pub(crate) fn fail_interrupted(project: ProjectId) -> holdfast_store::Plan {
+pub(crate) fn fail_interrupted(project: ProjectId, resume: Arc<ResumeQueue>) -> holdfast_store::Plan {
     Box::new(move |view| {
-        unfinished_failed(view, &project, "server_error", "the server stopped while this response was running; submit it again")
+        unfinished_failed(view, &project, &resume, "server_error", "the server stopped while this response was running; submit it again")
     })
 }
 
 /// The ops that fail every foreground response still running when its region lost the primary
 /// (code `region_failover`; `holdfast resubmit` runs them again on the new primary). Background
 /// ones are run again at the new primary, to their end.
-pub(crate) fn failed_by_failover(view: &holdfast_store::StateView<'_>, project: &ProjectId) -> Result<Vec<Op>> {
+pub(crate) fn failed_by_failover(view: &holdfast_store::StateView<'_>, project: &ProjectId, resume: &ResumeQueue) -> Result<Vec<Op>> {
     unfinished_failed(
         view,
         project,
+        resume,
         REGION_FAILOVER,
         "the region running this response lost the project's primary; resubmit it (holdfast resubmit)",
     )
@@ -145,11 +146,40 @@ pub(crate) fn failed_by_failover(view: &holdfast_store::StateView<'_>, project: 
 /// The error code of a response a failover cut off.
 pub const REGION_FAILOVER: &str = "region_failover";
 
-/// Background responses to run again once their project serves: (project id, response id).
-static RESUME: LazyLock<(Mutex<Vec<(ProjectId, String)>>, tokio::sync::Notify)> =
-    LazyLock::new(|| (Mutex::new(Vec::new()), tokio::sync::Notify::new()));
+/// Background responses to run again once their project serves, for one service: (project id,
+/// response id). Filled by the plans that end a project's cut-off responses (its open, its
+/// promotion), drained by [`Agents::spawn_resumer`]; an entry that is stale by then (its
+/// response ended, or was run again, meanwhile) is found so by the resume's first write.
+#[derive(Default)]
+pub(crate) struct ResumeQueue {
+    queue: Mutex<Vec<(ProjectId, String)>>,
+    wake: tokio::sync::Notify,
+}
 
-fn unfinished_failed(view: &holdfast_store::StateView<'_>, project: &ProjectId, code: &str, message: &str) -> Result<Vec<Op>> {
+impl ResumeQueue {
+    fn push(&self, entries: impl IntoIterator<Item = (ProjectId, String)>) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.extend(entries);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Everything queued, each once.
+    fn drain(&self) -> Vec<(ProjectId, String)> {
+        let mut taken = self.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default();
+        taken.sort();
+        taken.dedup();
+        taken
+    }
+}
+
+fn unfinished_failed(
+    view: &holdfast_store::StateView<'_>,
+    project: &ProjectId,
+    resume: &ResumeQueue,
+    code: &str,
+    message: &str,
+) -> Result<Vec<Op>> {
     let rows = view
         .list(Kind::Response, None, None, usize::MAX >> 1, holdfast_store::Order::Asc)
         .map_err(crate::wire::store_err)?;
@@ -158,10 +188,7 @@ fn unfinished_failed(view: &holdfast_store::StateView<'_>, project: &ProjectId, 
         .filter(|r| matches!(r.body["status"].as_str(), Some("in_progress" | "queued")))
         .partition(|r| r.body["background"] == true);
     if !background.is_empty() {
-        if let Ok(mut queue) = RESUME.0.lock() {
-            queue.extend(background.into_iter().map(|r| (project.clone(), r.id)));
-        }
-        RESUME.1.notify_one();
+        resume.push(background.into_iter().map(|r| (project.clone(), r.id)));
     }
     Ok(foreground
         .into_iter()
@@ -382,7 +409,7 @@ impl Agents {
         caller: &Caller,
         project: &str,
         req: ResponseCreate,
-        resume: Option<(String, Value)>,
+        resume: Option<holdfast_store::Resource>,
     ) -> Result<Created> {
         let data = self.core.data(caller, project, Action::DataWrite).await?;
         let store = req.store.unwrap_or(true);
@@ -428,9 +455,21 @@ impl Agents {
             .filter(|m| !m.is_empty())
             .ok_or_else(|| Error::invalid("model is required: the name of a deployment (or reference an agent)"))?;
         let deployment = self.deployment(&data, &model).await?;
+        // A connection whose secret does not open here is left out while another is there to
+        // call (a fallback made in a region this one cannot read the secrets of).
         let mut upstreams = Vec::new();
+        let mut unusable = None;
         for connection in deployment.connections() {
-            upstreams.push(self.upstream(&data, connection).await?);
+            match self.upstream(&data, connection).await {
+                Ok(upstream) => upstreams.push(upstream),
+                Err(e) => {
+                    tracing::warn!(connection, error = %e, "a deployment's connection cannot be used here; trying the others");
+                    unusable.get_or_insert(e);
+                }
+            }
+        }
+        if upstreams.is_empty() {
+            return Err(unusable.unwrap_or_else(|| Error::internal("the deployment names no connection")));
         }
 
         let mut tools: Vec<Value> = definition["tools"].as_array().cloned().unwrap_or_default();
@@ -477,9 +516,8 @@ impl Agents {
             .await?;
         translate::check_tool_pairs(&history, &input)?;
 
-        let resumed = resume.is_some();
-        let (id, created_at) = match resume {
-            Some((id, created_at)) => (id, created_at),
+        let (id, created_at) = match &resume {
+            Some(record) => (record.id.clone(), record.body["created_at"].clone()),
             None => (new_id("resp_"), json!(now_seconds())),
         };
         let mut wire = json!({
@@ -512,9 +550,12 @@ impl Agents {
             "metadata": metadata,
             "agent_reference": agent_wire,
         });
-        if resumed {
+        if let Some(record) = &resume {
             // Said in the record, not in the user's metadata: where and when it was run again.
             wire["holdfast"]["resumed"] = json!({ "region": self.core.region(), "at": now_seconds() });
+            // What only the first request said stays as it was.
+            wire["agent_reference"] = record.body["agent_reference"].clone();
+            wire["user"] = record.body["user"].clone();
         }
 
         // Registered before it is stored, so a cancel never finds it stored but not running.
@@ -535,8 +576,25 @@ impl Agents {
             let (plan_id, plan_wire, plan_conv, plan_slot) =
                 (id.clone(), wire.clone(), conversation.clone(), slot.clone());
             let mut plan_input = input.clone();
+            let expected = resume.clone();
             data.commit(Box::new(move |view| {
                 let mut ops = Vec::new();
+                if let Some(record) = &expected {
+                    // Run again only what is still the cut-off response it was: not one that
+                    // ended, was deleted, or was run again meanwhile.
+                    let now = view.get(Kind::Response, &record.id).map_err(store_err)?;
+                    if now.as_ref().map(|r| &r.body) != Some(&record.body) {
+                        return Err(Error::conflict(format!("{STALE_RESUME}: response {}", record.id)));
+                    }
+                    // Its input is where the first run put it (in its conversation, if any):
+                    // the model gets it from there, and the record keeps listing it.
+                    let _ = plan_slot.set(plan_input.clone());
+                    if plan_input.is_empty() {
+                        plan_input = record.body["input_items"].as_array().cloned().unwrap_or_default();
+                    }
+                    let body = stored_body(&plan_wire, &plan_input);
+                    return Ok(vec![Op::Put { kind: Kind::Response, id: plan_id, parent: None, body }]);
+                }
                 if let Some(cid) = &plan_conv {
                     must_get(view, Kind::Conversation, cid, "conversation", cid)?;
                     fresh_ids(view, &mut plan_input)?;
@@ -1171,6 +1229,9 @@ const SCAN_PAGE: usize = 500;
 /// project does not serve yet.
 const RESUME_TRIES: u32 = 60;
 
+/// What a resume's first write says when the response is no longer the one it was to run.
+const STALE_RESUME: &str = "the response changed since it was cut off";
+
 /// The request that makes a response again from its record: its model, instructions, tools and
 /// options (an agent's already merged in), and its input — the input items, or, for a response
 /// in a conversation (whose input the conversation already holds), the conversation itself.
@@ -1209,19 +1270,17 @@ impl Agents {
             // often they were tried.
             let mut waiting: Vec<(ProjectId, String, u32)> = Vec::new();
             loop {
-                let queued = RESUME.0.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default();
+                let queued = agents.resume.drain();
                 let pending: Vec<_> = waiting.drain(..).chain(queued.into_iter().map(|(p, id)| (p, id, 0))).collect();
                 for (project, id, tries) in pending {
-                    match agents.resume(&project, &id).await {
+                    match agents.resume_one(&project, &id).await {
                         Ok(()) => {}
                         Err(e) if e.kind == ErrorKind::Unavailable && tries < RESUME_TRIES => waiting.push((project, id, tries + 1)),
-                        Err(e) => {
-                            tracing::warn!(project = %project, response = %id, error = %e, "cannot run a cut-off background response again");
-                        }
+                        Err(e) => agents.give_up(&project, &id, &e).await,
                     }
                 }
                 tokio::select! {
-                    _ = RESUME.1.notified() => {}
+                    _ = agents.resume.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stopping.wait_for(|s| *s) => break,
                 }
@@ -1229,7 +1288,7 @@ impl Agents {
         })
     }
 
-    async fn resume(self: &Arc<Self>, project: &ProjectId, id: &str) -> Result<()> {
+    async fn resume_one(self: &Arc<Self>, project: &ProjectId, id: &str) -> Result<()> {
         let system = Caller::system();
         let data = self.core.data(&system, project.as_str(), Action::DataWrite).await?;
         let rid = id.to_owned();
@@ -1239,16 +1298,38 @@ impl Agents {
         };
         // Still running here under an earlier service of this process (a library user's, or a
         // test's, that stopped and opened the data directory again): it ends by its deadline
-        // (its store is closed, so it journals nothing more); then it runs again.
+        // (its store is closed, so it journals nothing more); then it runs again — unless it
+        // changed meanwhile, which the first write of the new run finds.
         let done = RUNNING.lock().ok().and_then(|r| r.get(id).map(|r| r.done.clone()));
         if let Some(mut done) = done {
             let _ = tokio::time::timeout(self.upstream_timeout + Duration::from_secs(5), done.wait_for(|d| *d)).await;
         }
         tracing::info!(project = %project, response = %id, "running a cut-off background response again");
-        metrics::counter!("holdfast_responses_resumed_total").increment(1);
-        let created_at = record.body["created_at"].clone();
-        self.create_response_as(&system, project.as_str(), request_of(&record.body), Some((id.to_owned(), created_at))).await?;
-        Ok(())
+        let request = request_of(&record.body);
+        match self.create_response_as(&system, project.as_str(), request, Some(record)).await {
+            Ok(_) => {
+                metrics::counter!("holdfast_responses_resumed_total").increment(1);
+                Ok(())
+            }
+            Err(e) if e.message.contains(STALE_RESUME) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A cut-off background response that cannot run again (its deployment is gone, a lock
+    /// refuses it, its project never served here) is failed, so no client waits on it forever.
+    async fn give_up(&self, project: &ProjectId, id: &str, error: &Error) {
+        tracing::warn!(project = %project, response = %id, error = %error, "cannot run a cut-off background response again; failing it");
+        let Ok(store) = self.core.project_store(project.as_str()).await else { return };
+        let (rid, message) = (id.to_owned(), format!("the response was cut off and could not be run again: {}", error.message));
+        let plan: holdfast_store::Plan = Box::new(move |view| {
+            let running = view.get(Kind::Response, &rid).map_err(store_err)?.filter(|r| r.body["status"] == "in_progress");
+            Ok(running
+                .map(|_| Op::Patch { kind: Kind::Response, id: rid, patch: json!({ "status": "failed", "error": { "code": "server_error", "message": message } }) })
+                .into_iter()
+                .collect())
+        });
+        let _ = self.core.commit_repair(&store, plan).await;
     }
 }
 

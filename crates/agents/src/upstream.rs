@@ -190,7 +190,9 @@ pub(crate) async fn chat_stream(upstream: &Upstream, body: &Value) -> Result<Cha
             Some(m) => format!("upstream model returned HTTP {}: {m}", status.as_u16()),
             None => format!("upstream model returned HTTP {}", status.as_u16()),
         };
-        let retryable = matches!(status.as_u16(), 408 | 429) || status.is_server_error();
+        // A request the upstream refused as bad would be refused by any: the rest (a key it does
+        // not take, a path it does not have, 429, 5xx) is this upstream's.
+        let retryable = !matches!(status.as_u16(), 400 | 413 | 422);
         return Err(UpstreamError { code, message, retryable });
     }
     let content_type = response
@@ -248,18 +250,23 @@ impl Breakers {
         Self { open_for, state: std::sync::Mutex::default() }
     }
 
-    /// Whether a call may go to the connection now (taking the probe when it is half-open).
-    fn allows(&self, key: &str) -> bool {
+    /// Whether calls skip the connection now: its breaker is open and not yet due for a probe,
+    /// or a probe is out.
+    fn skips(&self, key: &str) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.get(key).is_some_and(|b| b.open_until.is_some_and(|until| std::time::Instant::now() < until || b.probing))
+    }
+
+    /// A call to the connection begins: when its breaker is due for a probe, this call is it
+    /// (until the guard goes: a probe cut off by a cancel or a deadline is no answer).
+    fn attempt<'a>(&'a self, key: &'a str) -> ProbeGuard<'a> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(b) = state.get_mut(key) else { return true };
-        match b.open_until {
-            None => true,
-            Some(until) if std::time::Instant::now() >= until && !b.probing => {
-                b.probing = true;
-                true
-            }
-            Some(_) => false,
-        }
+        let probe = state.get_mut(key).is_some_and(|b| {
+            let due = b.open_until.is_some_and(|until| std::time::Instant::now() >= until) && !b.probing;
+            b.probing |= due;
+            due
+        });
+        ProbeGuard { breakers: self, key, probe }
     }
 
     fn succeeded(&self, key: &str) {
@@ -285,6 +292,24 @@ impl Breakers {
     }
 }
 
+/// Ends a probe when the call that is it ends, whatever its outcome was recorded as.
+struct ProbeGuard<'a> {
+    breakers: &'a Breakers,
+    key: &'a str,
+    probe: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            let mut state = self.breakers.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(b) = state.get_mut(self.key) {
+                b.probing = false;
+            }
+        }
+    }
+}
+
 /// Starts a streamed chat completion on the first of `upstreams` (a deployment's connections,
 /// in order) that answers: one whose call fails before its first chunk arrives — no
 /// connection, a 429 or 5xx, no answer within `attempt` while another upstream is left, a
@@ -298,12 +323,13 @@ pub(crate) async fn open_chat(
     attempt: Duration,
     breakers: &Breakers,
 ) -> Result<(ChatStream, usize), UpstreamError> {
-    let allowed: Vec<usize> = (0..upstreams.len()).filter(|&i| breakers.allows(&upstreams[i].health_key)).collect();
+    let allowed: Vec<usize> = (0..upstreams.len()).filter(|&i| !breakers.skips(&upstreams[i].health_key)).collect();
     let order: Vec<usize> = if allowed.is_empty() { (0..upstreams.len()).collect() } else { allowed };
     let mut last = UpstreamError::server("the deployment names no connection");
     for (pos, &i) in order.iter().enumerate() {
         let upstream = &upstreams[i];
         let more = pos + 1 < order.len();
+        let _probe = breakers.attempt(&upstream.health_key);
         let call = async {
             let mut chat = chat_stream(upstream, body).await?;
             let first = chat.next().await;
@@ -328,8 +354,13 @@ pub(crate) async fn open_chat(
             }
             Ok((_, Some(Err(e)))) | Err(e) => e,
         };
+        if !error.retryable {
+            // The request's fault, not the upstream's: no other answers it, and the upstream's
+            // health is not in question.
+            return Err(error);
+        }
         breakers.failed(&upstream.health_key);
-        if !error.retryable || !more {
+        if !more {
             return Err(error);
         }
         tracing::warn!(connection = %upstream.connection, error = %error.message, "upstream failed before answering; trying the deployment's next connection");

@@ -853,7 +853,10 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
         Command::Deployment(cmd) => match cmd {
             DeploymentCmd::Create { project, name, connections, model } => {
                 let (first, fallbacks) = connections.split_first().ok_or_else(|| anyhow::anyhow!("--connection is required"))?;
-                let body = json!({ "name": name, "connection": first, "fallbacks": fallbacks, "model": model });
+                let mut body = json!({ "name": name, "connection": first, "model": model });
+                if !fallbacks.is_empty() {
+                    body["fallbacks"] = json!(fallbacks);
+                }
                 let created: serde_json::Value = client.post(&format!("/v1/projects/{}/deployments", seg(&project)), &body).await?;
                 print(format, &created, &[])?;
             }

@@ -14,8 +14,8 @@ use serde_json::json;
 #[test]
 fn a_background_response_cut_off_by_kill_9_completes_after_the_restart_once() {
     let data = tempfile::tempdir().expect("data");
-    // The first call never answers (the model is thinking when the server dies); later ones do.
-    let model = scripted_model(|n| (n > 0).then(|| vec!["the ", "answer"]), Duration::ZERO);
+    // The first two calls never answer (the model is thinking when the server dies); later ones do.
+    let model = scripted_model(|n| (n > 1).then(|| vec!["the ", "answer"]), Duration::ZERO);
     let server = Server::start(data.path());
     let api = server.admin();
     api.create_project("bgr");
@@ -28,6 +28,11 @@ fn a_background_response_cut_off_by_kill_9_completes_after_the_restart_once() {
         .ok(200);
     let id = started["id"].as_str().expect("id").to_owned();
     assert_eq!(started["status"], "in_progress");
+    // Another, whose deployment is gone by the restart: it cannot run again, so it fails.
+    api.post("/v1/projects/bgr/deployments", &json!({"name": "doomed", "connection": "up", "model": "fake"})).ok(201);
+    let orphan = api.post(&oa("bgr", "/responses"), &json!({"model": "doomed", "input": "think", "background": true})).ok(200);
+    let orphan = orphan["id"].as_str().expect("id").to_owned();
+    api.delete("/v1/projects/bgr/deployments/doomed");
     assert_eq!(server.kill9().code(), None, "killed by a signal");
 
     let server = Server::start(data.path());
@@ -48,4 +53,14 @@ fn a_background_response_cut_off_by_kill_9_completes_after_the_restart_once() {
     let items = api.get(&oa("bgr", &format!("/conversations/{conv}/items?order=asc"))).ok(200);
     let roles: Vec<&str> = items["data"].as_array().expect("items").iter().filter_map(|i| i["role"].as_str()).collect();
     assert_eq!(roles, ["user", "assistant"], "{items:#}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let r = api.get(&oa("bgr", &format!("/responses/{orphan}"))).ok(200);
+        if r["status"] != "in_progress" || Instant::now() > deadline {
+            break r;
+        }
+        sleep(Duration::from_millis(50));
+    };
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    assert!(failed["error"]["message"].as_str().unwrap_or_default().contains("could not be run again"), "{failed:#}");
 }

@@ -57,6 +57,26 @@ fn flaky_model(failures: usize, text: &'static str) -> (u16, Arc<AtomicUsize>) {
     (port, calls)
 }
 
+/// A model server that answers every call with HTTP `status`; its port and its call count.
+fn status_model(status: u16) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if read_request(&stream).is_none() {
+                continue;
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+            let body = r#"{"error":{"message":"prompt too long","type":"invalid_request_error"}}"#;
+            let mut out = stream;
+            let _ = write!(out, "HTTP/1.1 {status} Bad\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (port, calls)
+}
+
 fn connect(api: &Api, name: &str, port: u16) {
     let body = json!({"name": name, "type": "openai", "target": format!("http://127.0.0.1:{port}/v1"), "api_key": "sk-fake-0123456789"});
     api.post("/v1/projects/app/connections", &body).ok(201);
@@ -106,6 +126,14 @@ fn a_deployment_falls_back_to_its_next_connection_and_skips_one_that_keeps_faili
     assert_eq!(respond(&api, "d3"), ("from primary".to_owned(), "flaky".to_owned()));
     assert_eq!(respond(&api, "d3"), ("from primary".to_owned(), "flaky".to_owned()));
     assert_eq!(calls.load(Ordering::SeqCst), 5);
+
+    // A request the upstream refuses as bad (400) is no reason to try another, nor to doubt it.
+    let (picky, picky_calls) = status_model(400);
+    connect(&api, "picky", picky);
+    api.post("/v1/projects/app/deployments", &json!({"name": "d4", "connection": "picky", "fallbacks": ["backup"], "model": "m"})).ok(201);
+    let refused = api.post(&oa("app", "/responses"), &json!({"model": "d4", "input": "hi"})).ok(200);
+    assert_eq!((refused["status"].as_str(), refused["error"]["code"].as_str()), (Some("failed"), Some("invalid_prompt")), "{refused:#}");
+    assert_eq!(picky_calls.load(Ordering::SeqCst), 1);
 
     // A deployment without fallbacks reports the failure as before, and bad lists are refused.
     api.post("/v1/projects/app/deployments", &json!({"name": "alone", "connection": "refusing", "model": "m"})).ok(201);
