@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::cluster::{oa, scripted_model};
+use common::cluster::{oa, response_when_done, scripted_model};
 use common::Server;
 use serde_json::json;
 
@@ -37,14 +36,7 @@ fn a_background_response_cut_off_by_kill_9_completes_after_the_restart_once() {
 
     let server = Server::start(data.path());
     let api = server.admin();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        let r = api.get(&oa("bgr", &format!("/responses/{id}"))).ok(200);
-        if r["status"] != "in_progress" || Instant::now() > deadline {
-            break r;
-        }
-        sleep(Duration::from_millis(50));
-    };
+    let done = response_when_done(&api, "bgr", &id);
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["output"][0]["content"][0]["text"], "the answer", "{done:#}");
     assert_eq!(done["created_at"], started["created_at"], "the same response");
@@ -53,14 +45,7 @@ fn a_background_response_cut_off_by_kill_9_completes_after_the_restart_once() {
     let items = api.get(&oa("bgr", &format!("/conversations/{conv}/items?order=asc"))).ok(200);
     let roles: Vec<&str> = items["data"].as_array().expect("items").iter().filter_map(|i| i["role"].as_str()).collect();
     assert_eq!(roles, ["user", "assistant"], "{items:#}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let failed = loop {
-        let r = api.get(&oa("bgr", &format!("/responses/{orphan}"))).ok(200);
-        if r["status"] != "in_progress" || Instant::now() > deadline {
-            break r;
-        }
-        sleep(Duration::from_millis(50));
-    };
+    let failed = response_when_done(&api, "bgr", &orphan);
     assert_eq!(failed["status"], "failed", "{failed:#}");
     assert!(failed["error"]["message"].as_str().unwrap_or_default().contains("could not be run again"), "{failed:#}");
 }

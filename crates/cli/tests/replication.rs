@@ -367,15 +367,8 @@ fn a_failover_runs_background_responses_again_and_fails_foreground_ones_for_resu
 
     api_a.post("/v1/projects/work/failover", &json!({"to": "b"})).ok(200);
     // The background one runs again at the new primary, under its own id, to its end.
-    let deadline = Instant::now() + SETTLE;
-    let done = loop {
-        let r = api_b.get(&oa("work", &format!("/responses/{background}"))).ok(200);
-        if r["status"] != "in_progress" || Instant::now() > deadline {
-            break r;
-        }
-        sleep(Duration::from_millis(50));
-    };
-    assert_eq!(done["status"], "completed", "{done:#}\n{}", b.stderr());
+    let done = common::cluster::response_when_done(&api_b, "work", &background);
+    assert_eq!(done["status"], "completed", "{done:#}");
     assert!(done.to_string().contains("answered"), "{done:#}");
     assert_eq!(done["holdfast"]["resumed"]["region"], "b", "{done:#}");
     assert_eq!(done["created_at"], running["created_at"]);
@@ -386,14 +379,7 @@ fn a_failover_runs_background_responses_again_and_fails_foreground_ones_for_resu
     let resubmitted = api_b.post("/v1/projects/work/resubmit", &json!({})).ok(200);
     assert_eq!(resubmitted.as_array().map(Vec::len), Some(1), "{resubmitted:#}");
     let new = resubmitted[0]["resubmitted_as"].as_str().expect("new id").to_owned();
-    let deadline = Instant::now() + SETTLE;
-    let done = loop {
-        let r = api_b.get(&oa("work", &format!("/responses/{new}"))).ok(200);
-        if r["status"] != "in_progress" || Instant::now() > deadline {
-            break r;
-        }
-        sleep(Duration::from_millis(50));
-    };
+    let done = common::cluster::response_when_done(&api_b, "work", &new);
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(api_b.get(&oa("work", &format!("/responses/{foreground}"))).ok(200)["resubmitted_as"], new.as_str());
     assert_eq!(api_b.post("/v1/projects/work/resubmit", &json!({})).ok(200), json!([]), "each runs again once");

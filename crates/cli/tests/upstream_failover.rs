@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 /// probed again after 1 s.
 const CONFIG: &str = "listen = \"127.0.0.1:{port}\"\n[upstream]\nattempt_timeout_ms = 300\nbreaker_open_secs = 1\n";
 
-/// A model server whose first `failures` calls answer HTTP 503 and whose later ones stream
-/// `text`; returns its port and how many calls it has had.
-fn flaky_model(failures: usize, text: &'static str) -> (u16, Arc<AtomicUsize>) {
+/// A model server whose first `failures` calls answer HTTP `status` with a model API's error
+/// body, and whose later ones stream `text`; returns its port and how many calls it has had.
+fn flaky_model(failures: usize, status: u16, text: &'static str) -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -38,8 +38,8 @@ fn flaky_model(failures: usize, text: &'static str) -> (u16, Arc<AtomicUsize>) {
                 let n = counted.fetch_add(1, Ordering::SeqCst);
                 let mut out = stream;
                 if n < failures {
-                    let body = r#"{"error":{"message":"overloaded","type":"server_error"}}"#;
-                    let _ = write!(out, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    let body = r#"{"error":{"message":"cannot answer","type":"server_error"}}"#;
+                    let _ = write!(out, "HTTP/1.1 {status} Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
                     return;
                 }
                 let chunk = |delta: Value, finish: Value| {
@@ -52,26 +52,6 @@ fn flaky_model(failures: usize, text: &'static str) -> (u16, Arc<AtomicUsize>) {
                 let _ = out.write_all(chunk(json!({}), json!("stop")).as_bytes());
                 let _ = out.write_all(b"data: [DONE]\n\n");
             });
-        }
-    });
-    (port, calls)
-}
-
-/// A model server that answers every call with HTTP `status`; its port and its call count.
-fn status_model(status: u16) -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            if read_request(&stream).is_none() {
-                continue;
-            }
-            counted.fetch_add(1, Ordering::SeqCst);
-            let body = r#"{"error":{"message":"prompt too long","type":"invalid_request_error"}}"#;
-            let mut out = stream;
-            let _ = write!(out, "HTTP/1.1 {status} Bad\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
         }
     });
     (port, calls)
@@ -111,7 +91,7 @@ fn a_deployment_falls_back_to_its_next_connection_and_skips_one_that_keeps_faili
     assert_eq!(respond(&api, "d2"), ("from backup".to_owned(), "backup".to_owned()));
 
     // The first answers 503 three times, then recovers.
-    let (flaky, calls) = flaky_model(3, "from primary");
+    let (flaky, calls) = flaky_model(3, 503, "from primary");
     connect(&api, "flaky", flaky);
     api.post("/v1/projects/app/deployments", &json!({"name": "d3", "connection": "flaky", "fallbacks": ["backup"], "model": "m"})).ok(201);
     for _ in 0..3 {
@@ -128,7 +108,7 @@ fn a_deployment_falls_back_to_its_next_connection_and_skips_one_that_keeps_faili
     assert_eq!(calls.load(Ordering::SeqCst), 5);
 
     // A request the upstream refuses as bad (400) is no reason to try another, nor to doubt it.
-    let (picky, picky_calls) = status_model(400);
+    let (picky, picky_calls) = flaky_model(usize::MAX, 400, "");
     connect(&api, "picky", picky);
     api.post("/v1/projects/app/deployments", &json!({"name": "d4", "connection": "picky", "fallbacks": ["backup"], "model": "m"})).ok(201);
     let refused = api.post(&oa("app", "/responses"), &json!({"model": "d4", "input": "hi"})).ok(200);

@@ -157,3 +157,17 @@ pub fn scripted_model(reply: fn(usize) -> Option<Vec<&'static str>>, pause: Dura
     });
     port
 }
+
+/// Waits (bounded by [`SETTLE`]) until response `id` of `project` is no longer in progress, and
+/// returns it.
+#[allow(dead_code)]
+pub fn response_when_done(api: &Api, project: &str, id: &str) -> Value {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let r = api.get(&oa(project, &format!("/responses/{id}"))).ok(200);
+        if r["status"] != "in_progress" || Instant::now() > deadline {
+            return r;
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
