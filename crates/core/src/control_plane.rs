@@ -246,8 +246,10 @@ impl Service {
                 self.region
             )));
         }
-        // Serialised with this region's own control writes, and projected here before it answers.
+        // Serialised with this region's own control writes, checked against the projection of
+        // the journal as it is now, and projected here before it answers.
         let _serial = self.keys_update.lock().await;
+        self.refresh_control_locked(&store).await?;
         let lsn = self.commit_ops(&store, request).await?;
         self.refresh_control_locked(&store).await?;
         Ok(ControlCommitted { lsn })
