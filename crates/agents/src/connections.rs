@@ -167,7 +167,30 @@ impl Agents {
             Ok(vec![Op::Delete { kind: Kind::Connection, id }])
         }))
         .await?;
+        self.breakers.forget(&format!("{}/{name}", data.store.id()));
         Ok(())
+    }
+
+    /// `GET /v1/projects/{project}/upstreams`: each connection's health as this region's calls
+    /// found it (its circuit breaker's state, failures in a row).
+    pub async fn upstream_health(&self, caller: &Caller, project: &str) -> Result<Value> {
+        let data = self.core.data(caller, project, Action::DataRead).await?;
+        let names: Vec<String> = data
+            .read(|view| {
+                let rows = view.list(Kind::Connection, None, None, 10_000, Order::Asc).map_err(store_err)?;
+                rows.iter().map(|r| parse(r).map(|b| b.name)).collect()
+            })
+            .await?;
+        let project_id = data.store.id().clone();
+        let data: Vec<Value> = names
+            .into_iter()
+            .map(|name| {
+                let mut health = self.breakers.health(&format!("{project_id}/{name}"));
+                health["connection"] = json!(name);
+                health
+            })
+            .collect();
+        Ok(json!({ "region": self.core.region(), "data": data }))
     }
 
     /// The upstream a deployment calls, with its key decrypted.

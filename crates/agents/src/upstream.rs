@@ -269,6 +269,28 @@ impl Breakers {
         ProbeGuard { breakers: self, key, probe }
     }
 
+    /// A connection's health here: `healthy`, `failing` (failures in a row, below the
+    /// threshold), `open` (skipped; with the milliseconds until a probe may go) or `probing`.
+    pub(crate) fn health(&self, key: &str) -> Value {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(b) = state.get(key) else { return serde_json::json!({ "state": "healthy", "failures": 0 }) };
+        let now = std::time::Instant::now();
+        match b.open_until {
+            None => serde_json::json!({ "state": "failing", "failures": b.failures }),
+            Some(_) if b.probing => serde_json::json!({ "state": "probing", "failures": b.failures }),
+            Some(until) => serde_json::json!({
+                "state": "open",
+                "failures": b.failures,
+                "probe_in_ms": until.saturating_duration_since(now).as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Forgets a connection (deleted).
+    pub(crate) fn forget(&self, key: &str) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
     fn succeeded(&self, key: &str) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.remove(key).is_some_and(|b| b.open_until.is_some()) {

@@ -88,6 +88,7 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", "/v1/projects/{project}/connections", act(DataRead)),
     ("POST", "/v1/projects/{project}/connections", act(ConnectionsWrite)),
     ("DELETE", "/v1/projects/{project}/connections/{name}", act(ConnectionsWrite)),
+    ("GET", "/v1/projects/{project}/upstreams", act(DataRead)),
     ("GET", "/v1/projects/{project}/deployments", act(DataRead)),
     ("POST", "/v1/projects/{project}/deployments", act(DataWrite)),
     ("DELETE", "/v1/projects/{project}/deployments/{name}", act(DataWrite)),

@@ -415,6 +415,12 @@ enum ConnectionCmd {
         project: String,
         name: String,
     },
+    /// Each connection's health as this region's model calls found it (healthy, failing, open:
+    /// skipped by its circuit breaker, probing).
+    Health {
+        #[arg(long)]
+        project: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -844,6 +850,10 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             ConnectionCmd::List { project } => {
                 let list: serde_json::Value = client.get(&format!("/v1/projects/{}/connections", seg(&project))).await?;
                 print(format, &list["value"], &["name", "type", "target", "credentials"])?;
+            }
+            ConnectionCmd::Health { project } => {
+                let health: serde_json::Value = client.get(&format!("/v1/projects/{}/upstreams", seg(&project))).await?;
+                print(format, &health["data"], &["connection", "state", "failures", "probe_in_ms"])?;
             }
             ConnectionCmd::Delete { project, name } => {
                 client.delete(&format!("/v1/projects/{}/connections/{}", seg(&project), seg(&name))).await?;

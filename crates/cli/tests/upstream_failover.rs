@@ -98,14 +98,21 @@ fn a_deployment_falls_back_to_its_next_connection_and_skips_one_that_keeps_faili
         assert_eq!(respond(&api, "d3"), ("from backup".to_owned(), "backup".to_owned()));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    // Three failures in a row opened its breaker: the next response does not try it.
+    // Three failures in a row opened its breaker: the next response does not try it, and the
+    // region says so.
     assert_eq!(respond(&api, "d3"), ("from backup".to_owned(), "backup".to_owned()));
     assert_eq!(calls.load(Ordering::SeqCst), 3, "an open breaker is skipped");
+    let health = api.get("/v1/projects/app/upstreams").ok(200);
+    let of = |name: &str| health["data"].as_array().expect("data").iter().find(|h| h["connection"] == name).cloned().expect("listed");
+    assert_eq!((of("flaky")["state"].as_str(), of("flaky")["failures"].as_u64()), (Some("open"), Some(3)), "{health:#}");
+    assert_eq!(of("backup")["state"], "healthy", "{health:#}");
     // Once the breaker's time is up, one response probes it; it answers, so it serves again.
     sleep(Duration::from_millis(1200));
     assert_eq!(respond(&api, "d3"), ("from primary".to_owned(), "flaky".to_owned()));
     assert_eq!(respond(&api, "d3"), ("from primary".to_owned(), "flaky".to_owned()));
     assert_eq!(calls.load(Ordering::SeqCst), 5);
+    let health = api.get("/v1/projects/app/upstreams").ok(200);
+    assert!(health["data"].as_array().expect("data").iter().any(|h| h["connection"] == "flaky" && h["state"] == "healthy"), "{health:#}");
 
     // A request the upstream refuses as bad (400) is no reason to try another, nor to doubt it.
     let (picky, picky_calls) = flaky_model(usize::MAX, 400, "");

@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use holdfast_agents::connections::{ConnectionCreate, ConnectionFilter};
 use holdfast_agents::deployments::{DeploymentCreate, DeploymentFilter};
+use holdfast_types::api::ErrorBody;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -19,6 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(v1_list_connections, v1_create_connection))
         .routes(routes!(v1_delete_connection))
+        .routes(routes!(v1_upstream_health))
         .routes(routes!(v1_list_deployments, v1_create_deployment))
         .routes(routes!(v1_delete_deployment))
         .routes(routes!(list_connections))
@@ -57,6 +59,17 @@ async fn v1_delete_connection(
 ) -> ApiResult<StatusCode> {
     s.node.agents.delete_connection(&c, &project, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Each of the project's connections' health as this region's model calls found it: `healthy`,
+/// `failing` (failures in a row), `open` (its circuit breaker skips it; `probe_in_ms`) or
+/// `probing`.
+#[utoipa::path(get, path = "/v1/projects/{project}/upstreams", tag = "connections",
+    params(("project" = String, Path)),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn v1_upstream_health(State(s): State<AppState>, Authed(c): Authed, Path(project): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(s.node.agents.upstream_health(&c, &project).await?))
 }
 
 /// Lists a project's deployments.
