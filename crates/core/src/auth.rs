@@ -384,6 +384,11 @@ fn generate_key() -> Result<String> {
     Ok(format!("hf_{}", hex::encode(bytes)))
 }
 
+/// A key of a principal holding `admin` at `/` (the bootstrap and break-glass keys).
+fn admin_key<'a>(key_id: &'a KeyId, principal_id: &'a PrincipalId, name: &'a str, hash: &'a str, prefix: &'a str, source: &'a str) -> NewKey<'a> {
+    NewKey { key_id, principal_id, name, role: Some(Role::Admin.as_str()), scope: "/", hash, prefix, source }
+}
+
 fn key_prefix(key: &str) -> String {
     key.chars().take(10).collect()
 }
@@ -442,16 +447,7 @@ impl Service {
                     let holder = stored[0].principal_id.clone();
                     control::assign_role(c, holder.as_str(), Role::Admin.as_str(), "/")?;
                 } else {
-                    control::insert_key(c, &NewKey {
-                        key_id: &KeyId::generate(),
-                        principal_id: &admin,
-                        name: "admin",
-                        role: Some(Role::Admin.as_str()),
-                        scope: "/",
-                        hash: &hash,
-                        prefix: &prefix,
-                        source: "env",
-                    })?;
+                    control::insert_key(c, &admin_key(&KeyId::generate(), &admin, "admin", &hash, &prefix, "env"))?;
                 }
                 Ok(())
             })
@@ -485,16 +481,7 @@ impl Service {
         };
         let (hash, prefix, key_id) = (self.key_hasher.hash(&key), key_prefix(&key), KeyId::generate());
         self.control_write_in(Some(store), &Caller::system(), move |c| {
-            control::insert_key(c, &NewKey {
-                key_id: &key_id,
-                principal_id: &admin,
-                name: "admin",
-                role: Some(Role::Admin.as_str()),
-                scope: "/",
-                hash: &hash,
-                prefix: &prefix,
-                source: "generated",
-            })
+            control::insert_key(c, &admin_key(&key_id, &admin, "admin", &hash, &prefix, "generated"))
         })
         .await?;
         Ok(Some(key))
@@ -523,16 +510,7 @@ impl Service {
         let system = Caller::system();
         let (k, p, n) = (key_id.clone(), principal_id.clone(), name.clone());
         self.control_write(&system, move |c| {
-            control::insert_key(c, &NewKey {
-                key_id: &k,
-                principal_id: &p,
-                name: &n,
-                role: Some(Role::Admin.as_str()),
-                scope: "/",
-                hash: &hash,
-                prefix: &prefix,
-                source: "reset",
-            })
+            control::insert_key(c, &admin_key(&k, &p, &n, &hash, &prefix, "reset"))
         })
         .await?;
         let recorded = self.audit_durable(crate::audit::Audited {

@@ -380,12 +380,18 @@ impl Service {
 
     /// Replaces the control tables with `rows` (the control journal at `lsn`) and reloads the
     /// keys and locks from them.
-    pub(crate) async fn install_control(&self, store: &Arc<ProjectStore>, lsn: Lsn, rows: Vec<ControlRow>, pepper: Option<[u8; 32]>) -> Result<()> {
-        self.control.call(move |c| control::replace_control_rows(c, &rows)).await.map_err(Error::from)?;
+    async fn install_control(&self, store: &Arc<ProjectStore>, lsn: Lsn, rows: Vec<ControlRow>, pepper: Option<[u8; 32]>) -> Result<()> {
+        // One transaction: the tables replaced, then the keys and locks read back from them.
+        let (loaded, locks) = self
+            .control
+            .call(move |c| {
+                control::replace_control_rows(c, &rows)?;
+                Ok((control::keys_and_assignments(c)?, control::list_locks(c)?))
+            })
+            .await
+            .map_err(Error::from)?;
         self.key_hasher.set_control_pepper(pepper);
-        let loaded = self.control.call(control::keys_and_assignments).await.map_err(Error::from)?;
         self.install_keys(loaded);
-        let locks = self.control.call(control::list_locks).await.map_err(Error::from)?;
         self.install_locks(locks)?;
         *self.projected.lock().unwrap_or_else(|e| e.into_inner()) = (Some(Arc::downgrade(store)), lsn);
         Ok(())

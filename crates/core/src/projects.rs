@@ -374,14 +374,7 @@ impl Service {
     /// Undoes [`Service::reserve_project`] for a create or restore that failed: the catalog
     /// entry, the name across regions, and a system-assigned identity made for it.
     pub async fn unreserve_project(&self, id: &ProjectId, name: &str) {
-        let (pid, n) = (id.clone(), name.to_owned());
-        let released = self
-            .control_write(&Caller::system(), move |c| {
-                control::remove_system_identities(c, Some(&pid))?;
-                control::release_name(c, &n, &pid)
-            })
-            .await;
-        if let Err(e) = released {
+        if let Err(e) = self.release_reservation(id, name).await {
             tracing::warn!(project = %name, id = %id, error = %e, "cannot release the name of a failed create across regions yet; it is tried again");
             self.unreleased.lock().unwrap_or_else(|e| e.into_inner()).push((id.clone(), name.to_owned()));
         }
@@ -394,17 +387,21 @@ impl Service {
     pub(crate) async fn release_unreleased_names(&self) {
         let pending: Vec<_> = std::mem::take(&mut *self.unreleased.lock().unwrap_or_else(|e| e.into_inner()));
         for (id, name) in pending {
-            let (pid, n) = (id.clone(), name.clone());
-            let released = self
-                .control_write(&Caller::system(), move |c| {
-                    control::remove_system_identities(c, Some(&pid))?;
-                    control::release_name(c, &n, &pid)
-                })
-                .await;
-            if released.is_err() {
+            if self.release_reservation(&id, &name).await.is_err() {
                 self.unreleased.lock().unwrap_or_else(|e| e.into_inner()).push((id, name));
             }
         }
+    }
+
+    /// What a failed create holds on the control plane: its name across regions and a
+    /// system-assigned identity made for it.
+    async fn release_reservation(&self, id: &ProjectId, name: &str) -> Result<()> {
+        let (pid, n) = (id.clone(), name.to_owned());
+        self.control_write(&Caller::system(), move |c| {
+            control::remove_system_identities(c, Some(&pid))?;
+            control::release_name(c, &n, &pid)
+        })
+        .await
     }
 
     /// The catalog entry of an active project, by name or id.
