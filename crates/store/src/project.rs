@@ -180,6 +180,7 @@ impl ProjectStore {
             role: role.clone(),
             shared_epoch: shared_epoch.clone(),
             gate: gate.clone(),
+            promoting: false,
         };
         let handle = std::thread::Builder::new()
             .name(format!("writer-{id}"))
@@ -475,6 +476,10 @@ struct Writer {
     shared_epoch: std::sync::Arc<AtomicU64>,
     /// Shared with the store: asked once per batch; `false` refuses its writes.
     gate: std::sync::Arc<Mutex<Option<WriteGate>>>,
+    /// Committing the first change of a promotion: planned as the primary, while the store
+    /// still says what it was until that change is committed (so nothing reads a primary whose
+    /// journal does not yet say so).
+    promoting: bool,
 }
 
 impl Writer {
@@ -523,15 +528,17 @@ impl Writer {
                     let _ = reply.send(Err(StoreError::Rejected(Error::new(holdfast_types::ErrorKind::Conflict, refused))));
                     return;
                 }
-                let (role_before, epoch_before) = (self.role.load(Ordering::SeqCst), self.epoch);
-                self.role.store(Role::Primary as u8, Ordering::SeqCst);
+                let epoch_before = self.epoch;
                 self.epoch = epoch;
+                self.promoting = true;
                 let (inner, rx) = oneshot::channel();
                 self.commit_batch(&mut vec![WriteRequest { actor, request_id, plan, reply: inner }]);
+                self.promoting = false;
                 let result = rx.blocking_recv().unwrap_or(Err(StoreError::Closed));
-                if !matches!(result, Ok(Committed { lsn: Some(_), .. })) {
+                if matches!(result, Ok(Committed { lsn: Some(_), .. })) {
+                    self.role.store(Role::Primary as u8, Ordering::SeqCst);
+                } else {
                     // Nothing of the new epoch was committed: stay what we were.
-                    self.role.store(role_before, Ordering::SeqCst);
                     self.epoch = epoch_before;
                     self.shared_epoch.store(epoch_before.0, Ordering::SeqCst);
                 }
@@ -585,7 +592,7 @@ impl Writer {
                 let WriteRequest { actor, request_id, plan, reply } = request;
                 let ts = now_micros().max(self.last_ts).max(floor);
                 let sp = tx.savepoint()?;
-                let role = Role::from_u8(self.role.load(Ordering::SeqCst));
+                let role = if self.promoting { Role::Primary } else { Role::from_u8(self.role.load(Ordering::SeqCst)) };
                 let planned = if deleted {
                     // Nothing follows the project's deletion in its journal.
                     Err(StoreError::Deleted)
