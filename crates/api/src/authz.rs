@@ -174,6 +174,88 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", const_concat::STORE_BATCH_CANCEL, act(DataWrite)),
     // A search writes nothing.
     ("POST", const_concat::STORE_SEARCH, act(DataRead)),
+    // MLflow (tracking, registry, logged models, traces; searches write nothing).
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/experiments/create", act(MlWrite)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/experiments/get", act(MlRead)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/experiments/get-by-name", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/experiments/search", act(MlRead)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/experiments/search", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/experiments/update", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/experiments/delete", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/experiments/restore", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/experiments/set-experiment-tag", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/experiments/delete-experiment-tag", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/create", act(MlWrite)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/get", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/update", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/delete", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/restore", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/search", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/log-metric", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/log-parameter", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/log-batch", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/set-tag", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/delete-tag", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/log-inputs", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/outputs", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/runs/log-model", act(MlWrite)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/metrics/get-history", act(MlRead)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/metrics/get-history-bulk-interval", act(MlRead)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/artifacts/list", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/create", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/rename", act(MlWrite)),
+    ("PATCH", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/update", act(MlWrite)),
+    ("DELETE", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/delete", act(MlWrite)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/get", act(MlRead)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/search", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/get-latest-versions", act(MlRead)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/get-latest-versions", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/set-tag", act(MlWrite)),
+    ("DELETE", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/delete-tag", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/alias", act(MlWrite)),
+    ("DELETE", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/alias", act(MlWrite)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/registered-models/alias", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/model-versions/create", act(MlWrite)),
+    ("PATCH", "/api/projects/{project}/mlflow/api/2.0/mlflow/model-versions/update", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/model-versions/transition-stage", act(MlWrite)),
+    ("DELETE", "/api/projects/{project}/mlflow/api/2.0/mlflow/model-versions/delete", act(MlWrite)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/model-versions/get", act(MlRead)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/model-versions/search", act(MlRead)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/model-versions/get-download-uri", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/model-versions/set-tag", act(MlWrite)),
+    ("DELETE", "/api/projects/{project}/mlflow/api/2.0/mlflow/model-versions/delete-tag", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/logged-models", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/logged-models/search", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/traces", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/traces/search", act(MlRead)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/traces/delete-traces", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/traces/link-to-run", act(MlWrite)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/logged-models/{model_id}", act(MlRead)),
+    ("PATCH", "/api/projects/{project}/mlflow/api/2.0/mlflow/logged-models/{model_id}", act(MlWrite)),
+    ("DELETE", "/api/projects/{project}/mlflow/api/2.0/mlflow/logged-models/{model_id}", act(MlWrite)),
+    ("PATCH", "/api/projects/{project}/mlflow/api/2.0/mlflow/logged-models/{model_id}/tags", act(MlWrite)),
+    ("DELETE", "/api/projects/{project}/mlflow/api/2.0/mlflow/logged-models/{model_id}/tags/{tag_key}", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow/logged-models/{model_id}/params", act(MlWrite)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/logged-models/{model_id}/artifacts/directories", act(MlRead)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/traces/{trace_id}", act(MlRead)),
+    ("PATCH", "/api/projects/{project}/mlflow/api/2.0/mlflow/traces/{trace_id}/tags", act(MlWrite)),
+    ("DELETE", "/api/projects/{project}/mlflow/api/2.0/mlflow/traces/{trace_id}/tags", act(MlWrite)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow/server-info", Authenticated),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow-artifacts/artifacts", act(MlRead)),
+    ("GET", "/api/projects/{project}/mlflow/api/2.0/mlflow-artifacts/artifacts/{*path}", act(MlRead)),
+    ("PUT", "/api/projects/{project}/mlflow/api/2.0/mlflow-artifacts/artifacts/{*path}", act(MlWrite)),
+    ("DELETE", "/api/projects/{project}/mlflow/api/2.0/mlflow-artifacts/artifacts/{*path}", act(MlWrite)),
+    ("POST", "/api/projects/{project}/mlflow/api/2.0/mlflow-artifacts/mpu/{action}/{*path}", act(MlWrite)),
+    ("GET", "/api/projects/{project}/mlflow/version", Authenticated),
+    ("GET", "/api/projects/{project}/mlflow/health", Public),
+    ("POST", "/api/projects/{project}/mlflow/v1/traces", act(MlWrite)),
+    ("GET", "/mlflow/api/2.0/mlflow/workspaces", Authenticated),
+    ("GET", "/mlflow/api/2.0/mlflow/workspaces/{project}", act(MlRead)),
+    // ML environments (Holdfast's API).
+    ("GET", "/v1/projects/{project}/environments", act(MlRead)),
+    ("POST", "/v1/projects/{project}/environments", act(MlWrite)),
+    ("GET", "/v1/projects/{project}/environments/{name}", act(MlRead)),
+    ("GET", "/v1/projects/{project}/environments/{name}/versions/{version}", act(MlRead)),
 ];
 
 /// The Foundry and OpenAI templates, spelled out once (`concat!` needs literals).
@@ -245,9 +327,18 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         state.node.core.audit(Audited { status: response.status().as_u16(), ..audited });
         return response;
     };
-    // The Foundry and OpenAI facades answer in the OpenAI error shape.
+    // Each facade answers in its own error shape: MLflow's, the OpenAI one, Holdfast's.
+    let mlflow_shape = crate::mlflow::is_mlflow_path(&template);
     let openai_shape = template.starts_with("/api/");
-    let refuse = |e: Error| if openai_shape { OaError(e).into_response() } else { ApiError(e).into_response() };
+    let refuse = |e: Error| {
+        if mlflow_shape {
+            crate::mlflow::MlError(e).into_response()
+        } else if openai_shape {
+            OaError(e).into_response()
+        } else {
+            ApiError(e).into_response()
+        }
+    };
     let declared = if method == Method::HEAD { "GET" } else { method.as_str() };
     let need = match need_of(declared, &template) {
         Some(need) => need,

@@ -90,7 +90,7 @@ fn forwards(method: &Method, template: &str) -> bool {
     if method == Method::GET || method == Method::HEAD {
         return false;
     }
-    !matches!(need_of(method.as_str(), template), Some(Need::Action(Action::DataRead | Action::SecretsRead | Action::Failover)))
+    !matches!(need_of(method.as_str(), template), Some(Need::Action(Action::DataRead | Action::MlRead | Action::SecretsRead | Action::Failover)))
 }
 
 fn refuse(template: &str, e: Error) -> Response {

@@ -13,6 +13,7 @@ mod check;
 pub mod consistency;
 mod control;
 pub mod error;
+mod environments;
 mod export;
 mod extract;
 mod foundry;
@@ -21,6 +22,7 @@ mod idempotency;
 mod identities;
 mod locks;
 mod middleware;
+mod mlflow;
 mod replication;
 mod roles;
 pub mod telemetry;
@@ -54,7 +56,8 @@ pub struct HttpLimits {
     security(("bearer" = [])),
     tags((name = "projects"), (name = "keys"), (name = "locks"), (name = "audit"), (name = "operations"), (name = "connections"),
         (name = "foundry", description = "Foundry Agent Service wire protocol"),
-        (name = "openai", description = "OpenAI-compatible routes"))
+        (name = "openai", description = "OpenAI-compatible routes"),
+        (name = "mlflow", description = "MLflow's REST API under /api/projects/{project}/mlflow (also as /api/3.0/…, and /mlflow/… with X-MLFLOW-WORKSPACE)"))
 )]
 struct ApiDoc;
 
@@ -106,7 +109,7 @@ impl utoipa::Modify for IdempotentWrites {
 
 /// Every route and its OpenAPI description, from one list, so the two cannot drift apart.
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(check::routes()).merge(locks::routes()).merge(roles::routes()).merge(identities::routes()).merge(audit::routes()).merge(replication::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(control::routes()).merge(foundry::routes()).merge(mlflow::routes()).merge(environments::routes()).merge(export::routes()).merge(history::routes()).merge(backup::routes()).merge(check::routes()).merge(locks::routes()).merge(roles::routes()).merge(identities::routes()).merge(audit::routes()).merge(replication::routes())
 }
 
 /// The OpenAPI document of every route, built once.
@@ -123,7 +126,7 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
 /// The whole HTTP application.
 pub fn app(state: AppState, limits: HttpLimits) -> Router {
     let (router, _) = routes().split_for_parts();
-    router
+    let inner = router
         .fallback(error::unknown_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -132,5 +135,7 @@ pub fn app(state: AppState, limits: HttpLimits) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), authz::authorize))
         .layer(axum::middleware::from_fn(middleware::observe))
         .layer(CatchPanicLayer::custom(error::panic_response))
-        .with_state(state)
+        .with_state(state);
+    // MLflow's URL forms (workspace header, /api/3.0) become project routes before routing.
+    Router::new().fallback_service(tower::ServiceExt::map_request(inner, mlflow::rewrite as fn(_) -> _))
 }

@@ -60,6 +60,10 @@ pub enum Action {
     Failover,
     /// Reading the server's metrics (`/metrics`): they name every project.
     MetricsRead,
+    /// Reading a project's ML workspace (experiments, runs, models, traces, environments).
+    MlRead,
+    /// Creating, changing and deleting what a project's ML workspace holds.
+    MlWrite,
 }
 
 impl Action {
@@ -84,11 +88,13 @@ impl Action {
             Action::ProjectsPurge => "projects/purge",
             Action::Failover => "projects/failover",
             Action::MetricsRead => "metrics/read",
+            Action::MlRead => "projects/ml/read",
+            Action::MlWrite => "projects/ml/write",
         }
     }
 
     /// Every action, for validating role patterns and listing.
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 21] = [
         Action::ProjectsRead,
         Action::ProjectsWrite,
         Action::JournalRead,
@@ -108,6 +114,8 @@ impl Action {
         Action::ProjectsPurge,
         Action::Failover,
         Action::MetricsRead,
+        Action::MlRead,
+        Action::MlWrite,
     ];
 
     /// Whether this changes a project's record or its control-plane resources (connections),
@@ -121,7 +129,7 @@ impl Action {
     /// Whether this acts on a project's contents (a role's `data_actions`) rather than the
     /// control plane (its `actions`).
     pub fn is_data(self) -> bool {
-        matches!(self, Action::DataRead | Action::DataWrite | Action::SecretsRead)
+        matches!(self, Action::DataRead | Action::DataWrite | Action::SecretsRead | Action::MlRead | Action::MlWrite)
     }
 }
 
@@ -157,15 +165,21 @@ pub fn built_in_definition(role: &Role) -> Option<RoleDefinition> {
         Role::Contributor => (
             "Read and write projects, their contents and connections, export, read backup status; no access, locks, journals, restore or purge",
             &["projects/read", "projects/write", "projects/connections/write", "projects/export", "projects/backup/read"],
-            &["projects/data/*", "projects/connections/secrets/read"],
+            &["projects/data/*", "projects/connections/secrets/read", "projects/ml/*"],
         ),
-        Role::Reader => ("Read projects and their contents", &["projects/read"], &["projects/data/read"]),
+        Role::Reader => ("Read projects and their contents", &["projects/read"], &["projects/data/read", "projects/ml/read"]),
         Role::AiUser => (
             "Read and write a project's contents, read the project; never create connections or read their secrets",
             &["projects/read"],
             &["projects/data/read", "projects/data/write"],
         ),
         Role::AiReader => ("Read a project's contents and the project", &["projects/read"], &["projects/data/read"]),
+        Role::MlUser => (
+            "Read and write a project's ML workspace, read the project; nothing of its agents",
+            &["projects/read"],
+            &["projects/ml/read", "projects/ml/write"],
+        ),
+        Role::MlReader => ("Read a project's ML workspace and the project", &["projects/read"], &["projects/ml/read"]),
         Role::BackupOperator => (
             "Backup, restore and export; read projects; no deletes, no contents",
             &["projects/read", "projects/backup/*", "projects/export", "projects/restore"],

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use holdfast_store::{Committed, Plan, ProjectStore, StateView};
-use holdfast_types::{Error, Kind, now_micros};
+use holdfast_types::{Error, Kind, Op, now_micros};
 
 use crate::idempotency;
 use crate::locks::{SharedLocks, check_data_locks};
@@ -79,6 +79,26 @@ impl Data {
             }
         }
         committed.map_err(Error::from)
+    }
+
+    /// [`Data::commit`] for a plan that also decides something the caller answers with (an id it
+    /// chose from the state, say): the plan returns its ops and that value.
+    pub async fn commit_with<T, F>(&self, plan: F) -> Result<(Committed, T)>
+    where
+        F: FnOnce(&StateView<'_>) -> Result<(Vec<Op>, T)> + Send + 'static,
+        T: Send + 'static,
+    {
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let out = slot.clone();
+        let committed = self
+            .commit(Box::new(move |view| {
+                let (ops, value) = plan(view)?;
+                *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+                Ok(ops)
+            }))
+            .await?;
+        let value = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        value.map(|v| (committed, v)).ok_or_else(|| Error::internal("a committed plan left no answer"))
     }
 
     /// Reads on a reader connection.

@@ -694,6 +694,29 @@ impl Service {
         self.list_catalog(caller, after, limit, false).await
     }
 
+    /// The names of the active projects where `caller` may perform `action`, in name order:
+    /// what a key scoped to some projects sees of the catalog (MLflow's workspaces).
+    pub async fn project_names_where(&self, caller: &Caller, action: Action) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let from = after.clone();
+            let entries = self
+                .control
+                .call(move |c| control::list_projects(c, from.as_deref(), MAX_PAGE, false))
+                .await
+                .map_err(Error::from)?;
+            let Some(last) = entries.last() else { break };
+            after = Some(last.name.clone());
+            for e in entries.iter().filter(|e| !self.is_control_project(e)) {
+                if caller.require(action, &format!("/projects/{}", e.name)).is_ok() {
+                    names.push(e.name.clone());
+                }
+            }
+        }
+        Ok(names)
+    }
+
     /// Soft-deleted projects, with when each was deleted and will be purged.
     pub async fn list_deleted_projects(
         &self,

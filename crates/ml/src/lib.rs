@@ -1,9 +1,92 @@
-//! The ML workspace: experiments, runs, metrics, artifacts, registered models, traces and
-//! environments, served over MLflow's wire protocol by `holdfast-api`'s `mlflow` facade.
+//! The ML workspace: experiments, runs, metrics, artifacts, registered models, logged models,
+//! traces and environments, served over MLflow's wire protocol by `holdfast-api`'s `mlflow`
+//! facade.
 //!
-//! This room is empty today; the ML workspace issue fills it. Its shape is set: like
-//! `holdfast-agents`, it keeps its state as resources of a project, changes them only through
-//! the core's door ([`holdfast_core::Service::data`] → [`holdfast_core::Data::commit`]), and so
-//! gets replication, backup, export, undelete, locks and audit from the journal without code
-//! of its own. What it adds to a project's life (none yet) it tells the core through a
-//! [`holdfast_core::Domain`].
+//! Like `holdfast-agents`, it keeps its state as resources of a project (the `ml_*` kinds) and
+//! changes them only through the core's door ([`holdfast_core::Service::data`] →
+//! [`holdfast_core::Data::commit`]), so replication, failover, backup, restore, export,
+//! undelete, locks and audit cover it without code here. Bodies are kept close to MLflow's wire
+//! shape; metric histories are batches of points, one resource per logging call (see
+//! docs/formats/journal.md).
+//!
+//! Architecture Invariant: this crate depends on the core and the layers below it, never on
+//! another domain crate or on HTTP routing; it knows MLflow's JSON shapes, not its routes.
+
+pub mod artifacts;
+pub mod environments;
+pub mod experiments;
+pub mod logged_models;
+pub mod registry;
+pub mod runs;
+pub mod search;
+pub mod traces;
+pub mod wire;
+
+use std::sync::Arc;
+
+use holdfast_core::{Action, Caller, Result, Service};
+use holdfast_store::StateView;
+use holdfast_types::Error;
+use serde_json::Value;
+
+/// The MLflow version whose wire this workspace speaks (`GET /version`).
+pub const MLFLOW_VERSION: &str = "3.17.2";
+
+/// The ML workspace's operations, as the facade calls them.
+pub struct Ml {
+    core: Arc<Service>,
+}
+
+impl Ml {
+    pub fn new(core: Arc<Service>) -> Self {
+        Self { core }
+    }
+
+    /// Reads the project for a caller who may read its ML workspace.
+    async fn read<R, F>(&self, caller: &Caller, project: &str, f: F) -> Result<R>
+    where
+        F: FnOnce(&StateView<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.data(caller, project, Action::MlRead).await?.read(f).await
+    }
+
+    /// The projects whose ML workspace the caller may read (MLflow's workspaces).
+    pub async fn workspaces(&self, caller: &Caller) -> Result<Vec<Value>> {
+        let names = self.core.project_names_where(caller, Action::MlRead).await?;
+        Ok(names.into_iter().map(|name| serde_json::json!({ "name": name })).collect())
+    }
+}
+
+/// Which lifecycle stages a search sees: MLflow's `ViewType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ViewType {
+    ActiveOnly,
+    DeletedOnly,
+    All,
+}
+
+impl ViewType {
+    /// From its name or proto number; active only when absent.
+    pub(crate) fn parse(value: Option<&Value>) -> Result<Self> {
+        let text = match value {
+            None | Some(Value::Null) => return Ok(Self::ActiveOnly),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        match text.as_str() {
+            "ACTIVE_ONLY" | "1" | "" => Ok(Self::ActiveOnly),
+            "DELETED_ONLY" | "2" => Ok(Self::DeletedOnly),
+            "ALL" | "3" => Ok(Self::All),
+            other => Err(Error::invalid(format!("Invalid view type {other:?}: ACTIVE_ONLY, DELETED_ONLY or ALL"))),
+        }
+    }
+
+    pub(crate) fn admits(self, active: bool) -> bool {
+        match self {
+            Self::ActiveOnly => active,
+            Self::DeletedOnly => !active,
+            Self::All => true,
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_agents::{Agents, AgentsConfig, AgentsDomain};
+use holdfast_ml::Ml;
 use holdfast_core::{Domain, Result, Service, ServiceConfig};
 use holdfast_types::Error;
 use holdfast_geo::{Geo, GeoConfig, GeoDomain};
@@ -45,6 +46,7 @@ impl Config {
 pub struct Holdfast {
     pub core: Arc<Service>,
     pub agents: Arc<Agents>,
+    pub ml: Arc<Ml>,
     pub recovery: Arc<Recovery>,
     pub geo: Arc<Geo>,
     pub governance: Arc<Governance>,
@@ -87,10 +89,11 @@ impl Holdfast {
         let core = Arc::new(opened.service);
         core.bind();
         let agents = Arc::new(Agents::new(core.clone(), &agents, &config.agents));
+        let ml = Arc::new(Ml::new(core.clone()));
         let recovery = Arc::new(Recovery::new(core.clone(), &recovery, &config.recovery));
         let geo = Geo::new(core.clone(), &geo);
         let governance = Arc::new(Governance::new(core.clone(), recovery.clone(), geo.clone()));
-        Ok(Opened { node: Holdfast { core, agents, recovery, geo, governance }, generated_admin_key: opened.generated_admin_key })
+        Ok(Opened { node: Holdfast { core, agents, ml, recovery, geo, governance }, generated_admin_key: opened.generated_admin_key })
     }
 
     /// Starts the background tasks; they run until [`Holdfast::shutdown`].

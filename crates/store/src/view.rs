@@ -101,6 +101,20 @@ impl<'c> StateView<'c> {
         rows.map(|r| r?).collect()
     }
 
+    /// Resources of `kind` whose id starts with `prefix`, in id order, after the id `after`
+    /// (a range of the primary key: an artifact directory, say).
+    pub fn list_by_id_prefix(&self, kind: Kind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Resource>> {
+        // Every id with the prefix sorts before the prefix followed by the largest character.
+        let upper = format!("{prefix}\u{10FFFF}");
+        let lower = after.filter(|a| *a >= prefix).unwrap_or(prefix);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kind, id, parent, seq, created_us, updated_us, body FROM resources
+             WHERE kind = ?1 AND id >= ?2 AND id < ?3 AND (?4 IS NULL OR id > ?4) ORDER BY id LIMIT ?5",
+        )?;
+        let rows = stmt.query_map(params![kind.as_str(), lower, upper, after, limit as i64], resource_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
     pub fn count(&self, kind: Kind, parent: Option<&str>) -> Result<u64> {
         Ok(self
             .conn

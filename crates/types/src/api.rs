@@ -162,6 +162,11 @@ pub enum Role {
     AiUser,
     /// Read a project's contents and the project; nothing else.
     AiReader,
+    /// Read and write a project's ML workspace (experiments, runs, models, traces,
+    /// environments), read the project; nothing of its agents.
+    MlUser,
+    /// Read a project's ML workspace and the project.
+    MlReader,
     /// Backup, restore and export; read projects; no deletes, no contents.
     BackupOperator,
     /// Read the server's metrics (`/metrics`, for a Prometheus scraper); nothing else.
@@ -172,12 +177,14 @@ pub enum Role {
 
 impl Role {
     /// The built-in roles, most powerful first.
-    pub const BUILT_IN: [Role; 7] = [
+    pub const BUILT_IN: [Role; 9] = [
         Role::Admin,
         Role::Contributor,
         Role::Reader,
         Role::AiUser,
         Role::AiReader,
+        Role::MlUser,
+        Role::MlReader,
         Role::BackupOperator,
         Role::MonitoringReader,
     ];
@@ -189,6 +196,8 @@ impl Role {
             Role::Reader => "reader",
             Role::AiUser => "ai_user",
             Role::AiReader => "ai_reader",
+            Role::MlUser => "ml_user",
+            Role::MlReader => "ml_reader",
             Role::BackupOperator => "backup_operator",
             Role::MonitoringReader => "monitoring_reader",
             Role::Custom(name) => name,
@@ -204,6 +213,8 @@ impl Role {
             "reader" | "Reader" => Role::Reader,
             "ai_user" | "AI User" => Role::AiUser,
             "ai_reader" | "AI Reader" => Role::AiReader,
+            "ml_user" | "ML User" => Role::MlUser,
+            "ml_reader" | "ML Reader" => Role::MlReader,
             "backup_operator" | "Backup Operator" => Role::BackupOperator,
             "monitoring_reader" | "Monitoring Reader" => Role::MonitoringReader,
             other => Role::Custom(other.to_owned()),

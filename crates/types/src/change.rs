@@ -79,10 +79,31 @@ pub enum Kind {
     Lock,
     /// Control plane: which project holds a name across regions (`{name}`).
     ProjectName,
+    /// ML workspace: an experiment (its MLflow id, `"0"` for the default one).
+    MlExperiment,
+    /// ML workspace: a run (its 32-hex MLflow id); child of its experiment. Its body keeps the
+    /// params, tags and latest value of each metric.
+    MlRun,
+    /// ML workspace: a batch of metric points logged in one call (`{run}:{digest}`, named by
+    /// its content so a retried batch is the same resource); child of its run.
+    MlMetrics,
+    /// ML workspace: an artifact (its path under the project's artifact root); its bytes are a
+    /// blob. Child of the run, logged model or trace whose directory holds it.
+    MlArtifact,
+    /// ML workspace: a registered model (`rm_…`); parent of its versions.
+    MlRegisteredModel,
+    /// ML workspace: a version of a registered model (`{model}/{version}`).
+    MlModelVersion,
+    /// ML workspace: an MLflow 3 logged model (`m-…`); child of its experiment.
+    MlLoggedModel,
+    /// ML workspace: a trace (`tr-…`); child of its experiment.
+    MlTrace,
+    /// ML workspace: an immutable environment version (`{name}:{version}`).
+    MlEnvironment,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 29] = [
         Kind::Project,
         Kind::Connection,
         Kind::Deployment,
@@ -103,6 +124,15 @@ impl Kind {
         Kind::RoleDefinition,
         Kind::Lock,
         Kind::ProjectName,
+        Kind::MlExperiment,
+        Kind::MlRun,
+        Kind::MlMetrics,
+        Kind::MlArtifact,
+        Kind::MlRegisteredModel,
+        Kind::MlModelVersion,
+        Kind::MlLoggedModel,
+        Kind::MlTrace,
+        Kind::MlEnvironment,
     ];
 
     /// The kinds only the control journal holds.
@@ -131,6 +161,15 @@ impl Kind {
             Kind::RoleDefinition => "role_definition",
             Kind::Lock => "lock",
             Kind::ProjectName => "project_name",
+            Kind::MlExperiment => "ml_experiment",
+            Kind::MlRun => "ml_run",
+            Kind::MlMetrics => "ml_metrics",
+            Kind::MlArtifact => "ml_artifact",
+            Kind::MlRegisteredModel => "ml_registered_model",
+            Kind::MlModelVersion => "ml_model_version",
+            Kind::MlLoggedModel => "ml_logged_model",
+            Kind::MlTrace => "ml_trace",
+            Kind::MlEnvironment => "ml_environment",
         }
     }
 
