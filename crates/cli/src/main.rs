@@ -124,6 +124,9 @@ enum Command {
     /// Manage a project's model deployments.
     #[command(subcommand)]
     Deployment(DeploymentCmd),
+    /// Manage a project's ML environments: versioned, immutable images or build specs.
+    #[command(subcommand)]
+    Environment(EnvironmentCmd),
     /// Manage API keys (admin).
     #[command(subcommand)]
     Key(KeyCmd),
@@ -420,6 +423,49 @@ enum ConnectionCmd {
     Health {
         #[arg(long)]
         project: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnvironmentCmd {
+    /// Create the next version of an environment (version 1 for a new name).
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        name: String,
+        /// An image reference, such as `python:3.11-slim`.
+        #[arg(long)]
+        image: Option<String>,
+        /// A Dockerfile to build from (its text is stored).
+        #[arg(long)]
+        dockerfile: Option<std::path::PathBuf>,
+        /// A conda environment file (its text is stored).
+        #[arg(long)]
+        conda: Option<std::path::PathBuf>,
+        /// A pip requirements file (its text is stored).
+        #[arg(long)]
+        pip: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A tag, `KEY=VALUE`; repeat it.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// List environment versions (`--name` narrows to one environment).
+    List {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show an environment's latest version, or `--version`.
+    Show {
+        name: String,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        version: Option<u64>,
     },
 }
 
@@ -877,6 +923,43 @@ async fn client_cmd(client: &Client, command: Command, format: Format) -> Result
             DeploymentCmd::Delete { project, name } => {
                 client.delete(&format!("/v1/projects/{}/deployments/{}", seg(&project), seg(&name))).await?;
                 done(format, "deleted", &name)?;
+            }
+        },
+        Command::Environment(cmd) => match cmd {
+            EnvironmentCmd::Create { project, name, image, dockerfile, conda, pip, description, tags } => {
+                let read = |p: Option<std::path::PathBuf>| -> anyhow::Result<Option<String>> {
+                    p.map(|p| std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))).transpose()
+                };
+                let build = json!({ "dockerfile": read(dockerfile)?, "conda": read(conda)?, "pip": read(pip)? });
+                let mut tag_map = serde_json::Map::new();
+                for t in tags {
+                    let (k, v) = t.split_once('=').ok_or_else(|| anyhow::anyhow!("--tag {t:?} must be KEY=VALUE"))?;
+                    tag_map.insert(k.to_owned(), json!(v));
+                }
+                let mut body = json!({ "name": name, "description": description, "tags": tag_map });
+                if let Some(image) = image {
+                    body["image"] = json!(image);
+                }
+                if build.as_object().is_some_and(|b| b.values().any(|v| !v.is_null())) {
+                    let fields: serde_json::Map<String, serde_json::Value> =
+                        build.as_object().into_iter().flatten().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+                    body["build"] = serde_json::Value::Object(fields);
+                }
+                let created: serde_json::Value = client.post(&format!("/v1/projects/{}/environments", seg(&project)), &body).await?;
+                print(format, &created, &[])?;
+            }
+            EnvironmentCmd::List { project, name } => {
+                let query = name.map(|n| format!("?name={}", seg(&n))).unwrap_or_default();
+                let list: serde_json::Value = client.get(&format!("/v1/projects/{}/environments{query}", seg(&project))).await?;
+                print(format, &list, &["name", "version", "image", "description", "created_by"])?;
+            }
+            EnvironmentCmd::Show { name, project, version } => {
+                let path = match version {
+                    Some(v) => format!("/v1/projects/{}/environments/{}/versions/{v}", seg(&project), seg(&name)),
+                    None => format!("/v1/projects/{}/environments/{}", seg(&project), seg(&name)),
+                };
+                let env: serde_json::Value = client.get(&path).await?;
+                print(format, &env, &[])?;
             }
         },
         Command::Key(cmd) => match cmd {
