@@ -70,11 +70,8 @@ pub fn mark_committed(response: &mut Response, lsn: Option<holdfast_types::Lsn>)
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-pub async fn unknown_route(uri: axum::http::Uri) -> Response {
-    if crate::mlflow::is_mlflow_path(uri.path()) {
-        return crate::mlflow::endpoint_not_found(&uri);
-    }
-    ApiError(Error::not_found(format!("no route for {}", uri.path()))).into_response()
+pub async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError(Error::not_found(format!("no route for {}", uri.path())))
 }
 
 pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {

@@ -123,11 +123,21 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     })
 }
 
+/// No route: MLflow's `ENDPOINT_NOT_FOUND` under its prefixes (the client probes with it),
+/// Holdfast's 404 elsewhere.
+async fn unknown_route(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if mlflow::is_mlflow_path(uri.path()) {
+        return mlflow::endpoint_not_found(&uri);
+    }
+    error::unknown_route(uri).await.into_response()
+}
+
 /// The whole HTTP application.
 pub fn app(state: AppState, limits: HttpLimits) -> Router {
     let (router, _) = routes().split_for_parts();
     let inner = router
-        .fallback(error::unknown_route)
+        .fallback(unknown_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         // Inside the gate: a hot replica's writes go to the primary; LSN headers, min-LSN waits.

@@ -14,7 +14,7 @@ use holdfast_types::{Error, ErrorKind, Kind, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::wire::{self, opt_string, parse, store_err};
+use crate::wire::{self, check_path, opt_string, parse, root_path, store_err};
 use crate::{Ml, runs};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -26,20 +26,6 @@ pub(crate) struct ArtifactBody {
 
 /// Most files one listing walks.
 const MAX_LISTED: usize = 100_000;
-
-/// A path under the artifact root: relative, `/`-separated, no empty, `.` or `..` component.
-pub fn check_path(path: &str) -> Result<String> {
-    let path = path.trim_matches('/');
-    let bad = path.is_empty()
-        || path.len() > 4096
-        || path.split('/').any(|p| p.is_empty() || p == "." || p == "..")
-        || path.contains('\\')
-        || path.chars().any(char::is_control);
-    if bad {
-        return Err(Error::invalid(format!("Invalid artifact path: '{path}'")));
-    }
-    Ok(path.to_owned())
-}
 
 /// The run, logged model or trace whose directory holds `path`, if it exists.
 fn owner(view: &StateView<'_>, path: &str) -> Result<Option<String>> {
@@ -93,11 +79,6 @@ pub struct ListQuery {
     pub run_uuid: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
     pub page_token: Option<String>,
-}
-
-/// The path under the artifact root of a `mlflow-artifacts:/…` URI.
-pub(crate) fn root_path(uri: &str) -> &str {
-    uri.strip_prefix("mlflow-artifacts:").unwrap_or(uri).trim_start_matches('/')
 }
 
 impl Ml {

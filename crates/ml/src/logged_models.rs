@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::experiments::{self, page};
 use crate::search::{self, Entity, Filter, KeyType, OrderBy, Searchable};
 use crate::wire::{self, KeyValue, metric_value, now_ms, opt_i64, opt_string, pairs, parse, store_err, strings, to_body};
-use crate::{Ml, artifacts};
+use crate::Ml;
 
 const STATUSES: [&str; 4] = ["LOGGED_MODEL_STATUS_UNSPECIFIED", "LOGGED_MODEL_PENDING", "LOGGED_MODEL_READY", "LOGGED_MODEL_UPLOAD_FAILED"];
 
@@ -108,15 +108,15 @@ fn get(view: &StateView<'_>, id: &str) -> Result<LoggedModel> {
     Ok(LoggedModel { id: r.id.clone(), body: parse(&r)? })
 }
 
-/// Where a model version's files are when its source names a logged model (`models:/m-…`), or
-/// when it says which logged model it is.
-pub(crate) fn storage_of(view: &StateView<'_>, source: &str, model_id: &str) -> Result<Option<String>> {
+/// The logged model a model version's source names (`models:/m-…`, or its artifact location
+/// with the version's `model_id`), if it exists.
+pub(crate) fn find_for(view: &StateView<'_>, source: &str, model_id: &str) -> Result<Option<LoggedModelBody>> {
     let named = source.strip_prefix("models:/").filter(|s| s.starts_with("m-")).map(|s| s.trim_end_matches('/'));
     for id in [named, Some(model_id).filter(|m| !m.is_empty())].into_iter().flatten() {
         if let Some(r) = view.get(Kind::MlLoggedModel, id).map_err(store_err)? {
             let body: LoggedModelBody = parse(&r)?;
             if named.is_some() || source == body.artifact_uri {
-                return Ok(Some(body.artifact_uri));
+                return Ok(Some(body));
             }
         }
     }
@@ -309,7 +309,7 @@ impl Ml {
         data.commit(Box::new(move |view| {
             let model = get(view, &id)?;
             let mut ops: Vec<Op> = view
-                .list_by_id_prefix(Kind::MlArtifact, &format!("{}/", artifacts::root_path(&model.body.artifact_uri)), None, usize::MAX >> 1)
+                .list_by_id_prefix(Kind::MlArtifact, &format!("{}/", wire::root_path(&model.body.artifact_uri)), None, usize::MAX >> 1)
                 .map_err(store_err)?
                 .into_iter()
                 .map(|r| Op::Delete { kind: Kind::MlArtifact, id: r.id })
@@ -370,9 +370,9 @@ impl Ml {
         let req: LoggedModelRequest = wire::request(req)?;
         let id = id.to_owned();
         let root = self.read(caller, project, move |view| Ok(get(view, &id)?.body.artifact_uri)).await?;
-        let mut path = artifacts::root_path(&root).to_owned();
+        let mut path = wire::root_path(&root).to_owned();
         if let Some(sub) = req.artifact_directory_path.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
-            path = format!("{path}/{}", artifacts::check_path(sub)?);
+            path = format!("{path}/{}", wire::check_path(sub)?);
         }
         let mut out = self.list_artifacts_proxy(caller, project, json!({ "path": path })).await?;
         out["root_uri"] = json!(root);

@@ -462,7 +462,7 @@ impl Ml {
                 .body
                 .aliases
                 .get(&alias)
-                .ok_or_else(|| Error::not_found(format!("Registered model alias {alias} not found.")))?;
+                .ok_or_else(|| Error::invalid(format!("Registered model alias {alias} not found.")))?;
             let body = get_version(view, &model, version)?;
             Ok(json!({ "model_version": Version { model: &model.body, body }.wire() }))
         })
@@ -480,7 +480,10 @@ impl Ml {
             .commit_with(move |view| {
                 let mut model = get_model(view, &name)?;
                 let model_id = req.model_id.clone().unwrap_or_default();
-                let storage_location = logged_models::storage_of(view, &source, &model_id)?.unwrap_or_else(|| source.clone());
+                let logged = logged_models::find_for(view, &source, &model_id)?;
+                let storage_location = logged.as_ref().map_or_else(|| source.clone(), |m| m.artifact_uri.clone());
+                // A version of a logged model comes from the run that made it, as MLflow says.
+                let run_id = req.run_id.clone().filter(|r| !r.is_empty()).or_else(|| logged.map(|m| m.source_run_id)).unwrap_or_default();
                 let now = now_ms();
                 model.body.last_version += 1;
                 model.body.last_updated_timestamp = now;
@@ -491,7 +494,7 @@ impl Ml {
                     description: req.description.clone().unwrap_or_default(),
                     source,
                     storage_location,
-                    run_id: req.run_id.clone().unwrap_or_default(),
+                    run_id,
                     run_link: req.run_link.clone().unwrap_or_default(),
                     model_id,
                     current_stage: "None".into(),

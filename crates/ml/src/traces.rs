@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::experiments::{self, page};
 use crate::search::{self, Entity, Filter, KeyType, OrderBy, Searchable};
 use crate::wire::{self, opt_i64, opt_string, store_err, strings, to_body};
-use crate::{Ml, artifacts};
+use crate::Ml;
 
 const ARTIFACT_LOCATION_TAG: &str = "mlflow.artifactLocation";
 
@@ -251,7 +251,7 @@ impl Ml {
                 };
                 let mut ops = Vec::new();
                 for t in &chosen {
-                    let dir = format!("{}/", artifacts::root_path(t.info.pointer(&format!("/tags/{}", ARTIFACT_LOCATION_TAG.replace('/', "~1"))).and_then(Value::as_str).unwrap_or("")));
+                    let dir = format!("{}/", wire::root_path(t.info.pointer(&format!("/tags/{}", ARTIFACT_LOCATION_TAG.replace('/', "~1"))).and_then(Value::as_str).unwrap_or("")));
                     if dir.len() > 1 {
                         for r in view.list_by_id_prefix(Kind::MlArtifact, &dir, None, 10_000).map_err(store_err)? {
                             ops.push(Op::Delete { kind: Kind::MlArtifact, id: r.id });

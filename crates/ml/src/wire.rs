@@ -121,6 +121,27 @@ pub(crate) fn max_results(asked: Option<i64>, default: usize, limit: usize) -> R
     }
 }
 
+// ---- artifact paths ----
+
+/// A path under the artifact root: relative, `/`-separated, no empty, `.` or `..` component.
+pub fn check_path(path: &str) -> Result<String> {
+    let path = path.trim_matches('/');
+    let bad = path.is_empty()
+        || path.len() > 4096
+        || path.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+        || path.contains('\\')
+        || path.chars().any(char::is_control);
+    if bad {
+        return Err(Error::invalid(format!("Invalid artifact path: '{path}'")));
+    }
+    Ok(path.to_owned())
+}
+
+/// The path under the artifact root of a `mlflow-artifacts:/…` URI.
+pub(crate) fn root_path(uri: &str) -> &str {
+    uri.strip_prefix("mlflow-artifacts:").unwrap_or(uri).trim_start_matches('/')
+}
+
 // ---- lenient request fields ----
 
 /// A string, or a number or bool written as one (query strings, loose clients).
