@@ -14,15 +14,13 @@ use std::sync::OnceLock;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use holdfast_core::Action;
 use holdfast_core::audit::Audited;
 use holdfast_types::RequestId;
 use holdfast_types::Error;
 
 use crate::AppState;
-use crate::error::ApiError;
-use crate::foundry::OaError;
 
 /// What a route needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,18 +325,7 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         state.node.core.audit(Audited { status: response.status().as_u16(), ..audited });
         return response;
     };
-    // Each facade answers in its own error shape: MLflow's, the OpenAI one, Holdfast's.
-    let mlflow_shape = crate::mlflow::is_mlflow_path(&template);
-    let openai_shape = template.starts_with("/api/");
-    let refuse = |e: Error| {
-        if mlflow_shape {
-            crate::mlflow::MlError(e).into_response()
-        } else if openai_shape {
-            OaError(e).into_response()
-        } else {
-            ApiError(e).into_response()
-        }
-    };
+    let refuse = |e: Error| crate::refusal(&template, e);
     let declared = if method == Method::HEAD { "GET" } else { method.as_str() };
     let need = match need_of(declared, &template) {
         Some(need) => need,

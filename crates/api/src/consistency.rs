@@ -22,14 +22,12 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use holdfast_core::Action;
 use holdfast_geo::consistency::{Holding, LocalCopy};
 use holdfast_types::{Error, ErrorKind, Lsn, RequestId};
 
 use crate::authz::{Need, need_of};
-use crate::error::ApiError;
-use crate::foundry::OaError;
 use crate::{AppState, HttpLimits};
 
 /// The copy's last LSN after the request.
@@ -94,7 +92,7 @@ fn forwards(method: &Method, template: &str) -> bool {
 }
 
 fn refuse(template: &str, e: Error) -> Response {
-    if template.starts_with("/api/") { OaError(e).into_response() } else { ApiError(e).into_response() }
+    crate::refusal(template, e)
 }
 
 /// The middleware.

@@ -123,6 +123,19 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     })
 }
 
+/// An error before or around a handler, in the error shape of the facade the route template
+/// belongs to: MLflow's, the OpenAI one (Foundry), or Holdfast's.
+pub(crate) fn refusal(template: &str, e: holdfast_types::Error) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if mlflow::is_mlflow_path(template) {
+        mlflow::MlError(e).into_response()
+    } else if template.starts_with("/api/") {
+        foundry::OaError(e).into_response()
+    } else {
+        error::ApiError(e).into_response()
+    }
+}
+
 /// No route: MLflow's `ENDPOINT_NOT_FOUND` under its prefixes (the client probes with it),
 /// Holdfast's 404 elsewhere.
 async fn unknown_route(uri: axum::http::Uri) -> axum::response::Response {

@@ -10,7 +10,7 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::BlobError;
+use crate::{BlobError, BlobHash};
 use crate::faults::{FAULTS_ENV, Faults, Unreliable};
 
 #[derive(Clone, Debug)]
@@ -116,6 +116,59 @@ impl Objects {
         .await
         .map_err(std::io::Error::other)??;
         Ok(())
+    }
+
+    /// Stores a stream of bytes at `location` without holding it in memory (multipart, a part
+    /// in flight at a time), hashing it as it goes; refuses one longer than `limit` bytes (and
+    /// stores nothing). Not durable yet: the caller moves it into place and syncs it.
+    pub async fn put_stream<S, E>(&self, location: &Path, mut body: S, limit: u64) -> Result<(BlobHash, u64), BlobError>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures::StreamExt;
+        use sha2::Digest;
+        let mut writer = object_store::WriteMultipart::new(self.store.put_multipart(location).await?);
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let refused = match chunk {
+                Err(e) => Some(BlobError::Body(e.to_string())),
+                Ok(chunk) => {
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        Some(BlobError::TooLarge(limit))
+                    } else {
+                        hasher.update(&chunk);
+                        writer.wait_for_capacity(2).await?;
+                        writer.write(&chunk);
+                        None
+                    }
+                }
+            };
+            if let Some(e) = refused {
+                // Best effort: what an abort leaves behind is under the scratch prefix.
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+        }
+        writer.finish().await?;
+        Ok((BlobHash(hex::encode(hasher.finalize())), size))
+    }
+
+    /// Moves an object to another name (atomic on a filesystem; a copy and a delete elsewhere).
+    pub async fn rename(&self, from: &Path, to: &Path) -> Result<(), BlobError> {
+        Ok(self.store.rename(from, to).await?)
+    }
+
+    /// The object's bytes as a stream of chunks, or `None` when there is no such object.
+    pub async fn get_stream(&self, location: &Path) -> Result<Option<futures::stream::BoxStream<'static, Result<Bytes, BlobError>>>, BlobError> {
+        use futures::StreamExt;
+        match self.store.get(location).await {
+            Ok(result) => Ok(Some(result.into_stream().map(|c| c.map_err(BlobError::from)).boxed())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The object's bytes, or `None` when there is no such object.

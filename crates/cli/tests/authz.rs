@@ -39,7 +39,7 @@ fn every_route_enforces_its_declared_action_for_every_role() {
     admin.create_project("proj");
     let anonymous = server.api(None);
     let mut checked = 0;
-    let roles = [Role::Reader, Role::AiReader, Role::AiUser, Role::BackupOperator, Role::Contributor];
+    let roles = [Role::Reader, Role::AiReader, Role::AiUser, Role::MlUser, Role::MlReader, Role::BackupOperator, Role::Contributor];
     for role in roles {
         let name = role.as_str();
         let key = admin.create_key(name, name)["key"].as_str().expect("key").to_owned();

@@ -52,6 +52,17 @@ impl Data {
     /// The first write of a request sent with an `Idempotency-Key` journals the key in the
     /// same change ([`crate::idempotency`]).
     pub async fn commit(&self, plan: Plan) -> Result<Committed> {
+        self.commit_judged(plan, false).await
+    }
+
+    /// [`Data::commit`] for a soft delete: a plan that deletes in its domain's terms by marking
+    /// what it deletes (MLflow's runs and experiments), so a lock that forbids deletes refuses
+    /// it as it refuses a `delete` op.
+    pub async fn commit_soft_delete(&self, plan: Plan) -> Result<Committed> {
+        self.commit_judged(plan, true).await
+    }
+
+    async fn commit_judged(&self, plan: Plan, soft_delete: bool) -> Result<Committed> {
         let (locks, project) = (self.locks.clone(), self.store.name().to_owned());
         let keyed = idempotency::take();
         let (key, now) = (keyed.clone(), now_micros());
@@ -65,7 +76,7 @@ impl Data {
                      (holdfast key, role, identity, lock), never as {project}'s contents"
                 )));
             }
-            check_data_locks(&locks, &project, view, &ops)?;
+            check_data_locks(&locks, &project, view, &ops, soft_delete)?;
             if let Some((key, fingerprint)) = key.filter(|_| !ops.is_empty()) {
                 ops.extend(idempotency::record_ops(view, &key, &fingerprint, now)?);
             }

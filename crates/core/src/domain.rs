@@ -85,6 +85,14 @@ pub trait Domain: Send + Sync {
         Ok(())
     }
 
+    /// Refuses what an import, an undelete or a divergence replay puts back (the `put` ops of
+    /// `ops`, joining the state `view` holds before them) when it would break a rule the
+    /// domain's own operations keep and ids alone cannot, such as a unique name. Called inside
+    /// the plan, so nothing can slip in between the check and the write.
+    fn check_joining(&self, _view: &StateView<'_>, _ops: &[Op]) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether the core may close an idle project whose journal ends at `last` (the archive
     /// must hold every change first).
     fn may_rest(&self, _id: &ProjectId, _last: Lsn) -> bool {
@@ -139,6 +147,11 @@ impl Service {
     /// Every domain's [`Domain::check_imported`].
     pub fn check_imported(&self, kind: Kind, name: &str, body: &Value) -> Result<()> {
         self.domains.iter().try_for_each(|d| d.check_imported(kind, name, body))
+    }
+
+    /// Every domain's [`Domain::check_joining`].
+    pub fn check_joining(&self, view: &StateView<'_>, ops: &[Op]) -> Result<()> {
+        self.domains.iter().try_for_each(|d| d.check_joining(view, ops))
     }
 
     /// Whether every domain lets the idle project rest.

@@ -123,7 +123,9 @@ pub(crate) type SharedLocks = Arc<RwLock<Arc<Vec<ActiveLock>>>>;
 /// Refuses the first op a lock on `project`'s contents forbids: a data-plane lock at `/` or at
 /// the project, or a lock on one resource, which also guards its children (items of a
 /// conversation, versions of an agent, files of a vector store).
-pub fn check_data_locks(locks: &SharedLocks, project: &str, view: &StateView<'_>, ops: &[Op]) -> Result<()> {
+/// `soft_delete`: the plan deletes what it changes in its domain's terms (a mark, as MLflow's
+/// deletes of runs and experiments are), so its ops are judged as deletes.
+pub fn check_data_locks(locks: &SharedLocks, project: &str, view: &StateView<'_>, ops: &[Op], soft_delete: bool) -> Result<()> {
     let all = locks.read().unwrap_or_else(|e| e.into_inner()).clone();
     // The project's record and its connections are the control plane's, whichever route wrote
     // them (an import, an undelete, a divergence replay): any lock on the project guards them.
@@ -146,7 +148,7 @@ pub fn check_data_locks(locks: &SharedLocks, project: &str, view: &StateView<'_>
     }
     for op in ops {
         let (kind, id, deleting) = match op {
-            Op::Put { kind, id, .. } | Op::Patch { kind, id, .. } | Op::Stamp { kind, id, .. } => (*kind, id, false),
+            Op::Put { kind, id, .. } | Op::Patch { kind, id, .. } | Op::Stamp { kind, id, .. } => (*kind, id, soft_delete),
             Op::Delete { kind, id } => (*kind, id, true),
         };
         let parent = match op {

@@ -83,7 +83,15 @@ impl Geo {
             // project it no longer leads: its changes are not replayed.
             let ops: Vec<Op> = change.ops.iter().filter(|op| op.kind() != Kind::Project).cloned().collect();
             let committed = match &data {
-                Some(data) => data.commit(Box::new(move |_| Ok(ops))).await.map(|c| c.lsn),
+                Some(data) => {
+                    let core = self.core.clone();
+                    data.commit(Box::new(move |view| {
+                        core.check_joining(view, &ops)?;
+                        Ok(ops)
+                    }))
+                    .await
+                    .map(|c| c.lsn)
+                }
                 // The control journal's changes are control writes (its projection follows).
                 None => self.core.control_write_ops(caller, ops).await.map(|()| None),
             };

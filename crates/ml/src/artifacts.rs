@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use holdfast_blob::BlobHash;
+use futures::stream::BoxStream;
+use holdfast_blob::{BlobError, BlobHash};
 use holdfast_core::{Action, Caller, Result};
 use holdfast_store::StateView;
 use holdfast_types::{Error, ErrorKind, Kind, Op};
@@ -82,33 +83,26 @@ pub struct ListQuery {
 }
 
 impl Ml {
-    /// Checks the caller may write artifacts to the project, before a byte of the body is read.
-    pub async fn may_write_artifacts(&self, caller: &Caller, project: &str) -> Result<()> {
-        self.core.data(caller, project, Action::MlWrite).await.map(drop)
-    }
-
     /// The largest artifact a PUT may carry.
     pub fn max_artifact_bytes(&self) -> usize {
         self.core.max_file_bytes()
     }
 
-    /// Stores a file: its bytes durably in the blob store, then its resource.
-    pub async fn put_artifact(&self, caller: &Caller, project: &str, path: &str, bytes: Bytes) -> Result<Value> {
+    /// Stores a file from a stream of its bytes, never holding it whole: the bytes durably in the
+    /// blob store, then its resource. Longer than the limit: 413, nothing journaled.
+    pub async fn put_artifact_stream<S, E>(&self, caller: &Caller, project: &str, path: &str, body: S) -> Result<Value>
+    where
+        S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
         let path = check_path(path)?;
-        if bytes.len() > self.max_artifact_bytes() {
-            return Err(Error::new(
-                ErrorKind::PayloadTooLarge,
-                format!("artifact is {} bytes; this server takes at most {}", bytes.len(), self.max_artifact_bytes()),
-            ));
-        }
         let data = self.core.data(caller, project, Action::MlWrite).await?;
-        let size = bytes.len() as u64;
-        let hash = self
-            .core
-            .blobs()
-            .put(data.store.id(), bytes)
-            .await
-            .map_err(|e| Error::unavailable(format!("cannot store the artifact's bytes: {e}")))?;
+        let limit = self.max_artifact_bytes() as u64;
+        let (hash, size) = self.core.blobs().put_stream(data.store.id(), body, limit).await.map_err(|e| match e {
+            BlobError::TooLarge(limit) => Error::new(ErrorKind::PayloadTooLarge, format!("artifact is larger than this server's limit of {limit} bytes")),
+            BlobError::Body(why) => Error::invalid(format!("the artifact's bytes could not be read: {why}")),
+            other => Error::unavailable(format!("cannot store the artifact's bytes: {other}")),
+        })?;
         let body = wire::to_body(&ArtifactBody { sha256: hash.as_str().to_owned(), size })?;
         data.commit(Box::new(move |view| {
             if let Some(r) = view.get(Kind::MlArtifact, &path).map_err(store_err)?
@@ -123,8 +117,15 @@ impl Ml {
         Ok(json!({}))
     }
 
-    /// A file's bytes, checked against their hash on the way out.
-    pub async fn get_artifact(&self, caller: &Caller, project: &str, path: &str) -> Result<Bytes> {
+    /// Stores a file held in memory.
+    pub async fn put_artifact(&self, caller: &Caller, project: &str, path: &str, bytes: Bytes) -> Result<Value> {
+        let one = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
+        self.put_artifact_stream(caller, project, path, one).await
+    }
+
+    /// A file's bytes as a stream, checked against their hash as they pass (a corrupted file
+    /// ends in an error, never in bytes taken for whole ones).
+    pub async fn get_artifact_stream(&self, caller: &Caller, project: &str, path: &str) -> Result<BoxStream<'static, std::result::Result<Bytes, BlobError>>> {
         let path = check_path(path)?;
         let data = self.core.data(caller, project, Action::MlRead).await?;
         let shown = path.clone();
@@ -135,7 +136,19 @@ impl Ml {
             })
             .await?;
         let hash = BlobHash::parse(&body.sha256).map_err(|e| Error::internal(format!("bad artifact record: {e}")))?;
-        self.core.blobs().get(data.store.id(), &hash).await.map_err(|e| Error::internal(format!("cannot read the artifact's bytes: {e}")))
+        self.core.blobs().get_stream(data.store.id(), &hash).await.map_err(|e| Error::internal(format!("cannot read the artifact's bytes: {e}")))
+    }
+
+    /// A file's bytes, whole in memory.
+    pub async fn get_artifact(&self, caller: &Caller, project: &str, path: &str) -> Result<Bytes> {
+        use futures::TryStreamExt;
+        let parts: Vec<Bytes> = self
+            .get_artifact_stream(caller, project, path)
+            .await?
+            .try_collect()
+            .await
+            .map_err(|e| Error::internal(format!("cannot read the artifact's bytes: {e}")))?;
+        Ok(parts.concat().into())
     }
 
     /// Deletes a file, or every file under a directory.

@@ -274,16 +274,24 @@ impl Ml {
     where
         F: Fn(&ExperimentRef, &StateView<'_>, &mut Experiment) -> Result<()> + Send + 'static,
     {
+        self.change_experiment_as(caller, project, req, false, change).await
+    }
+
+    /// `soft_delete`: the change deletes the experiment (a mark), as locks judge it.
+    async fn change_experiment_as<F>(&self, caller: &Caller, project: &str, req: Value, soft_delete: bool, change: F) -> Result<Value>
+    where
+        F: Fn(&ExperimentRef, &StateView<'_>, &mut Experiment) -> Result<()> + Send + 'static,
+    {
         let req: ExperimentRef = wire::request(req)?;
         let id = req.id()?;
         let data = self.core.data(caller, project, Action::MlWrite).await?;
-        data.commit(Box::new(move |view| {
+        let plan: holdfast_store::Plan = Box::new(move |view| {
             let mut e = get(view, &id)?;
             change(&req, view, &mut e)?;
             e.body.last_update_time = now_ms();
             Ok(vec![Op::Put { kind: Kind::MlExperiment, id: e.id.clone(), parent: None, body: to_body(&e.body)? }])
-        }))
-        .await?;
+        });
+        if soft_delete { data.commit_soft_delete(plan).await? } else { data.commit(plan).await? };
         Ok(json!({}))
     }
 
@@ -304,7 +312,7 @@ impl Ml {
     }
 
     pub async fn delete_experiment(&self, caller: &Caller, project: &str, req: Value) -> Result<Value> {
-        self.change_experiment(caller, project, req, |_, _, e| {
+        self.change_experiment_as(caller, project, req, true, |_, _, e| {
             if e.id == DEFAULT_EXPERIMENT {
                 return Err(Error::invalid("Cannot delete the default experiment '0'."));
             }

@@ -24,13 +24,64 @@ pub mod wire;
 
 use std::sync::Arc;
 
-use holdfast_core::{Action, Caller, Result, Service};
-use holdfast_store::StateView;
-use holdfast_types::Error;
+use holdfast_core::{Action, Caller, Domain, Result, Service};
+use holdfast_store::{Order, StateView};
+use holdfast_types::{Error, Kind, Op};
 use serde_json::Value;
 
 /// The MLflow version whose wire this workspace speaks (`GET /version`).
 pub const MLFLOW_VERSION: &str = "3.17.2";
+
+/// What the ML workspace adds to a project's life, for the core ([`Domain`]): names that are
+/// unique among a project's experiments and among its registered models stay unique when an
+/// import, an undelete or a replay brings one back.
+pub struct MlDomain;
+
+/// The kinds whose `name` is unique in a project, as the domain's own operations keep it.
+const NAMED: [(Kind, &str); 2] = [(Kind::MlExperiment, "experiment"), (Kind::MlRegisteredModel, "registered model")];
+
+#[async_trait::async_trait]
+impl Domain for MlDomain {
+    fn name(&self) -> &'static str {
+        "ml"
+    }
+
+    fn check_joining(&self, view: &StateView<'_>, ops: &[Op]) -> Result<()> {
+        for (kind, what) in NAMED {
+            let joining: Vec<(&str, &str)> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Put { kind: k, id, body, .. } if *k == kind => body.get("name").and_then(Value::as_str).map(|n| (id.as_str(), n)),
+                    _ => None,
+                })
+                .collect();
+            if joining.is_empty() {
+                continue;
+            }
+            let mut after: Option<String> = None;
+            loop {
+                let rows = view.list(kind, None, after.as_deref(), 1000, Order::Asc).map_err(Error::from)?;
+                let Some(last) = rows.last() else { break };
+                after = Some(last.id.clone());
+                for r in &rows {
+                    let name = r.body.get("name").and_then(Value::as_str);
+                    if let Some((id, n)) = joining.iter().find(|(id, n)| Some(*n) == name && *id != r.id) {
+                        return Err(Error::conflict(format!(
+                            "{what} {id} is named {n:?}, which {what} {} holds in this project; rename or delete one of them first",
+                            r.id
+                        )));
+                    }
+                }
+            }
+            let mut names: Vec<&str> = joining.iter().map(|(_, n)| *n).collect();
+            names.sort_unstable();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(Error::conflict(format!("two {what}s named {:?} would join the project", w[0])));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The ML workspace's operations, as the facade calls them.
 pub struct Ml {

@@ -521,13 +521,17 @@ impl Ml {
         .await
     }
 
+    /// Marks a run deleted (MLflow's soft delete; a lock that forbids deletes refuses it).
     pub async fn delete_run(&self, caller: &Caller, project: &str, req: Value) -> Result<Value> {
         let id = wire::request::<RunRef>(req)?.id()?;
-        self.change_run(caller, project, id, |_, run| {
+        let data = self.core.data(caller, project, Action::MlWrite).await?;
+        data.commit_soft_delete(Box::new(move |view| {
+            let run = get(view, &id)?;
             let patch = json!({ "lifecycle_stage": "deleted", "deleted_time": now_ms() });
-            Ok((vec![Op::Patch { kind: Kind::MlRun, id: run.id.clone(), patch }], json!({})))
-        })
-        .await
+            Ok(vec![Op::Patch { kind: Kind::MlRun, id: run.id, patch }])
+        }))
+        .await?;
+        Ok(json!({}))
     }
 
     pub async fn restore_run(&self, caller: &Caller, project: &str, req: Value) -> Result<Value> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_agents::{Agents, AgentsConfig, AgentsDomain};
-use holdfast_ml::Ml;
+use holdfast_ml::{Ml, MlDomain};
 use holdfast_core::{Domain, Result, Service, ServiceConfig};
 use holdfast_types::Error;
 use holdfast_geo::{Geo, GeoConfig, GeoDomain};
@@ -82,7 +82,7 @@ impl Holdfast {
             // The order the core calls them in. Geo alone decides how a project is held here and
             // whether it may serve, and sets a store up only once every domain has repaired it
             // (`Domain::serving`), so the order matters only for what a reader of logs sees.
-            let domains: Vec<Arc<dyn Domain>> = vec![geo, agents, recovery];
+            let domains: Vec<Arc<dyn Domain>> = vec![geo, agents, Arc::new(MlDomain), recovery];
             Ok(domains)
         })?;
         let (geo, agents, recovery) = built.ok_or_else(|| Error::internal("the domains were not built"))?;

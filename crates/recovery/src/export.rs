@@ -856,7 +856,7 @@ impl Recovery {
             if chunk.is_empty() {
                 break;
             }
-            let (tally, keyless) = (counts.clone(), secrets_removed.clone());
+            let (tally, keyless, core) = (counts.clone(), secrets_removed.clone(), self.core.clone());
             let committed = data
                 .commit(Box::new(move |view| {
                     let mut ops = Vec::new();
@@ -916,6 +916,7 @@ impl Recovery {
                         t.unchanged += c.unchanged;
                     }
                     keyless.lock().unwrap_or_else(|e| e.into_inner()).extend(local_keyless);
+                    core.check_joining(view, &ops).map_err(|e| Error::new(e.kind, format!("{}; the import stopped here", e.message)))?;
                     Ok(ops)
                 }))
                 .await?;

@@ -505,6 +505,7 @@ impl Recovery {
 
         let data = self.core.data_on(store.clone(), caller);
         let project_name = project.to_owned();
+        let core = self.core.clone();
         let committed = data
             .commit(Box::new(move |view| {
                 // Checked in the writer, so nothing can appear between the check and the write.
@@ -538,6 +539,7 @@ impl Recovery {
                 }
                 let mut ops = puts;
                 ops.extend(stamps);
+                core.check_joining(view, &ops).map_err(|e| Error::new(e.kind, format!("{}; nothing was undeleted", e.message)))?;
                 Ok(ops)
             }))
             .await?;

@@ -3,7 +3,6 @@
 //! the artifact proxy and the service endpoints, written out.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -205,22 +204,18 @@ async fn list_artifacts(State(s): State<AppState>, MlAuthed(c): MlAuthed, Path(p
     params(("project" = String, Path), ("path" = String, Path)),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 400), (status = 401), (status = 403), (status = 404)))]
 async fn get_artifact(State(s): State<AppState>, MlAuthed(c): MlAuthed, Path((project, path)): Path<(String, String)>) -> MlResult<Response> {
-    let bytes = s.node.ml.get_artifact(&c, &project, &path).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    let stream = s.node.ml.get_artifact_stream(&c, &project, &path).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], axum::body::Body::from_stream(stream)).into_response())
 }
 
-/// The artifact proxy: stores a file (the body's bytes, up to the server's file limit).
+/// The artifact proxy: stores a file (the body's bytes, streamed to the blob store, up to the
+/// server's file limit).
 #[utoipa::path(put, path = "/api/projects/{project}/mlflow/api/2.0/mlflow-artifacts/artifacts/{*path}", tag = "mlflow",
     params(("project" = String, Path), ("path" = String, Path)), request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = Object), (status = 400), (status = 401), (status = 403), (status = 409), (status = 413), (status = 503)))]
 async fn put_artifact(State(s): State<AppState>, MlAuthed(c): MlAuthed, Path((project, path)): Path<(String, String)>, request: axum::extract::Request) -> MlResult<Json<Value>> {
-    // Refused before a byte of the body is read when the caller may not write.
-    s.node.ml.may_write_artifacts(&c, &project).await?;
-    let limit = s.node.ml.max_artifact_bytes();
-    let bytes = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| {
-        MlError(holdfast_types::Error::new(holdfast_types::ErrorKind::PayloadTooLarge, format!("artifact is larger than this server's limit of {limit} bytes")))
-    })?;
-    Ok(Json(s.node.ml.put_artifact(&c, &project, &path, Bytes::from(bytes)).await?))
+    let body = request.into_body().into_data_stream();
+    Ok(Json(s.node.ml.put_artifact_stream(&c, &project, &path, body).await?))
 }
 
 /// The artifact proxy: deletes a file or a directory.
