@@ -15,6 +15,7 @@
 pub mod artifacts;
 pub mod environments;
 pub mod experiments;
+mod index;
 pub mod logged_models;
 pub mod registry;
 pub mod runs;
@@ -86,11 +87,13 @@ impl Domain for MlDomain {
 /// The ML workspace's operations, as the facade calls them.
 pub struct Ml {
     core: Arc<Service>,
+    /// Each project's runs, parsed, for searches.
+    runs: index::Projections<runs::Run>,
 }
 
 impl Ml {
     pub fn new(core: Arc<Service>) -> Self {
-        Self { core }
+        Self { core, runs: index::Projections::default() }
     }
 
     /// Reads the project for a caller who may read its ML workspace.

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use holdfast_core::{Action, Caller, Result};
 use holdfast_store::{Order, StateView};
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::experiments::{self, page};
+use crate::index;
 use crate::search::{self, Entity, Filter, KeyType, OrderBy, Searchable};
 use crate::wire::{
     self, KeyValue, metric_json, metric_value, now_ms, opt_i64, opt_string, pairs, parse, store_err, strings, to_body,
@@ -108,7 +110,7 @@ impl Run {
         run
     }
 
-    fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.body.lifecycle_stage == "active"
     }
 }
@@ -150,6 +152,14 @@ impl Searchable for Run {
                 Some((name, digest, context))
             })
             .collect()
+    }
+}
+
+impl index::Indexed for Run {
+    const KIND: Kind = Kind::MlRun;
+
+    fn from_resource(r: &holdfast_store::Resource) -> Result<Self> {
+        Ok(Run { id: r.id.clone(), body: parse(r)? })
     }
 }
 
@@ -732,24 +742,29 @@ impl Ml {
         .await
     }
 
+    /// Runs of the experiments matching a filter, in order, a page at a time. Reads the
+    /// project's parsed runs (`index.rs`), brought up to date with the journal first.
     pub async fn search_runs(&self, caller: &Caller, project: &str, req: Value) -> Result<Value> {
         let req: SearchRuns = wire::request(req)?;
         let view_type = ViewType::parse(req.run_view_type.as_ref())?;
         let filter = Filter::parse(Entity::Run, req.filter.as_deref().unwrap_or("")).map_err(Error::invalid)?;
         let order = OrderBy::parse(Entity::Run, &req.order_by).map_err(Error::invalid)?;
         let limit = wire::max_results(req.max_results, 1000, wire::MAX_RESULTS)?;
-        self.read(caller, project, move |view| {
-            let mut found = Vec::new();
-            for experiment in &req.experiment_ids {
-                for run in runs_of(view, experiment)? {
-                    if view_type.admits(run.active()) && filter.matches(&run) {
-                        found.push(run);
-                    }
-                }
-            }
-            found.sort_by(|a, b| order.compare(a, b));
+        let data = self.core.data(caller, project, Action::MlRead).await?;
+        let projection = self.runs.of(data.store.id().as_str());
+        data.read(move |view| {
+            let mut runs = index::lock(&projection);
+            runs.catch_up(view)?;
+            let experiments: std::collections::HashSet<&str> = req.experiment_ids.iter().map(String::as_str).collect();
+            let mut found: Vec<&Arc<Run>> = runs
+                .items
+                .values()
+                .filter(|r| experiments.contains(r.body.experiment_id.as_str()))
+                .filter(|r| view_type.admits(r.active()) && filter.matches(r.as_ref()))
+                .collect();
+            found.sort_by(|a, b| order.compare(a.as_ref(), b.as_ref()));
             let (page, next) = page(found, req.page_token.as_deref(), limit)?;
-            let mut out = json!({ "runs": page.iter().map(Run::wire).collect::<Vec<_>>() });
+            let mut out = json!({ "runs": page.iter().map(|r| r.wire()).collect::<Vec<_>>() });
             if let Some(next) = next {
                 out["next_page_token"] = json!(next);
             }
@@ -845,21 +860,6 @@ fn sampled_steps(histories: &[(String, Vec<Point>)], range: Option<(i64, i64)>, 
         steps.extend(inside.last());
     }
     steps
-}
-
-/// Every run of an experiment.
-pub(crate) fn runs_of(view: &StateView<'_>, experiment: &str) -> Result<Vec<Run>> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let rows = view.list(Kind::MlRun, Some(experiment), after.as_deref(), 1000, Order::Asc).map_err(store_err)?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.id.clone());
-        for r in &rows {
-            out.push(Run { id: r.id.clone(), body: parse(r)? });
-        }
-    }
-    Ok(out)
 }
 
 /// A metric's history in a run: every point once (a point logged twice with the same value,
