@@ -45,8 +45,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room for the multipart framing beside an uploaded file (as the files route allows).
 const MULTIPART_OVERHEAD: usize = 64 * 1024;
 const FILES_ROUTE: &str = "/api/projects/{project}/openai/v1/files";
-/// Import bodies have no router-wide limit (the service enforces its own): streamed through.
-const IMPORT_ROUTE: &str = "/v1/projects/{project}/import";
+/// Bodies with no router-wide limit (the service enforces its own, as it reads them): an import,
+/// an MLflow artifact. Streamed through.
+const STREAMED_ROUTES: [&str; 2] =
+    ["/v1/projects/{project}/import", "/api/projects/{project}/mlflow/api/2.0/mlflow-artifacts/artifacts/{*path}"];
 
 /// The middleware's state: the application's, the body limit, the min-LSN bound.
 #[derive(Clone)]
@@ -220,7 +222,7 @@ async fn forward(c: &Consistency, request: Request, template: &str, project: &st
     if let Some(id) = parts.extensions.get::<RequestId>().and_then(|id| HeaderValue::from_str(id.as_str()).ok()) {
         headers.insert("x-request-id", id);
     }
-    let body = if template == IMPORT_ROUTE {
+    let body = if STREAMED_ROUTES.contains(&template) {
         reqwest::Body::wrap_stream(body.into_data_stream())
     } else {
         let limit = if template == FILES_ROUTE {
