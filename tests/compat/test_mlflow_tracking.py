@@ -60,8 +60,10 @@ def test_experiment_create_get_rename_tags_delete_restore(mlc):
     assert mlc.get_experiment_by_name(name) is None
     assert mlc.get_experiment_by_name(renamed).experiment_id == eid
 
+    run = mlc.create_run(eid).info.run_id
     mlc.delete_experiment(eid)
     assert mlc.get_experiment(eid).lifecycle_stage == "deleted"
+    assert mlc.get_run(run).info.lifecycle_stage == "deleted"  # its runs go with it, as in MLflow
     flt = f"name = '{renamed}'"
     assert list(mlc.search_experiments(filter_string=flt)) == []
     assert [e.experiment_id for e in mlc.search_experiments(view_type=ViewType.DELETED_ONLY, filter_string=flt)] == [eid]
@@ -69,6 +71,7 @@ def test_experiment_create_get_rename_tags_delete_restore(mlc):
 
     mlc.restore_experiment(eid)
     assert mlc.get_experiment(eid).lifecycle_stage == "active"
+    assert mlc.get_run(run).info.lifecycle_stage == "active"
     assert [e.experiment_id for e in mlc.search_experiments(filter_string=flt)] == [eid]
 
 

@@ -76,6 +76,14 @@ impl Data {
                      (holdfast key, role, identity, lock), never as {project}'s contents"
                 )));
             }
+            // Refused here, clearly, rather than by the store as a corrupt change.
+            if ops.len() > holdfast_types::change::MAX_OPS_PER_CHANGE - 16 {
+                return Err(Error::invalid(format!(
+                    "this write would change {} resources at once; one change holds at most {}: do it in parts",
+                    ops.len(),
+                    holdfast_types::change::MAX_OPS_PER_CHANGE - 16
+                )));
+            }
             check_data_locks(&locks, &project, view, &ops, soft_delete)?;
             if let Some((key, fingerprint)) = key.filter(|_| !ops.is_empty()) {
                 ops.extend(idempotency::record_ops(view, &key, &fingerprint, now)?);

@@ -187,6 +187,21 @@ pub struct SearchExperiments {
     pub view_type: Option<Value>,
 }
 
+/// Patches of the experiment's runs in lifecycle stage `from`.
+fn mark_runs(view: &StateView<'_>, experiment: &str, from: &str, patch: Value) -> Result<Vec<Op>> {
+    let mut ops = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let rows = view.list(Kind::MlRun, Some(experiment), after.as_deref(), 1000, Order::Asc).map_err(store_err)?;
+        let Some(last) = rows.last() else { break };
+        after = Some(last.id.clone());
+        for r in rows.iter().filter(|r| r.body["lifecycle_stage"] == from) {
+            ops.push(Op::Patch { kind: Kind::MlRun, id: r.id.clone(), patch: patch.clone() });
+        }
+    }
+    Ok(ops)
+}
+
 /// MLflow's page of search results: `offset` into the sorted matches.
 pub(crate) fn page<T>(items: Vec<T>, token: Option<&str>, limit: usize) -> Result<(Vec<T>, Option<String>)> {
     let offset = match token.filter(|t| !t.is_empty()) {
@@ -274,22 +289,25 @@ impl Ml {
     where
         F: Fn(&ExperimentRef, &StateView<'_>, &mut Experiment) -> Result<()> + Send + 'static,
     {
-        self.change_experiment_as(caller, project, req, false, change).await
+        self.change_experiment_as(caller, project, req, false, move |req, view, e| change(req, view, e).map(|()| Vec::new())).await
     }
 
-    /// `soft_delete`: the change deletes the experiment (a mark), as locks judge it.
+    /// `change` edits the record and returns what else the change does; `soft_delete`: the
+    /// change deletes the experiment (a mark), as locks judge it.
     async fn change_experiment_as<F>(&self, caller: &Caller, project: &str, req: Value, soft_delete: bool, change: F) -> Result<Value>
     where
-        F: Fn(&ExperimentRef, &StateView<'_>, &mut Experiment) -> Result<()> + Send + 'static,
+        F: Fn(&ExperimentRef, &StateView<'_>, &mut Experiment) -> Result<Vec<Op>> + Send + 'static,
     {
         let req: ExperimentRef = wire::request(req)?;
         let id = req.id()?;
         let data = self.core.data(caller, project, Action::MlWrite).await?;
         let plan: holdfast_store::Plan = Box::new(move |view| {
             let mut e = get(view, &id)?;
-            change(&req, view, &mut e)?;
+            let more = change(&req, view, &mut e)?;
             e.body.last_update_time = now_ms();
-            Ok(vec![Op::Put { kind: Kind::MlExperiment, id: e.id.clone(), parent: None, body: to_body(&e.body)? }])
+            let mut ops = vec![Op::Put { kind: Kind::MlExperiment, id: e.id.clone(), parent: None, body: to_body(&e.body)? }];
+            ops.extend(more);
+            Ok(ops)
         });
         if soft_delete { data.commit_soft_delete(plan).await? } else { data.commit(plan).await? };
         Ok(json!({}))
@@ -311,21 +329,26 @@ impl Ml {
         .await
     }
 
+    /// Marks an experiment deleted, and its runs with it (as MLflow's stores do).
     pub async fn delete_experiment(&self, caller: &Caller, project: &str, req: Value) -> Result<Value> {
-        self.change_experiment_as(caller, project, req, true, |_, _, e| {
-            if e.id == DEFAULT_EXPERIMENT {
-                return Err(Error::invalid("Cannot delete the default experiment '0'."));
+        self.change_experiment_as(caller, project, req, true, |_, view, e| {
+            if !e.active() {
+                return Err(Error::not_found(format!("No Experiment with id={} exists", e.id)));
             }
             e.body.lifecycle_stage = "deleted".into();
-            Ok(())
+            mark_runs(view, &e.id, "active", json!({ "lifecycle_stage": "deleted", "deleted_time": now_ms() }))
         })
         .await
     }
 
+    /// Marks an experiment active again, and every run of it.
     pub async fn restore_experiment(&self, caller: &Caller, project: &str, req: Value) -> Result<Value> {
-        self.change_experiment(caller, project, req, |_, _, e| {
+        self.change_experiment_as(caller, project, req, false, |_, view, e| {
+            if e.active() {
+                return Err(Error::invalid(format!("Cannot restore an active experiment ({}).", e.id)));
+            }
             e.body.lifecycle_stage = "active".into();
-            Ok(())
+            mark_runs(view, &e.id, "deleted", json!({ "lifecycle_stage": "active", "deleted_time": null }))
         })
         .await
     }
