@@ -305,7 +305,11 @@ impl ProjectStore {
 
     /// Follows the last committed LSN.
     pub fn subscribe(&self) -> watch::Receiver<Lsn> {
-        self.lsn.clone()
+        // A clone carries the version the kept receiver saw (the store's opening LSN): marked
+        // seen, so `changed()` waits for a change after this call, not the first one ever.
+        let mut rx = self.lsn.clone();
+        rx.mark_unchanged();
+        rx
     }
 
     /// Queues a write and waits until it is durable (or refused).

@@ -799,3 +799,20 @@ async fn a_refused_write_does_not_disturb_its_batch() {
     )
     .expect("same dump");
 }
+
+/// A subscriber hears of changes made after it subscribed, never of one made before: a follower
+/// waiting on `changed()` sleeps until the next write (it once woke at once, forever, after the
+/// store's first write, and rebuilt the control tables in a loop).
+#[tokio::test(flavor = "current_thread")]
+async fn a_subscriber_hears_of_later_changes_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = ProjectId::generate();
+    let store = ProjectStore::create(&dir.path().join("state.db"), &project, "label").expect("store");
+    store.write(ACTOR, "req-1", Box::new(|_| Ok(vec![put("a", json!({}))]))).await.expect("write");
+    let mut rx = store.subscribe();
+    assert!(!rx.has_changed().expect("sender alive"), "a write made before subscribing is not news");
+    store.write(ACTOR, "req-2", Box::new(|_| Ok(vec![put("b", json!({}))]))).await.expect("write");
+    assert!(rx.has_changed().expect("sender alive"), "a write made after subscribing is");
+    rx.changed().await.expect("changed");
+    assert_eq!(*rx.borrow_and_update(), store.last_lsn());
+}
