@@ -391,7 +391,10 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     // Every mutation and every refusal, whatever said no (this gate or the operation). A
     // mutation's entry is durable before its response leaves.
     let status = response.status().as_u16();
-    let reads = method == Method::GET || method == Method::HEAD;
+    // A POST whose declared action is a read (a search) is a read: audited only when refused.
+    let reads = method == Method::GET
+        || method == Method::HEAD
+        || matches!(need, Need::Action(Action::DataRead | Action::MlRead | Action::ProjectsRead));
     if !reads {
         state.node.core.audit_durable(Audited { status, ..audited }).await;
     } else if status == 401 || status == 403 {

@@ -142,7 +142,7 @@ fn versions(api: &Api, project: &str, model: &str) -> Vec<i64> {
     out
 }
 
-/// A registered model's resource id (`rm_…`), from the project's journal.
+/// A registered model's resource id (`rm:{name}`), from the project's journal.
 fn model_resource_id(api: &Api, project: &str, name: &str) -> String {
     for change in api.journal(project) {
         for op in change["ops"].as_array().expect("ops") {
@@ -482,7 +482,7 @@ fn undelete_brings_back_a_registered_model_with_its_versions() {
     let v1 = get_version(&api, p, "precious", "1").ok(200);
     let v2 = get_version(&api, p, "precious", "2").ok(200);
     let id = model_resource_id(&api, p, "precious");
-    assert!(id.starts_with("rm_"), "{id}");
+    assert_eq!(id, "rm:precious", "a registered model's id is its name");
 
     api.send(Method::DELETE, &ml(p, "/registered-models/delete"), Some(&json!({ "name": "precious" })), &[]).ok(200);
     let deleted_lsn = lsn(&api, p);
@@ -583,6 +583,50 @@ fn a_data_plane_lock_refuses_deleting_a_model_version_until_removed() {
     api.send(Method::DELETE, &ml(p, "/model-versions/delete"), Some(&delete_v1), &[]).ok(200);
     ml_err(&get_version(&api, p, "guarded", "1"), 404, "RESOURCE_DOES_NOT_EXIST");
     assert_eq!(versions(&api, p, "guarded"), [2]);
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+/// A lock on one experiment, run or registered model guards what lies under it, and nothing else.
+#[test]
+fn a_resource_lock_guards_what_lies_under_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path());
+    let api = server.admin();
+    let p = "mlreslock";
+    api.create_project(p);
+    let exp = create_experiment(&api, p, "guarded-exp");
+    let other = create_experiment(&api, p, "free-exp");
+    let (run, root) = create_run(&api, p, &exp, T0, json!([]));
+    let (free_run, free_root) = create_run(&api, p, &other, T0, json!([]));
+    let (_, spare_root) = create_run(&api, p, &other, T0, json!([]));
+    put_artifact(&api, p, &format!("{root}/a.txt"), b"a");
+    put_artifact(&api, p, &format!("{free_root}/a.txt"), b"a");
+    put_artifact(&api, p, &format!("{spare_root}/a.txt"), b"a");
+    create_model(&api, p, "kept");
+    create_version(&api, p, "kept", "mlflow-artifacts:/0/x", "");
+
+    let lock = |scope: String, kind: &str| {
+        api.post("/v1/locks", &json!({ "scope": scope, "kind": kind, "data_plane": true })).ok(201)["id"].as_str().expect("id").to_owned()
+    };
+    let on_exp = lock(format!("/projects/{p}/experiments/{exp}"), "CanNotDelete");
+    let on_run = lock(format!("/projects/{p}/runs/{free_run}"), "ReadOnly");
+    let on_model = lock(format!("/projects/{p}/registered_models/kept"), "CanNotDelete");
+    let before = lsn(&api, p);
+    // The experiment's run's artifact (a grandchild) and the run itself (a soft delete).
+    ml_err(&api.delete(&artifact(p, &format!("{root}/a.txt"))), 409, "RESOURCE_CONFLICT");
+    ml_err(&api.post(&ml(p, "/runs/delete"), &json!({ "run_id": run })), 409, "RESOURCE_CONFLICT");
+    // A read-only run takes no metric; the model's versions are guarded by its lock.
+    ml_err(&log_batch(&api, p, &free_run, &[("loss", 1.0, T0, 0)], json!([]), json!([])), 409, "RESOURCE_CONFLICT");
+    ml_err(&api.send(Method::DELETE, &ml(p, "/model-versions/delete"), Some(&json!({ "name": "kept", "version": "1" })), &[]), 409, "RESOURCE_CONFLICT");
+    assert_eq!(lsn(&api, p), before, "refusals write nothing");
+    // What the locks do not cover goes through.
+    log_batch(&api, p, &run, &[("loss", 1.0, T0, 0)], json!([]), json!([])).ok(200);
+    ml_err(&api.delete(&artifact(p, &format!("{free_root}/a.txt"))), 409, "RESOURCE_CONFLICT");
+    api.delete(&artifact(p, &format!("{spare_root}/a.txt"))).ok(200);
+    for id in [on_exp, on_run, on_model] {
+        api.delete(&format!("/v1/locks/{id}")).ok(204);
+    }
+    api.delete(&artifact(p, &format!("{root}/a.txt"))).ok(200);
     assert_eq!(server.stop().code(), Some(0));
 }
 

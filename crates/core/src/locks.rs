@@ -37,7 +37,7 @@ pub struct ActiveLock {
 
 /// The collections a resource lock can name, the kind each holds, and how the wire id becomes
 /// the stored one.
-const COLLECTIONS: [(&str, Kind, &str); 7] = [
+const COLLECTIONS: [(&str, Kind, &str); 10] = [
     ("agents", Kind::Agent, "agent:"),
     ("conversations", Kind::Conversation, ""),
     ("files", Kind::File, ""),
@@ -45,7 +45,13 @@ const COLLECTIONS: [(&str, Kind, &str); 7] = [
     ("connections", Kind::Connection, "conn:"),
     ("deployments", Kind::Deployment, "dep:"),
     ("responses", Kind::Response, ""),
+    ("experiments", Kind::MlExperiment, ""),
+    ("runs", Kind::MlRun, ""),
+    ("registered_models", Kind::MlRegisteredModel, "rm:"),
 ];
+
+/// How many parents up a resource lock reaches (a run's artifacts under a locked experiment).
+const MAX_LOCK_DEPTH: usize = 4;
 
 pub fn parse_scope(scope: &str) -> Result<Target> {
     let bad = || {
@@ -155,10 +161,17 @@ pub fn check_data_locks(locks: &SharedLocks, project: &str, view: &StateView<'_>
             Op::Put { parent, .. } => parent.clone(),
             _ => view.get(kind, id).map_err(Error::from)?.and_then(|r| r.parent),
         };
+        let ancestors = if guarding.iter().any(|l| matches!(l.target, Target::Resource { .. })) {
+            ancestors_of(view, parent)?
+        } else {
+            Vec::new()
+        };
         for lock in &guarding {
             let applies = match &lock.target {
                 Target::Root | Target::Project(_) => true,
-                Target::Resource { id: locked, .. } => locked == id || parent.as_deref() == Some(locked.as_str()),
+                Target::Resource { kind: locked_kind, id: locked, .. } => {
+                    (*locked_kind == kind && locked == id) || ancestors.iter().any(|(k, a)| k == locked_kind && a == locked)
+                }
             };
             if applies && lock.forbids(deleting) {
                 let what = if deleting { "delete" } else { "change" };
@@ -167,6 +180,22 @@ pub fn check_data_locks(locks: &SharedLocks, project: &str, view: &StateView<'_>
         }
     }
     Ok(())
+}
+
+/// A resource's parent and the parents above it, nearest first, each with its kind (ids are
+/// unique across kinds, so the first resource found under an id is it).
+fn ancestors_of(view: &StateView<'_>, parent: Option<String>) -> Result<Vec<(Kind, String)>> {
+    let mut out = Vec::new();
+    let mut next = parent;
+    while let Some(id) = next.take() {
+        if out.len() == MAX_LOCK_DEPTH {
+            break;
+        }
+        let Some(found) = Kind::ALL.into_iter().find_map(|k| view.get(k, &id).ok().flatten()) else { break };
+        next = found.parent.clone();
+        out.push((found.kind, id));
+    }
+    Ok(out)
 }
 
 impl Service {

@@ -166,7 +166,7 @@ impl Governance {
             let Some(def) = auth::built_in_definition(&parsed).or_else(|| custom.get(&role).cloned()) else { continue };
             let allows = |action| auth::definition_allows(&def, action);
             let project = allows(Action::ProjectsWrite) || allows(Action::ProjectsPurge);
-            let data = allows(Action::DataWrite);
+            let data = allows(Action::DataWrite) || allows(Action::MlWrite);
             if project || data {
                 holders.push(Holder { principal, role: parsed.as_str().to_owned(), scope, project, data });
             }

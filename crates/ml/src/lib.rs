@@ -33,13 +33,20 @@ use serde_json::Value;
 /// The MLflow version whose wire this workspace speaks (`GET /version`).
 pub const MLFLOW_VERSION: &str = "3.17.2";
 
-/// What the ML workspace adds to a project's life, for the core ([`Domain`]): names that are
-/// unique among a project's experiments and among its registered models stay unique when an
-/// import, an undelete or a replay brings one back.
+/// What the ML workspace adds to a project's life, for the core ([`Domain`]): what an import,
+/// an undelete or a replay brings back keeps the rules the domain's own operations keep —
+/// experiment names unique, and a sequential id (an experiment's, a model version's) never
+/// taken over by another object that happens to have it. (A registered model's id is its name,
+/// so its uniqueness needs no check.)
 pub struct MlDomain;
 
 /// The kinds whose `name` is unique in a project, as the domain's own operations keep it.
-const NAMED: [(Kind, &str); 2] = [(Kind::MlExperiment, "experiment"), (Kind::MlRegisteredModel, "registered model")];
+const NAMED: [(Kind, &str); 1] = [(Kind::MlExperiment, "experiment")];
+
+/// The kinds with sequential ids, and the body field that says when the object was made: a
+/// joining `put` of an existing id is the same object only if it was made at the same time.
+const SEQUENTIAL: [(Kind, &str, &str); 2] =
+    [(Kind::MlExperiment, "creation_time", "experiment"), (Kind::MlModelVersion, "creation_timestamp", "model version")];
 
 #[async_trait::async_trait]
 impl Domain for MlDomain {
@@ -48,6 +55,18 @@ impl Domain for MlDomain {
     }
 
     fn check_joining(&self, view: &StateView<'_>, ops: &[Op]) -> Result<()> {
+        for op in ops {
+            let Op::Put { kind, id, body, .. } = op else { continue };
+            let Some((_, made, what)) = SEQUENTIAL.iter().find(|(k, _, _)| k == kind) else { continue };
+            if let Some(existing) = view.get(*kind, id).map_err(Error::from)?
+                && existing.body.get(*made) != body.get(*made)
+            {
+                return Err(Error::conflict(format!(
+                    "{what} {id} here is another object than the one being brought back (made at another time); \
+                     nothing of it was written"
+                )));
+            }
+        }
         for (kind, what) in NAMED {
             let joining: Vec<(&str, &str)> = ops
                 .iter()

@@ -38,7 +38,9 @@ pub(crate) struct LoggedModelBody {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub params: BTreeMap<String, String>,
-    /// Metrics logged against the model: `{key, value, timestamp, step, run_id, dataset_name, dataset_digest}`.
+    /// The latest value of each metric logged against the model (per key, dataset and run):
+    /// `{key, value, timestamp, step, run_id, dataset_name, dataset_digest}`; the history is in
+    /// the run's `ml_metrics` batches.
     #[serde(default)]
     pub metrics: Vec<Value>,
 }
@@ -123,16 +125,27 @@ pub(crate) fn find_for(view: &StateView<'_>, source: &str, model_id: &str) -> Re
     Ok(None)
 }
 
-/// The ops that record metric points logged against a logged model (none if it does not exist).
+/// The ops that record metric points logged against a logged model — its latest value per key,
+/// dataset and run — or none (no such model, or nothing newer).
 pub(crate) fn metric_ops(view: &StateView<'_>, model_id: &str, run_id: &str, points: &[Value]) -> Result<Vec<Op>> {
     let Some(r) = view.get(Kind::MlLoggedModel, model_id).map_err(store_err)? else { return Ok(Vec::new()) };
     let mut body: LoggedModelBody = parse(&r)?;
+    let before = body.metrics.clone();
+    let order = |m: &Value| (m["step"].as_i64().unwrap_or(0), m["timestamp"].as_i64().unwrap_or(0));
+    let same_series = |a: &Value, b: &Value| {
+        a["key"] == b["key"] && a["run_id"] == b["run_id"] && a["dataset_name"] == b["dataset_name"] && a["dataset_digest"] == b["dataset_digest"]
+    };
     for p in points {
         let mut p = p.clone();
         p["run_id"] = json!(run_id);
-        if !body.metrics.contains(&p) {
-            body.metrics.push(p);
+        match body.metrics.iter_mut().find(|m| same_series(m, &p)) {
+            Some(m) if order(&p) >= order(m) => *m = p,
+            Some(_) => {}
+            None => body.metrics.push(p),
         }
+    }
+    if body.metrics == before {
+        return Ok(Vec::new());
     }
     Ok(vec![Op::Put { kind: Kind::MlLoggedModel, id: r.id, parent: r.parent, body: to_body(&body)? }])
 }

@@ -1,6 +1,8 @@
-//! The model registry: registered models (`rm_…`, a unique name, description, tags, aliases) and
-//! their versions (`{model}/{n}`: numbered from 1, never reused, with a source, a stage and tags).
-//! A version is its model's child, so deleting, locking or undeleting the model covers them all.
+//! The model registry: registered models (`rm:{name}`: a name unique by construction, a
+//! description, tags, aliases) and their versions (`rm:{name}/{n}`: numbered from 1, never
+//! reused, with a source, a stage and tags). A version is its model's child, so deleting,
+//! locking (`/projects/P/registered_models/NAME`) or undeleting the model covers them all. A
+//! rename moves the model and its versions to the new name's ids in one change.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -162,8 +164,16 @@ fn all_models(view: &StateView<'_>) -> Result<Vec<Model>> {
     Ok(out)
 }
 
+/// A registered model's id: its name.
+pub fn model_id(name: &str) -> String {
+    format!("rm:{name}")
+}
+
 fn find_model(view: &StateView<'_>, name: &str) -> Result<Option<Model>> {
-    Ok(all_models(view)?.into_iter().find(|m| m.body.name == name))
+    match view.get(Kind::MlRegisteredModel, &model_id(name)).map_err(store_err)? {
+        Some(r) => Ok(Some(Model { id: r.id.clone(), body: parse(&r)? })),
+        None => Ok(None),
+    }
 }
 
 fn get_model(view: &StateView<'_>, name: &str) -> Result<Model> {
@@ -300,7 +310,7 @@ impl Ml {
         wire::check_name("registered model", &name)?;
         wire::check_tags(&req.tags)?;
         let data = self.core.data(caller, project, Action::MlWrite).await?;
-        let id = format!("rm_{}", &wire::hex_id()?[..24]);
+        let id = model_id(&name);
         let (_, out) = data
             .commit_with(move |view| {
                 if find_model(view, &name)?.is_some() {
@@ -335,18 +345,30 @@ impl Ml {
         .await
     }
 
+    /// Renames a model: it and its versions move to the new name's ids, in one change.
     pub async fn rename_registered_model(&self, caller: &Caller, project: &str, req: Value) -> Result<Value> {
         self.change_model(caller, project, req, |view, req, mut model| {
             let new_name = req.new_name.clone().filter(|n| !n.is_empty()).ok_or_else(|| Error::invalid("Missing value for required parameter 'new_name'."))?;
             wire::check_name("registered model", &new_name)?;
-            if find_model(view, &new_name)?.is_some_and(|m| m.id != model.id) {
+            if new_name == model.body.name {
+                return Ok((Vec::new(), json!({ "registered_model": model.wire(&latest_versions(&model, &versions_of(view, &model)?, &[])?) })));
+            }
+            if find_model(view, &new_name)?.is_some() {
                 return Err(Error::conflict(format!("Registered Model (name={new_name}) already exists.")));
             }
+            let versions = versions_of(view, &model)?;
+            let old = model.id.clone();
+            model.id = model_id(&new_name);
             model.body.name = new_name;
             model.body.last_updated_timestamp = now_ms();
-            let latest = latest_versions(&model, &versions_of(view, &model)?, &[])?;
-            let out = json!({ "registered_model": model.wire(&latest) });
-            Ok((vec![Op::Put { kind: Kind::MlRegisteredModel, id: model.id.clone(), parent: None, body: to_body(&model.body)? }], out))
+            let mut ops: Vec<Op> = versions.iter().map(|v| Op::Delete { kind: Kind::MlModelVersion, id: version_id(&old, v.version) }).collect();
+            ops.push(Op::Delete { kind: Kind::MlRegisteredModel, id: old });
+            ops.push(Op::Put { kind: Kind::MlRegisteredModel, id: model.id.clone(), parent: None, body: to_body(&model.body)? });
+            for v in &versions {
+                ops.push(Op::Put { kind: Kind::MlModelVersion, id: version_id(&model.id, v.version), parent: Some(model.id.clone()), body: to_body(v)? });
+            }
+            let out = json!({ "registered_model": model.wire(&latest_versions(&model, &versions, &[])?) });
+            Ok((ops, out))
         })
         .await
     }
@@ -485,7 +507,9 @@ impl Ml {
                 // A version of a logged model comes from the run that made it, as MLflow says.
                 let run_id = req.run_id.clone().filter(|r| !r.is_empty()).or_else(|| logged.map(|m| m.source_run_id)).unwrap_or_default();
                 let now = now_ms();
-                model.body.last_version += 1;
+                // Past every number given, whatever a replayed record says.
+                let highest = versions_of(view, &model)?.iter().map(|v| v.version).max().unwrap_or(0);
+                model.body.last_version = model.body.last_version.max(highest) + 1;
                 model.body.last_updated_timestamp = now;
                 let body = VersionBody {
                     version: model.body.last_version,

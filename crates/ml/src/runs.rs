@@ -507,6 +507,9 @@ impl Ml {
         }
         let id = req.run.id()?;
         self.change_run(caller, project, id, move |_, run| {
+            if !run.active() {
+                return Err(Error::invalid(format!("The run {} must be in the 'active' state. Current state is deleted.", run.id)));
+            }
             let mut patch = serde_json::Map::new();
             let mut body = run.body.clone();
             if let Some(status) = req.status {

@@ -18,7 +18,7 @@ use crate::Ml;
 
 const ARTIFACT_LOCATION_TAG: &str = "mlflow.artifactLocation";
 
-/// A trace as stored: its `trace_info` in the wire's shape, and the runs linked to it.
+/// A trace as stored: its `trace_info` in the wire's shape.
 pub(crate) struct Trace {
     pub id: String,
     pub info: Value,
@@ -65,7 +65,7 @@ impl Searchable for Trace {
 }
 
 fn get(view: &StateView<'_>, id: &str) -> Result<Trace> {
-    let r = view.get(Kind::MlTrace, id).map_err(store_err)?.ok_or_else(|| Error::not_found(format!("Trace with ID {id} not found.")))?;
+    let r = view.get(Kind::MlTrace, id).map_err(store_err)?.ok_or_else(|| Error::not_found(format!("Trace with ID '{id}' not found.")))?;
     Ok(Trace { id: r.id.clone(), info: r.body["trace_info"].clone() })
 }
 
@@ -151,7 +151,7 @@ impl Ml {
         let id = id.to_owned();
         let data = self.core.data(caller, project, Action::MlWrite).await?;
         data.commit(Box::new(move |view| {
-            let r = view.get(Kind::MlTrace, &id).map_err(store_err)?.ok_or_else(|| Error::not_found(format!("Trace with ID {id} not found.")))?;
+            let r = view.get(Kind::MlTrace, &id).map_err(store_err)?.ok_or_else(|| Error::not_found(format!("Trace with ID '{id}' not found.")))?;
             let mut body = r.body.clone();
             change(&mut body["trace_info"])?;
             if body == r.body {
@@ -168,6 +168,9 @@ impl Ml {
         let key = req.key.filter(|k| !k.is_empty()).ok_or_else(|| Error::invalid("Missing value for required parameter 'key'."))?;
         let value = req.value.unwrap_or_default();
         wire::check_tags(&[wire::KeyValue { key: key.clone(), value: value.clone() }])?;
+        if key == ARTIFACT_LOCATION_TAG {
+            return Err(Error::invalid(format!("the tag {ARTIFACT_LOCATION_TAG} is the server's: it says where the trace's spans are")));
+        }
         self.change_trace(caller, project, id, move |info| {
             if !info.get("tags").is_some_and(Value::is_object) {
                 info["tags"] = json!({});
@@ -251,11 +254,10 @@ impl Ml {
                 };
                 let mut ops = Vec::new();
                 for t in &chosen {
-                    let dir = format!("{}/", wire::root_path(t.info.pointer(&format!("/tags/{}", ARTIFACT_LOCATION_TAG.replace('/', "~1"))).and_then(Value::as_str).unwrap_or("")));
-                    if dir.len() > 1 {
-                        for r in view.list_by_id_prefix(Kind::MlArtifact, &dir, None, 10_000).map_err(store_err)? {
-                            ops.push(Op::Delete { kind: Kind::MlArtifact, id: r.id });
-                        }
+                    // The trace's own directory, whatever its tags say.
+                    let dir = format!("{experiment}/traces/{}/artifacts/", t.id);
+                    for r in view.list_by_id_prefix(Kind::MlArtifact, &dir, None, usize::MAX >> 1).map_err(store_err)? {
+                        ops.push(Op::Delete { kind: Kind::MlArtifact, id: r.id });
                     }
                     ops.push(Op::Delete { kind: Kind::MlTrace, id: t.id.clone() });
                 }
@@ -277,7 +279,7 @@ impl Ml {
             crate::runs::get(view, &run)?;
             let mut ops = Vec::new();
             for id in &req.trace_ids {
-                let r = view.get(Kind::MlTrace, id).map_err(store_err)?.ok_or_else(|| Error::not_found(format!("Trace with ID {id} not found.")))?;
+                let r = view.get(Kind::MlTrace, id).map_err(store_err)?.ok_or_else(|| Error::not_found(format!("Trace with ID '{id}' not found.")))?;
                 let mut body = r.body.clone();
                 if !body["trace_info"].get("trace_metadata").is_some_and(Value::is_object) {
                     body["trace_info"]["trace_metadata"] = json!({});

@@ -167,23 +167,32 @@ pub fn rewrite(mut request: Request) -> Request {
     let workspace = request.headers().get(WORKSPACE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let uri = request.uri().clone();
     let path = uri.path();
-    let mut new_path: Option<String> = None;
+    let mut current = path.to_owned();
     if let Some(ws) = workspace.filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) {
-        let tail = path.strip_prefix("/mlflow").filter(|t| t.starts_with("/api/") || t.starts_with("/v1/") || *t == "/version" || *t == "/health");
-        let tail = tail.or_else(|| (path.starts_with("/api/2.0/mlflow") || path.starts_with("/api/3.0/mlflow")).then_some(path));
-        if let Some(tail) = tail.filter(|t| !t.contains("/mlflow/workspaces")) {
-            new_path = Some(format!("/api/projects/{ws}/mlflow{tail}"));
+        let tail = path.strip_prefix("/mlflow").filter(|t| is_mlflow_tail(t)).or_else(|| is_api_tail(path).then_some(path));
+        if let Some(tail) = tail.filter(|t| !t.starts_with("/api/2.0/mlflow/workspaces") && !t.starts_with("/api/3.0/mlflow/workspaces")) {
+            current = format!("/api/projects/{ws}/mlflow{tail}");
         }
     }
-    let current = new_path.clone().unwrap_or_else(|| path.to_owned());
-    if let Some(at) = current.find("/api/3.0/mlflow") {
-        let (head, tail) = current.split_at(at);
-        new_path = Some(format!("{head}/api/2.0/mlflow{}", &tail["/api/3.0/mlflow".len()..]));
+    // `/api/3.0/mlflow/…` right after an MLflow root (`/mlflow`, `/api/projects/P/mlflow`, or
+    // none) is the route of its `/api/2.0` twin; the text anywhere else (an artifact's path) is
+    // left alone.
+    let root_len = if current.starts_with("/api/projects/") {
+        current.match_indices('/').nth(4).map(|(i, _)| i).filter(|&i| current[..i].ends_with("/mlflow"))
+    } else if current.starts_with("/mlflow/") {
+        Some("/mlflow".len())
+    } else {
+        Some(0)
+    };
+    if let Some(at) = root_len
+        && current[at..].starts_with("/api/3.0/mlflow")
+    {
+        current = format!("{}/api/2.0/mlflow{}", &current[..at], &current[at + "/api/3.0/mlflow".len()..]);
     }
-    if let Some(p) = new_path {
+    if current != path {
         let pq = match uri.query() {
-            Some(q) => format!("{p}?{q}"),
-            None => p,
+            Some(q) => format!("{current}?{q}"),
+            None => current,
         };
         if let Ok(rewritten) = pq.parse::<Uri>() {
             *request.uri_mut() = rewritten;
@@ -193,6 +202,16 @@ pub fn rewrite(mut request: Request) -> Request {
         basic_to_bearer(&mut request);
     }
     request
+}
+
+/// An MLflow API path: `/api/2.0/mlflow…` or `/api/3.0/mlflow…`.
+fn is_api_tail(t: &str) -> bool {
+    t.starts_with("/api/2.0/mlflow") || t.starts_with("/api/3.0/mlflow")
+}
+
+/// What follows an MLflow root: an API path, the OTLP traces route, `/version`, `/health`.
+fn is_mlflow_tail(t: &str) -> bool {
+    is_api_tail(t) || t == "/v1/traces" || t == "/version" || t == "/health"
 }
 
 /// `Authorization: Basic base64(user:key)` → `Bearer key`: MLflow's username/password auth, with
@@ -239,6 +258,12 @@ mod tests {
         assert_eq!(rewritten("/mlflow/api/2.0/mlflow/runs/get", None), "/mlflow/api/2.0/mlflow/runs/get");
         assert_eq!(rewritten("/v1/projects/p", Some("p")), "/v1/projects/p");
         assert_eq!(rewritten("/mlflow/api/2.0/mlflow/runs/get", Some("../x")), "/mlflow/api/2.0/mlflow/runs/get");
+        // The version text inside an artifact's path is a path, not a version.
+        let artifact = "/api/projects/p/mlflow/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/api/3.0/mlflow/x";
+        assert_eq!(rewritten(artifact, None), artifact);
+        assert_eq!(rewritten("/mlflow/v1/other", Some("p")), "/mlflow/v1/other");
+        assert_eq!(rewritten("/mlflow/v1/traces", Some("p")), "/api/projects/p/mlflow/v1/traces");
+        assert_eq!(rewritten("/api/3.0/mlflow/runs/get", Some("p")), "/api/projects/p/mlflow/api/2.0/mlflow/runs/get");
     }
 
     #[test]
