@@ -12,7 +12,10 @@
 //!   that already carries `x-holdfast-forwarded-by` is never forwarded again (503: a loop).
 //! - `x-holdfast-min-lsn: N` waits, bounded, until this region's copy has applied `N`.
 //! - Every response carries `x-holdfast-lsn` (the copy's last LSN after the request) and
-//!   `x-holdfast-lag-ms` (0 on the primary); a forwarded write carries the primary's.
+//!   `x-holdfast-lag-ms` (0 on the primary); a forwarded write carries the primary's, and is
+//!   answered once this region's copy has applied it (bounded as `x-holdfast-min-lsn` is), so a
+//!   client that reads here next reads its own write — clients that cannot send
+//!   `x-holdfast-min-lsn`, such as MLflow's, included.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -257,6 +260,12 @@ async fn forward(c: &Consistency, request: Request, template: &str, project: &st
     };
     metrics::counter!("holdfast_forwarded_requests_total", "region" => primary_region.to_owned(), "outcome" => "forwarded").increment(1);
     tracing::debug!(project, primary_region, method = %parts.method, status = upstream.status().as_u16(), "forwarded a write to the primary region");
+    // Read-your-writes: the answer leaves once this copy holds the write (bounded; past the
+    // bound the answer leaves anyway, and its LSN header says what to wait for).
+    let written = upstream.headers().get(LSN_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(lsn) = written.filter(|_| upstream.status().is_success()) {
+        let _ = c.state.node.geo.wait_until_applied(project, Lsn(lsn), c.min_lsn_wait).await;
+    }
     let mut response = Response::builder().status(upstream.status());
     for (name, value) in upstream.headers() {
         if !hop_by_hop(name, upstream.headers()) {
