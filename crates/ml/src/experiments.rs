@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use holdfast_core::{Action, Caller, Result};
-use holdfast_store::{Order, StateView};
+use holdfast_store::StateView;
 use holdfast_types::{Error, Kind, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -124,14 +124,8 @@ pub(crate) fn materialise(view: &StateView<'_>, e: &Experiment) -> Result<Vec<Op
 /// Every experiment of the project (the default one included), in creation order.
 pub(crate) fn all(view: &StateView<'_>) -> Result<Vec<Experiment>> {
     let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let rows = view.list(Kind::MlExperiment, None, after.as_deref(), 1000, Order::Asc).map_err(store_err)?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.id.clone());
-        for r in &rows {
-            out.push(Experiment { id: r.id.clone(), body: parse(r)? });
-        }
+    for r in &wire::children(view, Kind::MlExperiment, None)? {
+        out.push(Experiment { id: r.id.clone(), body: parse(r)? });
     }
     if !out.iter().any(|e| e.id == DEFAULT_EXPERIMENT) {
         out.insert(0, default_experiment(view)?);
@@ -189,17 +183,11 @@ pub struct SearchExperiments {
 
 /// Patches of the experiment's runs in lifecycle stage `from`.
 fn mark_runs(view: &StateView<'_>, experiment: &str, from: &str, patch: Value) -> Result<Vec<Op>> {
-    let mut ops = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let rows = view.list(Kind::MlRun, Some(experiment), after.as_deref(), 1000, Order::Asc).map_err(store_err)?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.id.clone());
-        for r in rows.iter().filter(|r| r.body["lifecycle_stage"] == from) {
-            ops.push(Op::Patch { kind: Kind::MlRun, id: r.id.clone(), patch: patch.clone() });
-        }
-    }
-    Ok(ops)
+    Ok(wire::children(view, Kind::MlRun, Some(experiment))?
+        .into_iter()
+        .filter(|r| r.body["lifecycle_stage"] == from)
+        .map(|r| Op::Patch { kind: Kind::MlRun, id: r.id, patch: patch.clone() })
+        .collect())
 }
 
 /// MLflow's page of search results: `offset` into the sorted matches.

@@ -26,7 +26,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use holdfast_core::{Action, Caller, Domain, Result, Service};
-use holdfast_store::{Order, StateView};
+use holdfast_store::StateView;
 use holdfast_types::{Error, Kind, Op};
 use serde_json::Value;
 
@@ -78,19 +78,13 @@ impl Domain for MlDomain {
             if joining.is_empty() {
                 continue;
             }
-            let mut after: Option<String> = None;
-            loop {
-                let rows = view.list(kind, None, after.as_deref(), 1000, Order::Asc).map_err(Error::from)?;
-                let Some(last) = rows.last() else { break };
-                after = Some(last.id.clone());
-                for r in &rows {
-                    let name = r.body.get("name").and_then(Value::as_str);
-                    if let Some((id, n)) = joining.iter().find(|(id, n)| Some(*n) == name && *id != r.id) {
-                        return Err(Error::conflict(format!(
-                            "{what} {id} is named {n:?}, which {what} {} holds in this project; rename or delete one of them first",
-                            r.id
-                        )));
-                    }
+            for r in &wire::children(view, kind, None)? {
+                let name = r.body.get("name").and_then(Value::as_str);
+                if let Some((id, n)) = joining.iter().find(|(id, n)| Some(*n) == name && *id != r.id) {
+                    return Err(Error::conflict(format!(
+                        "{what} {id} is named {n:?}, which {what} {} holds in this project; rename or delete one of them first",
+                        r.id
+                    )));
                 }
             }
             let mut names: Vec<&str> = joining.iter().map(|(_, n)| *n).collect();

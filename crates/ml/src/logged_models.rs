@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use holdfast_core::{Action, Caller, Result};
-use holdfast_store::{Order, StateView};
+use holdfast_store::StateView;
 use holdfast_types::{Error, Kind, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -354,16 +354,10 @@ impl Ml {
         self.read(caller, project, move |view| {
             let mut found = Vec::new();
             for experiment in &req.experiment_ids {
-                let mut after: Option<String> = None;
-                loop {
-                    let rows = view.list(Kind::MlLoggedModel, Some(experiment), after.as_deref(), 1000, Order::Asc).map_err(store_err)?;
-                    let Some(last) = rows.last() else { break };
-                    after = Some(last.id.clone());
-                    for r in &rows {
-                        let m = LoggedModel { id: r.id.clone(), body: parse(r)? };
-                        if filter.matches(&m) {
-                            found.push(m);
-                        }
+                for r in &wire::children(view, Kind::MlLoggedModel, Some(experiment))? {
+                    let m = LoggedModel { id: r.id.clone(), body: parse(r)? };
+                    if filter.matches(&m) {
+                        found.push(m);
                     }
                 }
             }

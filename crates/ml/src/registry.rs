@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use holdfast_core::{Action, Caller, Result};
-use holdfast_store::{Order, StateView};
+use holdfast_store::StateView;
 use holdfast_types::{Error, Kind, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -151,17 +151,7 @@ impl Searchable for Version<'_> {
 }
 
 fn all_models(view: &StateView<'_>) -> Result<Vec<Model>> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let rows = view.list(Kind::MlRegisteredModel, None, after.as_deref(), 1000, Order::Asc).map_err(store_err)?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.id.clone());
-        for r in &rows {
-            out.push(Model { id: r.id.clone(), body: parse(r)? });
-        }
-    }
-    Ok(out)
+    wire::children(view, Kind::MlRegisteredModel, None)?.iter().map(|r| Ok(Model { id: r.id.clone(), body: parse(r)? })).collect()
 }
 
 /// A registered model's id: its name.
@@ -181,17 +171,7 @@ fn get_model(view: &StateView<'_>, name: &str) -> Result<Model> {
 }
 
 fn versions_of(view: &StateView<'_>, model: &Model) -> Result<Vec<VersionBody>> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let rows = view.list(Kind::MlModelVersion, Some(&model.id), after.as_deref(), 1000, Order::Asc).map_err(store_err)?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.id.clone());
-        for r in &rows {
-            out.push(parse(r)?);
-        }
-    }
-    Ok(out)
+    wire::children(view, Kind::MlModelVersion, Some(&model.id))?.iter().map(parse).collect()
 }
 
 fn version_id(model: &str, version: i64) -> String {

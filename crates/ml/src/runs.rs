@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use holdfast_core::{Action, Caller, Result};
-use holdfast_store::{Order, StateView};
+use holdfast_store::StateView;
 use holdfast_types::{Error, Kind, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -870,17 +870,11 @@ fn sampled_steps(histories: &[(String, Vec<Point>)], range: Option<(i64, i64)>, 
 fn history(view: &StateView<'_>, run: &str, key: &str) -> Result<Vec<Point>> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let rows = view.list(Kind::MlMetrics, Some(run), after.as_deref(), 1000, Order::Asc).map_err(store_err)?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.id.clone());
-        for r in &rows {
-            let batch: MetricsBody = parse(r)?;
-            for (k, value, timestamp, step) in batch.points {
-                if k == key && seen.insert((value.to_string(), timestamp, step)) {
-                    out.push(Point { value, timestamp, step });
-                }
+    for r in &wire::children(view, Kind::MlMetrics, Some(run))? {
+        let batch: MetricsBody = parse(r)?;
+        for (k, value, timestamp, step) in batch.points {
+            if k == key && seen.insert((value.to_string(), timestamp, step)) {
+                out.push(Point { value, timestamp, step });
             }
         }
     }

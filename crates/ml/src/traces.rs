@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use holdfast_core::{Action, Caller, Result};
-use holdfast_store::{Order, StateView};
+use holdfast_store::StateView;
 use holdfast_types::{Error, Kind, Op};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -297,15 +297,8 @@ impl Ml {
 }
 
 fn traces_of(view: &StateView<'_>, experiment: &str) -> Result<Vec<Trace>> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let rows = view.list(Kind::MlTrace, Some(experiment), after.as_deref(), 1000, Order::Asc).map_err(store_err)?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.id.clone());
-        for r in &rows {
-            out.push(Trace { id: r.id.clone(), info: r.body["trace_info"].clone() });
-        }
-    }
-    Ok(out)
+    Ok(wire::children(view, Kind::MlTrace, Some(experiment))?
+        .into_iter()
+        .map(|r| Trace { info: r.body["trace_info"].clone(), id: r.id })
+        .collect())
 }

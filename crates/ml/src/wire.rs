@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use holdfast_core::Result;
-use holdfast_store::{Resource, StoreError};
-use holdfast_types::Error;
+use holdfast_store::{Order, Resource, StateView, StoreError};
+use holdfast_types::{Error, Kind};
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -18,6 +18,19 @@ pub(crate) fn now_ms() -> i64 {
 
 pub(crate) fn store_err(e: StoreError) -> Error {
     Error::from(e)
+}
+
+/// Every resource of `kind` under `parent` (or at the top level), in creation order, read a
+/// thousand at a time.
+pub(crate) fn children(view: &StateView<'_>, kind: Kind, parent: Option<&str>) -> Result<Vec<Resource>> {
+    let mut out = Vec::new();
+    loop {
+        let rows = view.list(kind, parent, out.last().map(|r: &Resource| r.id.as_str()), 1000, Order::Asc).map_err(store_err)?;
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        out.extend(rows);
+    }
 }
 
 pub(crate) fn parse<T: DeserializeOwned>(r: &Resource) -> Result<T> {
