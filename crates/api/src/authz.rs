@@ -339,7 +339,7 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         }
         None => {
             let audited = Audited { route: template.clone(), ..unmatched(&state, &request) };
-            let response = crate::error::method_not_allowed(method, request.uri().clone()).await;
+            let response = crate::method_not_allowed(method, request.uri().clone()).await;
             state.node.core.audit(Audited { status: response.status().as_u16(), ..audited });
             return response;
         }

@@ -74,12 +74,6 @@ pub async fn unknown_route(uri: axum::http::Uri) -> ApiError {
     ApiError(Error::not_found(format!("no route for {}", uri.path())))
 }
 
-pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    let mut response = ApiError(Error::invalid(format!("method {method} is not allowed on {}", uri.path()))).into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
-}
-
 pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError(Error::internal("internal error; see the server log")).into_response()
 }

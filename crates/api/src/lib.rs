@@ -146,12 +146,19 @@ async fn unknown_route(uri: axum::http::Uri) -> axum::response::Response {
     error::unknown_route(uri).await.into_response()
 }
 
+/// A method a known path does not take: 405, in the facade's error shape.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+    let mut response = refusal(uri.path(), holdfast_types::Error::invalid(format!("method {method} is not allowed on {}", uri.path())));
+    *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
 /// The whole HTTP application.
 pub fn app(state: AppState, limits: HttpLimits) -> Router {
     let (router, _) = routes().split_for_parts();
     let inner = router
         .fallback(unknown_route)
-        .method_not_allowed_fallback(error::method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         // Inside the gate: a hot replica's writes go to the primary; LSN headers, min-LSN waits.
         .layer(axum::middleware::from_fn_with_state(consistency::Consistency::new(state.clone(), limits), consistency::serve))

@@ -85,7 +85,7 @@ pub fn endpoint_not_found(uri: &Uri) -> Response {
 
 /// Whether a path is under an MLflow prefix (its errors then take MLflow's shape).
 pub fn is_mlflow_path(path: &str) -> bool {
-    path.starts_with("/mlflow/") || path.starts_with("/api/2.0/mlflow") || path.starts_with("/api/3.0/mlflow")
+    path.starts_with("/mlflow/") || is_api_tail(path)
         || path.split('/').nth(4) == Some("mlflow") && path.starts_with("/api/projects/")
 }
 
@@ -161,7 +161,8 @@ pub fn query_object(query: &str) -> Map<String, Value> {
 /// Maps MLflow's URL forms onto the project routes, before routing:
 /// - `/mlflow/…` or `/api/{2.0,3.0}/mlflow…` with `X-MLFLOW-WORKSPACE: P` → `/api/projects/P/mlflow/…`
 ///   (the workspace routes themselves stay where they are);
-/// - `…/mlflow/api/3.0/mlflow/…` → `…/mlflow/api/2.0/mlflow/…` (one route serves both);
+/// - `…/mlflow/api/3.0/mlflow/…` and the UI's `…/mlflow/ajax-api/{2.0,3.0}/mlflow/…` →
+///   `…/mlflow/api/2.0/mlflow/…` (one route serves them all);
 /// - basic auth whose password is a key → `Authorization: Bearer <key>`.
 pub fn rewrite(mut request: Request) -> Request {
     let workspace = request.headers().get(WORKSPACE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -184,10 +185,14 @@ pub fn rewrite(mut request: Request) -> Request {
     } else {
         Some(0)
     };
-    if let Some(at) = root_len
-        && current[at..].starts_with("/api/3.0/mlflow")
-    {
-        current = format!("{}/api/2.0/mlflow{}", &current[..at], &current[at + "/api/3.0/mlflow".len()..]);
+    if let Some(at) = root_len {
+        // The UI's `/ajax-api/…` and `/api/3.0/…` are the routes of `/api/2.0/…`.
+        for twin in ["/api/3.0/mlflow", "/ajax-api/2.0/mlflow", "/ajax-api/3.0/mlflow"] {
+            if current[at..].starts_with(twin) {
+                current = format!("{}/api/2.0/mlflow{}", &current[..at], &current[at + twin.len()..]);
+                break;
+            }
+        }
     }
     if current != path {
         let pq = match uri.query() {
@@ -204,9 +209,9 @@ pub fn rewrite(mut request: Request) -> Request {
     request
 }
 
-/// An MLflow API path: `/api/2.0/mlflow…` or `/api/3.0/mlflow…`.
+/// An MLflow API path: `/api/2.0/mlflow…`, `/api/3.0/mlflow…` or the UI's `/ajax-api/…` twins.
 fn is_api_tail(t: &str) -> bool {
-    t.starts_with("/api/2.0/mlflow") || t.starts_with("/api/3.0/mlflow")
+    ["/api/2.0/mlflow", "/api/3.0/mlflow", "/ajax-api/2.0/mlflow", "/ajax-api/3.0/mlflow"].iter().any(|p| t.starts_with(p))
 }
 
 /// What follows an MLflow root: an API path, the OTLP traces route, `/version`, `/health`.
@@ -264,6 +269,7 @@ mod tests {
         assert_eq!(rewritten("/mlflow/v1/other", Some("p")), "/mlflow/v1/other");
         assert_eq!(rewritten("/mlflow/v1/traces", Some("p")), "/api/projects/p/mlflow/v1/traces");
         assert_eq!(rewritten("/api/3.0/mlflow/runs/get", Some("p")), "/api/projects/p/mlflow/api/2.0/mlflow/runs/get");
+        assert_eq!(rewritten("/api/projects/p/mlflow/ajax-api/2.0/mlflow/runs/get", None), "/api/projects/p/mlflow/api/2.0/mlflow/runs/get");
     }
 
     #[test]
