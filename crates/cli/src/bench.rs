@@ -95,6 +95,9 @@ pub enum BenchCmd {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// The ML workspace in process: log_batch throughput with concurrent clients, search_runs
+    /// with a metric filter over many runs, peak memory while storing a large artifact.
+    Ml(crate::bench_ml::MlArgs),
 }
 
 #[derive(Serialize)]
@@ -141,6 +144,7 @@ pub async fn run(cmd: BenchCmd, format: Format) -> Result<(), Exit> {
             }
             in_scratch(dir, format, |data| async move { self::export(&data, items, files).await }).await
         }
+        BenchCmd::Ml(args) => crate::bench_ml::run(args, format).await,
         BenchCmd::Items { clients, items, list_size, dir } => {
             if clients == 0 || items < clients || list_size == 0 {
                 return Err(Exit::new(2, anyhow!("need at least one client, one item per client and a list size")));
@@ -296,14 +300,8 @@ async fn items(data: &std::path::Path, clients: usize, items: usize, list_size: 
     })
 }
 
-/// The `p` quantile of `samples` in milliseconds (sorts them).
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    samples.sort_unstable();
-    let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1;
-    ms(samples[i])
+    crate::stats::percentile(samples, p)
 }
 
 async fn journal(data: &std::path::Path, writers: usize, changes: usize) -> Result<JournalReport, Exit> {

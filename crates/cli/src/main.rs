@@ -3,6 +3,8 @@
 mod admin;
 mod backup;
 mod bench;
+mod bench_ml;
+mod stats;
 mod check;
 mod client;
 mod config;
