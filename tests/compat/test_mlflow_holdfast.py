@@ -96,6 +96,30 @@ def test_unknown_route_is_endpoint_not_found(ml):
     r = requests.post(f"{ml.uri}/api/2.0/mlflow/runs/no-such-verb", json={}, headers=ml.headers(), timeout=10)
     assert r.status_code == 404 and r.json()["error_code"] == "ENDPOINT_NOT_FOUND"
 
+    # The UI's prefix is the same API, and a method a route does not take is refused in MLflow's shape.
+    r = requests.get(f"{ml.uri}/ajax-api/2.0/mlflow/experiments/get", params={"experiment_id": "0"}, headers=ml.headers(), timeout=10)
+    assert r.status_code == 200 and r.json()["experiment"]["experiment_id"] == "0"
+    r = requests.delete(f"{ml.uri}/api/2.0/mlflow/runs/create", headers=ml.headers(), timeout=10)
+    assert r.status_code == 405 and "error_code" in r.json(), r.text
+
+
+def test_a_create_retried_with_an_idempotency_key_makes_one_object(ml, mlc):
+    """MLflow's creates are not idempotent; with Holdfast's `Idempotency-Key` a retry gets the
+    first answer and makes nothing (the key and the answer are journaled with the write)."""
+    eid = mlc.create_experiment(uniq("idem"))
+    url = f"{ml.uri}/api/2.0/mlflow/runs/create"
+    headers = {**ml.headers(), "Idempotency-Key": uniq("key")}
+    first = requests.post(url, json={"experiment_id": eid}, headers=headers, timeout=10)
+    again = requests.post(url, json={"experiment_id": eid}, headers=headers, timeout=10)
+    assert first.status_code == again.status_code == 200
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json()["run"]["info"]["run_id"] == first.json()["run"]["info"]["run_id"]
+    assert len(mlc.search_runs([eid])) == 1
+    # The same key for another request is refused, and makes nothing either.
+    other = requests.post(url, json={"experiment_id": eid, "run_name": "other"}, headers=headers, timeout=10)
+    assert other.status_code in (400, 422) and other.json()["error_code"] == "INVALID_PARAMETER_VALUE", other.text
+    assert len(mlc.search_runs([eid])) == 1
+
 
 # --- persistence ---------------------------------------------------------------------------------
 
