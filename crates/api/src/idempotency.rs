@@ -21,8 +21,13 @@ use crate::AppState;
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
-/// The project routes whose writes are not keyed: their bodies are streamed through.
-pub const UNKEYED_ROUTES: [&str; 2] = ["/api/projects/{project}/openai/v1/files", "/v1/projects/{project}/import"];
+/// The project routes whose writes are not keyed: their bodies are streamed through (an MLflow
+/// artifact PUT needs no key: the same bytes at the same path again write nothing).
+pub const UNKEYED_ROUTES: [&str; 3] = [
+    "/api/projects/{project}/openai/v1/files",
+    "/v1/projects/{project}/import",
+    "/api/projects/{project}/mlflow/api/2.0/mlflow-artifacts/artifacts/{*path}",
+];
 /// Largest answer kept for retries.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
