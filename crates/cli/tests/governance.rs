@@ -65,7 +65,7 @@ fn custom_role_and_identity_through_the_cli() {
     assert!(refused.stderr.contains("matches no action"), "{}", refused.stderr);
     let defs = hf(&["-o", "json", "role", "definitions"]).json();
     let names: Vec<&str> = defs.as_array().expect("defs").iter().filter_map(|d| d["name"].as_str()).collect();
-    assert_eq!(names, ["admin", "contributor", "reader", "ai_user", "ai_reader", "backup_operator", "monitoring_reader", "lister"]);
+    assert_eq!(names, ["admin", "contributor", "reader", "ai_user", "ai_reader", "ml_user", "ml_reader", "backup_operator", "monitoring_reader", "lister"]);
 
     let identity = hf(&["-o", "json", "identity", "create", "indexer"]).json();
     let principal = identity["principal_id"].as_str().expect("principal").to_owned();
