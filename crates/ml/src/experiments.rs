@@ -190,6 +190,15 @@ fn mark_runs(view: &StateView<'_>, experiment: &str, from: &str, patch: Value) -
         .collect())
 }
 
+/// A search's answer: the page's items under `key`, and `next_page_token` when there is more.
+pub(crate) fn paged(key: &str, items: Value, next: Option<String>) -> Value {
+    let mut out = json!({ key: items });
+    if let Some(next) = next {
+        out["next_page_token"] = json!(next);
+    }
+    out
+}
+
 /// MLflow's page of search results: `offset` into the sorted matches.
 pub(crate) fn page<T>(items: Vec<T>, token: Option<&str>, limit: usize) -> Result<(Vec<T>, Option<String>)> {
     let offset = match token.filter(|t| !t.is_empty()) {
@@ -263,11 +272,7 @@ impl Ml {
                 all(view)?.into_iter().filter(|e| view_type.admits(e.active()) && filter.matches(e)).collect();
             found.sort_by(|a, b| order.compare(a, b));
             let (page, next) = page(found, req.page_token.as_deref(), limit)?;
-            let mut out = json!({ "experiments": page.iter().map(Experiment::wire).collect::<Vec<_>>() });
-            if let Some(next) = next {
-                out["next_page_token"] = json!(next);
-            }
-            Ok(out)
+            Ok(paged("experiments", json!(page.iter().map(Experiment::wire).collect::<Vec<_>>()), next))
         })
         .await
     }

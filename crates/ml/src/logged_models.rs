@@ -11,7 +11,7 @@ use holdfast_types::{Error, Kind, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::experiments::{self, page};
+use crate::experiments::{self, page, paged};
 use crate::search::{self, Entity, Filter, KeyType, OrderBy, Searchable};
 use crate::wire::{self, KeyValue, metric_value, now_ms, opt_i64, opt_string, pairs, parse, store_err, strings, to_body};
 use crate::Ml;
@@ -363,11 +363,7 @@ impl Ml {
             }
             found.sort_by(|a, b| order.compare(a, b));
             let (page, next) = page(found, req.page_token.as_deref(), limit)?;
-            let mut out = json!({ "models": page.iter().map(LoggedModel::wire).collect::<Vec<_>>() });
-            if let Some(next) = next {
-                out["next_page_token"] = json!(next);
-            }
-            Ok(out)
+            Ok(paged("models", json!(page.iter().map(LoggedModel::wire).collect::<Vec<_>>()), next))
         })
         .await
     }

@@ -13,7 +13,7 @@ use holdfast_types::{Error, Kind, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::experiments::page;
+use crate::experiments::{page, paged};
 use crate::search::{self, Entity, Filter, KeyType, OrderBy, Searchable};
 use crate::wire::{self, KeyValue, now_ms, opt_bool, opt_i64, opt_string, pairs, parse, store_err, strings, to_body};
 use crate::{Ml, logged_models};
@@ -390,11 +390,7 @@ impl Ml {
             for m in &page {
                 models.push(m.wire(&latest_versions(m, &versions_of(view, m)?, &[])?));
             }
-            let mut out = json!({ "registered_models": models });
-            if let Some(next) = next {
-                out["next_page_token"] = json!(next);
-            }
-            Ok(out)
+            Ok(paged("registered_models", json!(models), next))
         })
         .await
     }
@@ -635,11 +631,7 @@ impl Ml {
             }
             found.sort_by(|a, b| order.compare(a, b));
             let (page, next) = page(found, req.page_token.as_deref(), limit)?;
-            let mut out = json!({ "model_versions": page.iter().map(Version::wire).collect::<Vec<_>>() });
-            if let Some(next) = next {
-                out["next_page_token"] = json!(next);
-            }
-            Ok(out)
+            Ok(paged("model_versions", json!(page.iter().map(Version::wire).collect::<Vec<_>>()), next))
         })
         .await
     }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::experiments::{self, page};
+use crate::experiments::{self, page, paged};
 use crate::index;
 use crate::search::{self, Entity, Filter, KeyType, OrderBy, Searchable};
 use crate::wire::{
@@ -767,11 +767,7 @@ impl Ml {
                 .collect();
             found.sort_by(|a, b| order.compare(a.as_ref(), b.as_ref()));
             let (page, next) = page(found, req.page_token.as_deref(), limit)?;
-            let mut out = json!({ "runs": page.iter().map(|r| r.wire()).collect::<Vec<_>>() });
-            if let Some(next) = next {
-                out["next_page_token"] = json!(next);
-            }
-            Ok(out)
+            Ok(paged("runs", json!(page.iter().map(|r| r.wire()).collect::<Vec<_>>()), next))
         })
         .await
     }
@@ -786,11 +782,7 @@ impl Ml {
             let points = history(view, &id, &key)?;
             let (page, next) = page(points, req.page_token.as_deref(), limit)?;
             let metrics: Vec<Value> = page.iter().map(|p| point_wire(&key, p)).collect();
-            let mut out = json!({ "metrics": metrics });
-            if let Some(next) = next {
-                out["next_page_token"] = json!(next);
-            }
-            Ok(out)
+            Ok(paged("metrics", json!(metrics), next))
         })
         .await
     }

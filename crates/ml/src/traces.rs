@@ -11,7 +11,7 @@ use holdfast_types::{Error, Kind, Op};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::experiments::{self, page};
+use crate::experiments::{self, page, paged};
 use crate::search::{self, Entity, Filter, KeyType, OrderBy, Searchable};
 use crate::wire::{self, opt_i64, opt_string, store_err, strings, to_body};
 use crate::Ml;
@@ -218,11 +218,7 @@ impl Ml {
             }
             found.sort_by(|a, b| order.compare(a, b));
             let (page, next) = page(found, req.page_token.as_deref(), limit)?;
-            let mut out = json!({ "traces": page.into_iter().map(|t| t.info).collect::<Vec<_>>() });
-            if let Some(next) = next {
-                out["next_page_token"] = json!(next);
-            }
-            Ok(out)
+            Ok(paged("traces", json!(page.into_iter().map(|t| t.info).collect::<Vec<_>>()), next))
         })
         .await
     }
